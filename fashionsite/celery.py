@@ -1,0 +1,54 @@
+"""The Celery app: JSON only, late acks, one queue for CNN feature work apart from the rest."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+from celery.schedules import crontab
+from kombu import Queue
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fashionsite.settings")
+
+app = Celery("fashionsite")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+
+
+def _cron(expr: str) -> crontab:
+    minute, hour, day_of_month, month_of_year, day_of_week = expr.split()
+    return crontab(
+        minute=minute,
+        hour=hour,
+        day_of_month=day_of_month,
+        month_of_year=month_of_year,
+        day_of_week=day_of_week,
+    )
+
+
+@app.on_after_configure.connect
+def _configure(sender: Celery, **_: object) -> None:
+    from django.conf import settings
+
+    sender.conf.task_queues = (
+        Queue(settings.CELERY_TASK_DEFAULT_QUEUE),
+        Queue(settings.FEATURES_QUEUE),
+    )
+    # CNN work goes to the features queue, so GPU machines can consume it alone.
+    sender.conf.task_routes = {
+        "retrieval.tasks.index_garments": {"queue": settings.FEATURES_QUEUE},
+        "retrieval.tasks.reindex_model": {"queue": settings.FEATURES_QUEUE},
+        "retrieval.tasks.train_model": {"queue": settings.FEATURES_QUEUE},
+    }
+    sender.conf.beat_schedule = {
+        "rebuild-clusters": {
+            "task": "retrieval.tasks.rebuild_clusters",
+            "schedule": _cron(settings.RETRIEVAL_KMEANS_SCHEDULE),
+        },
+        "requeue-stuck-garments": {
+            "task": "retrieval.tasks.requeue_stuck",
+            "schedule": settings.RETRIEVAL_SWEEP_MINUTES * 60.0,
+        },
+    }
+
+
+app.autodiscover_tasks()

