@@ -7,6 +7,7 @@ from django.db.models import Count
 from django.utils.html import format_html
 
 from retrieval.models import (
+    BackboneFeature,
     Category,
     ClusterRun,
     EvaluationReport,
@@ -58,14 +59,24 @@ class GarmentAdmin(admin.ModelAdmin):
 
 @admin.register(GarmentFeature)
 class GarmentFeatureAdmin(admin.ModelAdmin):
-    list_display = ("garment", "model", "version", "cluster", "created_at")
+    list_display = ("garment", "model", "cluster", "created_at")
     list_filter = ("model",)
-    raw_id_fields = ("garment", "cluster_run")
-    exclude = ("pooled", "deep", "fused")
-    readonly_fields = ("garment", "model", "version", "positions", "rgb", "cluster", "cluster_run")
+    exclude = ("deep", "fused")
+    readonly_fields = ("garment", "model", "cluster", "created_at")
 
     def has_add_permission(self, request) -> bool:
         return False  # vectors are written by the feature workers only
+
+
+@admin.register(BackboneFeature)
+class BackboneFeatureAdmin(admin.ModelAdmin):
+    list_display = ("garment", "backbone", "version", "created_at")
+    list_filter = ("backbone",)
+    exclude = ("pooled",)
+    readonly_fields = ("garment", "backbone", "version", "image_name", "positions", "rgb")
+
+    def has_add_permission(self, request) -> bool:
+        return False
 
 
 @admin.register(FeatureModel)
@@ -79,7 +90,6 @@ class FeatureModelAdmin(admin.ModelAdmin):
 class ClusterRunAdmin(admin.ModelAdmin):
     list_display = ("id", "model", "k", "n_samples", "inertia", "seconds", "active", "created_at")
     list_filter = ("active", "model")
-    exclude = ("centroids",)
     readonly_fields = ("sizes",)
 
 

@@ -78,6 +78,13 @@ class Garment(models.Model):
         max_length=12, choices=Status.choices, default=Status.PENDING, db_index=True
     )
     error = models.TextField(blank=True)
+    # Lease of the indexing task working on the garment: one worker at a time, and a task
+    # redelivered after its worker died (same task id) may take its garments back at once.
+    claimed_by = models.CharField(max_length=64, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    import_job = models.ForeignKey(
+        "ImportJob", null=True, blank=True, on_delete=models.SET_NULL, related_name="garments"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -114,6 +121,9 @@ class FeatureModel(models.Model):
     colour_variant = models.CharField(max_length=20, default="lab")
     colour_weight = models.FloatField(default=1.0)
     metrics = models.JSONField(default=dict, blank=True)
+    split = models.JSONField(
+        default=dict, blank=True, help_text="Seed and held-out test garment ids (never trained on)."
+    )
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.TRAINING)
     progress = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
@@ -137,29 +147,49 @@ class FeatureModel(models.Model):
         return settings.RETRIEVAL_MODELS_DIR / self.head_file if self.head_file else None
 
 
-class GarmentFeature(models.Model):
-    """The vectors of one garment under one feature model.
+class BackboneFeature(models.Model):
+    """What the CNN saw in one garment's image, under one backbone: the cache heads train on.
 
-    ``pooled`` is the backbone's pooled feature (float32, D = 1280 or 2048) and ``rgb`` the raw
-    RGB (0..255) at the 10 colour positions, so a retrained head or another colour variant can
-    recompute ``deep`` and ``fused`` without running the CNN again.
+    ``pooled`` is the backbone's pooled feature (float32, D = 1280 or 2048), ``positions`` the 10
+    strongest cells of the last conv map (row-major 7x7 indices, strongest first) and ``rgb`` the
+    raw RGB (0..255) of the 7x7 average-pooled image at those cells, 10x3 flattened. From these a
+    new head or another colour variant recomputes every vector without running the CNN again.
+    """
+
+    garment = models.ForeignKey(Garment, on_delete=models.CASCADE, related_name="backbone_features")
+    backbone = models.CharField(max_length=40)
+    version = models.PositiveSmallIntegerField(
+        help_text="Feature code version (retrieval.features.FEATURE_VERSION) that wrote the row."
+    )
+    image_name = models.CharField(max_length=255, help_text="The image file the row was made from.")
+    pooled = VectorField()
+    positions = ArrayField(models.PositiveSmallIntegerField(), size=COLOUR_POSITIONS)
+    rgb = ArrayField(models.FloatField(), size=COLOUR_POSITIONS * 3)
+    created_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["garment", "backbone"], name="one_cnn_pass_per_backbone"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.backbone} features of garment {self.garment_id}"
+
+
+class GarmentFeature(models.Model):
+    """The searchable vectors of one garment under one feature model (backbone + trained head).
+
+    Kept slim (no CNN cache here) so ranking scans read as few pages as possible.
     """
 
     garment = models.ForeignKey(Garment, on_delete=models.CASCADE, related_name="features")
     model = models.ForeignKey(FeatureModel, on_delete=models.CASCADE, related_name="features")
-    version = models.PositiveSmallIntegerField(
-        help_text="Feature code version (retrieval.features.FEATURE_VERSION) that wrote the row."
-    )
-    pooled = VectorField()
-    positions = ArrayField(models.PositiveSmallIntegerField(), size=COLOUR_POSITIONS)
-    rgb = ArrayField(models.FloatField(), size=COLOUR_POSITIONS * 3)
     deep = VectorField(dimensions=DEEP_DIM)
     fused = VectorField(dimensions=FUSED_DIM)
     cluster = models.IntegerField(null=True, blank=True)
-    cluster_run = models.ForeignKey(
-        "ClusterRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         constraints = [
@@ -177,7 +207,6 @@ class ClusterRun(models.Model):
     model = models.ForeignKey(FeatureModel, on_delete=models.CASCADE, related_name="cluster_runs")
     k = models.PositiveIntegerField()
     n_samples = models.PositiveIntegerField(default=0)
-    centroids = models.JSONField(default=list, help_text="k x 542 floats.")
     sizes = models.JSONField(default=list, blank=True)
     inertia = models.FloatField(null=True, blank=True)
     algorithm = models.CharField(max_length=40, blank=True)
@@ -195,6 +224,24 @@ class ClusterRun(models.Model):
 
     def __str__(self) -> str:
         return f"K-means k={self.k} on {self.model} ({self.created_at:%Y-%m-%d %H:%M})"
+
+
+class ClusterCentroid(models.Model):
+    """One K-means centroid. In a table, so a search picks its cluster in the same SQL
+    statement (the same snapshot) that ranks the garments: a run switch is atomic for it."""
+
+    run = models.ForeignKey(ClusterRun, on_delete=models.CASCADE, related_name="centroids")
+    label = models.PositiveIntegerField()
+    centroid = VectorField(dimensions=FUSED_DIM)
+    size = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["run", "label"], name="one_centroid_per_label")
+        ]
+
+    def __str__(self) -> str:
+        return f"centroid {self.label} of run {self.run_id}"
 
 
 class EvaluationReport(models.Model):
@@ -220,3 +267,36 @@ class EvaluationReport(models.Model):
 
     def __str__(self) -> str:
         return f"Evaluation {self.pk} ({self.created_at:%Y-%m-%d %H:%M})"
+
+
+class ImportJob(models.Model):
+    """One bulk catalogue import (zip or folder with styles.csv + images/)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "pending"
+        RUNNING = "running", "running"
+        DONE = "done", "done"
+        FAILED = "failed", "failed"
+
+    source = models.CharField(max_length=500, help_text="Path or uploaded file name.")
+    upload = models.FileField(upload_to="imports/%Y/%m/", blank=True, max_length=255)
+    category_field = models.CharField(max_length=40, default="articleType")
+    limit = models.PositiveIntegerField(null=True, blank=True)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
+    rows = models.PositiveIntegerField(default=0)
+    created = models.PositiveIntegerField(default=0)
+    updated = models.PositiveIntegerField(default=0)
+    unchanged = models.PositiveIntegerField(default=0)
+    problems = models.JSONField(default=list, blank=True, help_text="[{row, sku, file, reason}]")
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"import {self.pk} of {self.source}"

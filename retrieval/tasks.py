@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 
 from celery import shared_task
-from django.db import connection
+from django.db import DatabaseError, connection
+
+from retrieval import services
+
+log = logging.getLogger(__name__)
 
 
 @shared_task(name="retrieval.tasks.probe")
@@ -16,3 +21,58 @@ def probe() -> dict:
         cursor.execute("SELECT current_database()")
         (database,) = cursor.fetchone()
     return {"worker": f"{socket.gethostname()}:{os.getpid()}", "database": database}
+
+
+@shared_task(
+    bind=True,
+    name="retrieval.tasks.index_garments",
+    autoretry_for=(DatabaseError, OSError),
+    retry_backoff=5,
+    retry_backoff_max=300,
+    max_retries=8,
+)
+def index_garments(self, garment_ids: list[int]) -> dict:
+    """Extract and store the vectors of a chunk of garments (routed to the features queue).
+
+    The task id is the lease token: a redelivery of this same task after its worker died
+    takes its garments straight back; any other worker leaves them alone.
+    """
+    result = services.index_garments(garment_ids=garment_ids, claim=self.request.id)
+    return {
+        "ready": len(result.ready),
+        "failed": len(result.failed),
+        "skipped": len(result.skipped),
+    }
+
+
+@shared_task(name="retrieval.tasks.requeue_stuck")
+def requeue_stuck() -> int:
+    """Periodic sweep: garments left pending/processing (Redis was down, a task was lost)."""
+    return services.requeue_stuck_garments()
+
+
+@shared_task(name="retrieval.tasks.rebuild_clusters", autoretry_for=(DatabaseError,), max_retries=3)
+def rebuild_clusters() -> dict:
+    """Periodic (nightly) and after large imports: a new K-means run for the active model."""
+    from retrieval import clustering
+    from retrieval.models import FeatureModel
+
+    model = FeatureModel.objects.filter(active=True).first()
+    if model is None or not model.features.exists():
+        return {"skipped": "no active model with vectors"}
+    run = clustering.build_clusters(model=model)
+    return {"run": run.pk, "k": run.k, "n": run.n_samples, "seconds": run.seconds}
+
+
+@shared_task(name="retrieval.tasks.import_catalog", bind=True)
+def import_catalog(self, job_id: int) -> dict:
+    """An import uploaded in the admin: read the zip, create garments, queue their indexing."""
+    from retrieval.models import ImportJob
+
+    job = ImportJob.objects.get(pk=job_id)
+    if job.status in {ImportJob.Status.DONE, ImportJob.Status.FAILED}:
+        return services.import_progress(job=job)  # redelivered after it finished: nothing to do
+    job = services.import_catalog(
+        source=job.upload.path, category_field=job.category_field, limit=job.limit, job=job
+    )
+    return services.import_progress(job=job)

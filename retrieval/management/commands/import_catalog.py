@@ -1,0 +1,83 @@
+"""python manage.py import_catalog PATH [--limit N] [--category-field articleType] [--wait]"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+
+from retrieval import services
+from retrieval.models import Garment, ImportJob
+
+
+class Command(BaseCommand):
+    help = (
+        "Import a catalogue zip or folder (styles.csv + images/); garments are indexed by workers."
+    )
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("path", type=Path)
+        parser.add_argument("--limit", type=int, default=None, help="Import at most N valid rows.")
+        parser.add_argument("--category-field", default="articleType")
+        parser.add_argument(
+            "--wait",
+            action="store_true",
+            help="Return when every imported garment is ready or failed (indexes here when no "
+            "worker is running).",
+        )
+
+    def handle(self, *args, path: Path, limit, category_field: str, wait: bool, **options):
+        if limit is not None and limit < 1:
+            raise CommandError("--limit must be at least 1")
+        started = time.monotonic()
+
+        def progress(job: ImportJob) -> None:
+            self.stdout.write(
+                f"  {job.rows} rows read: {job.created} new, {job.updated} updated, "
+                f"{job.unchanged} unchanged"
+            )
+
+        job = services.import_catalog(
+            source=path, category_field=category_field, limit=limit, progress=progress
+        )
+        if job.status == ImportJob.Status.FAILED:
+            raise CommandError(f"import failed: {job.error}")
+        for problem in job.problems[:50]:
+            where = ", ".join(
+                f"{key} {problem[key]}" for key in ("row", "sku", "file") if problem.get(key)
+            )
+            self.stderr.write(f"  skipped ({where}): {problem['reason']}")
+        if len(job.problems) > 50:
+            self.stderr.write(f"  ... and {len(job.problems) - 50} more problems (see the admin)")
+        self.stdout.write(
+            f"import {job.pk}: {job.created} new, {job.updated} updated, {job.unchanged} "
+            f"unchanged, {len(job.problems)} problems"
+        )
+        if not wait:
+            return
+        garments = Garment.objects.filter(import_job=job)
+        last = [0.0]
+
+        def report() -> None:
+            if time.monotonic() - last[0] >= 10:
+                last[0] = time.monotonic()
+                p = services.import_progress(job=job)
+                self.stdout.write(
+                    f"  indexing: {p['ready']} ready, {p['failed']} failed, {p['pending']} to go"
+                )
+
+        counts = services.wait_for_garments(garments=garments, progress=report)
+        elapsed = time.monotonic() - started
+        ready = counts.get(Garment.Status.READY, 0)
+        failed = counts.get(Garment.Status.FAILED, 0)
+        rate = (ready + failed) / elapsed if elapsed else 0.0
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"done in {elapsed:.0f}s: {ready} ready, {failed} failed ({rate:.1f} garments/s)"
+            )
+        )
+        for sku, error in garments.filter(status=Garment.Status.FAILED).values_list("sku", "error")[
+            :50
+        ]:
+            self.stderr.write(f"  failed {sku}: {error}")

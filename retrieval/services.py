@@ -1,0 +1,502 @@
+"""Writes and orchestration: catalogue changes, imports, indexing, models.
+
+Views, the API, tasks and management commands are thin and call these functions. Heavy
+modules (torch via retrieval.features, numpy) are imported inside the functions that need
+them, so the web request path stays light.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.db import transaction
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from retrieval.models import (
+    BackboneFeature,
+    Category,
+    FeatureModel,
+    Garment,
+    GarmentFeature,
+    ImportJob,
+)
+
+log = logging.getLogger(__name__)
+
+# Garments per indexing task: one CNN call for many images, small enough to redo after a crash.
+INDEX_CHUNK = 64
+# Rows per bulk write during an import.
+IMPORT_BATCH = 500
+
+
+# --------------------------------------------------------------------------- catalogue
+
+
+def get_or_create_category(*, name: str) -> Category:
+    name = name.strip()
+    category = Category.objects.filter(name__iexact=name).first()
+    if category is None:
+        category = Category(name=name)
+        category.save()
+    return category
+
+
+def image_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@transaction.atomic
+def move_garments(*, garment_ids: Sequence[int], category: Category) -> int:
+    """Move garments to another category (an admin action); their vectors stay valid."""
+    return Garment.objects.filter(id__in=garment_ids).update(
+        category=category, updated_at=timezone.now()
+    )
+
+
+@transaction.atomic
+def merge_categories(*, sources: Sequence[Category], target: Category) -> int:
+    """Move every garment of ``sources`` into ``target`` and delete the sources."""
+    source_ids = [c.pk for c in sources if c.pk != target.pk]
+    moved = Garment.objects.filter(category_id__in=source_ids).update(
+        category=target, updated_at=timezone.now()
+    )
+    Category.objects.filter(parent_id__in=source_ids).update(parent=target)
+    Category.objects.filter(id__in=source_ids).delete()
+    return moved
+
+
+# --------------------------------------------------------------------------- indexing queue
+
+
+def enqueue_indexing(*, garment_ids: Iterable[int]) -> None:
+    """Queue feature extraction for these garments once the current transaction commits.
+
+    If the broker is down the garments simply stay pending: the periodic sweep
+    (:func:`requeue_stuck_garments`) queues them again once it is back. Nothing is lost.
+    """
+    ids = sorted(set(garment_ids))
+    if not ids:
+        return
+
+    def send() -> None:
+        from retrieval import tasks
+
+        for start in range(0, len(ids), INDEX_CHUNK):
+            chunk = ids[start : start + INDEX_CHUNK]
+            try:
+                tasks.index_garments.apply_async(args=[chunk], retry=False)
+            except Exception as exc:  # kombu raises transport-specific errors
+                log.warning("broker unavailable, %d garments stay pending: %s", len(chunk), exc)
+                return
+
+    transaction.on_commit(send)
+
+
+def mark_for_reindex(*, garment_ids: Sequence[int]) -> int:
+    """Set garments back to pending and queue them (admin action "re-index")."""
+    with transaction.atomic():
+        count = Garment.objects.filter(id__in=garment_ids).update(
+            status=Garment.Status.PENDING, error="", claimed_by="", updated_at=timezone.now()
+        )
+        enqueue_indexing(garment_ids=garment_ids)
+    return count
+
+
+def requeue_stuck_garments(*, older_than: timedelta | None = None) -> int:
+    """Queue again garments left pending or processing for too long (a lost task, Redis down)."""
+    if older_than is None:
+        older_than = timedelta(minutes=settings.RETRIEVAL_STUCK_MINUTES)
+    cutoff = timezone.now() - older_than
+    stuck = list(
+        Garment.objects.filter(
+            Q(status=Garment.Status.PENDING, updated_at__lt=cutoff)
+            | Q(status=Garment.Status.PROCESSING, claimed_at__lt=cutoff)
+        ).values_list("id", flat=True)
+    )
+    if stuck:
+        with transaction.atomic():
+            # Release leases so the new task may claim them.
+            Garment.objects.filter(id__in=stuck).update(
+                status=Garment.Status.PENDING, claimed_by="", updated_at=timezone.now()
+            )
+            enqueue_indexing(garment_ids=stuck)
+        log.info("re-queued %d stuck garments", len(stuck))
+    return len(stuck)
+
+
+# --------------------------------------------------------------------------- indexing
+
+
+@dataclass
+class IndexResult:
+    ready: list[int] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+    skipped: list[int] = field(default_factory=list)  # claimed by another worker, or gone
+
+
+def active_model() -> FeatureModel | None:
+    return FeatureModel.objects.filter(active=True).first()
+
+
+def current_backbone() -> str:
+    """The backbone new CNN passes use: the active model's, else the configured one."""
+    model = active_model()
+    if model is not None:
+        return model.backbone
+    from retrieval import features
+
+    return features.resolve_backbone(
+        settings.RETRIEVAL_BACKBONE, weights_path=settings.RETRIEVAL_BACKBONE_WEIGHTS
+    )
+
+
+def get_extractor(*, backbone: str, model: FeatureModel | None = None):
+    """The process-wide feature extractor for a backbone (+ the model's head), loaded once."""
+    from retrieval import features
+
+    return features.get_extractor(
+        backbone=backbone,
+        weights_path=settings.RETRIEVAL_BACKBONE_WEIGHTS,
+        head_path=str(model.head_path) if model is not None and model.head_file else None,
+        device=settings.RETRIEVAL_DEVICE,
+        bf16=settings.RETRIEVAL_BF16,
+    )
+
+
+def claim_garments(*, garment_ids: Sequence[int], claim: str) -> list[int]:
+    """Take the lease on garments so no other worker processes them at the same time.
+
+    A garment is claimable when pending, or processing under this same claim (the task was
+    redelivered after its worker died), or processing under a lease older than
+    RETRIEVAL_STUCK_MINUTES (its worker is gone). One UPDATE: atomic against other workers.
+    """
+    now = timezone.now()
+    stale = now - timedelta(minutes=settings.RETRIEVAL_STUCK_MINUTES)
+    claimable = (
+        Q(status=Garment.Status.PENDING)
+        | Q(status=Garment.Status.PROCESSING, claimed_by=claim)
+        | Q(status=Garment.Status.PROCESSING, claimed_at__lt=stale)
+    )
+    with transaction.atomic():
+        ids = list(
+            Garment.objects.select_for_update(skip_locked=True)
+            .filter(claimable, id__in=garment_ids)
+            .values_list("id", flat=True)
+        )
+        Garment.objects.filter(id__in=ids).update(
+            status=Garment.Status.PROCESSING, claimed_by=claim, claimed_at=now, updated_at=now
+        )
+    return ids
+
+
+def index_garments(*, garment_ids: Sequence[int], claim: str | None = None) -> IndexResult:
+    """Extract and store the vectors of these garments: one CNN call for the whole batch.
+
+    Idempotent: a garment is claimed first (see :func:`claim_garments`); vectors are upserted;
+    only garments still under this claim are marked ready, so a garment re-queued meanwhile is
+    never counted twice.
+    """
+    from retrieval import images
+
+    claim = claim or f"local-{uuid.uuid4().hex}"
+    result = IndexResult()
+    ids = claim_garments(garment_ids=garment_ids, claim=claim)
+    result.skipped = sorted(set(garment_ids) - set(ids))
+    if not ids:
+        return result
+    garments = {g.pk: g for g in Garment.objects.filter(id__in=ids)}
+    decoded: list[tuple[Garment, object]] = []
+    for garment in garments.values():
+        try:
+            with garment.image.open("rb") as handle:
+                data = handle.read(settings.RETRIEVAL_MAX_UPLOAD_BYTES + 1)
+            if len(data) > settings.RETRIEVAL_MAX_UPLOAD_BYTES:
+                raise images.ImageError(
+                    f"image too large: over {settings.RETRIEVAL_MAX_UPLOAD_BYTES} bytes"
+                )
+            picture = images.open_image(data, max_pixels=settings.RETRIEVAL_MAX_PIXELS)
+        except images.ImageError as exc:
+            result.failed[garment.pk] = str(exc)
+            continue
+        except (OSError, ValueError) as exc:  # missing file, unreadable storage
+            result.failed[garment.pk] = f"cannot read image {garment.image.name}: {exc}"
+            continue
+        decoded.append((garment, picture))
+
+    if decoded:
+        model = active_model()
+        backbone = model.backbone if model is not None else current_backbone()
+        extractor = get_extractor(backbone=backbone, model=model)
+        out = extractor.extract([picture for _, picture in decoded])
+        store_backbone_features(
+            garments=[g for g, _ in decoded],
+            backbone=backbone,
+            pooled=out["pooled"],
+            positions=out["positions"],
+            rgb=out["rgb10"].reshape(len(decoded), -1),
+        )
+        if model is not None:
+            from retrieval import features
+
+            colour = features.colour_feature(out["rgb10"], variant=model.colour_variant)
+            fused = features.fuse(out["deep"], colour, weight=model.colour_weight)
+            store_garment_features(
+                model=model, garment_ids=[g.pk for g, _ in decoded], deep=out["deep"], fused=fused
+            )
+        result.ready = [g.pk for g, _ in decoded]
+
+    now = timezone.now()
+    with transaction.atomic():
+        mine = Garment.objects.filter(claimed_by=claim, status=Garment.Status.PROCESSING)
+        mine.filter(id__in=result.ready).update(
+            status=Garment.Status.READY, error="", claimed_by="", updated_at=now
+        )
+        for garment_id, reason in result.failed.items():
+            mine.filter(id=garment_id).update(
+                status=Garment.Status.FAILED, error=reason[:2000], claimed_by="", updated_at=now
+            )
+    return result
+
+
+def store_backbone_features(
+    *, garments: Sequence[Garment], backbone: str, pooled, positions, rgb
+) -> None:
+    """Upsert the CNN cache rows.
+
+    pooled: (N, D) float32; positions: (N, 10) int; rgb: (N, 30) float32 in 0..255.
+    """
+    from retrieval import features
+
+    rows = [
+        BackboneFeature(
+            garment_id=garment.pk,
+            backbone=backbone,
+            version=features.FEATURE_VERSION,
+            image_name=garment.image.name,
+            pooled=pooled[i],
+            positions=[int(p) for p in positions[i]],
+            rgb=[float(v) for v in rgb[i]],
+        )
+        for i, garment in enumerate(garments)
+    ]
+    BackboneFeature.objects.bulk_create(
+        rows,
+        update_conflicts=True,
+        unique_fields=["garment", "backbone"],
+        update_fields=["version", "image_name", "pooled", "positions", "rgb", "created_at"],
+    )
+
+
+def store_garment_features(*, model: FeatureModel, garment_ids: Sequence[int], deep, fused) -> None:
+    """Upsert searchable vectors. deep: (N, 512) float32; fused: (N, 542) float32.
+
+    Each row gets the label of its nearest centroid in the model's active K-means run, so
+    garments indexed between two runs are found by cluster search right away.
+    """
+    from retrieval import clustering
+
+    rows = [
+        GarmentFeature(garment_id=garment_id, model=model, deep=deep[i], fused=fused[i])
+        for i, garment_id in enumerate(garment_ids)
+    ]
+    with transaction.atomic():
+        GarmentFeature.objects.bulk_create(
+            rows,
+            update_conflicts=True,
+            unique_fields=["garment", "model"],
+            update_fields=["deep", "fused", "created_at"],
+        )
+        clustering.label_with_active_run(model=model, garment_ids=garment_ids)
+
+
+# --------------------------------------------------------------------------- bulk import
+
+
+def import_catalog(
+    *,
+    source: Path,
+    category_field: str = "articleType",
+    limit: int | None = None,
+    job: ImportJob | None = None,
+    progress=None,
+) -> ImportJob:
+    """Import (or update, by sku) every valid row of a catalogue zip/folder; queue indexing.
+
+    Problems (which row or file, and why) are recorded on the job and the rest continues.
+    Re-importing the same catalogue changes nothing: rows whose fields and image bytes are
+    unchanged are left alone.
+    """
+    from retrieval.catalog import CatalogError, CatalogSource, Problem, read_rows
+
+    if job is None:
+        job = ImportJob.objects.create(
+            source=str(source), category_field=category_field, limit=limit
+        )
+    job.status = ImportJob.Status.RUNNING
+    job.save(update_fields=["status"])
+    problems: list[dict] = []
+    try:
+        with CatalogSource(
+            Path(source),
+            max_file_bytes=settings.RETRIEVAL_MAX_UPLOAD_BYTES,
+            max_total_bytes=settings.RETRIEVAL_MAX_IMPORT_BYTES,
+        ) as catalog:
+            problems.extend(p.as_dict() for p in catalog.problems)
+            batch = []
+            for item in read_rows(catalog, category_field=category_field, limit=limit):
+                if isinstance(item, Problem):
+                    problems.append(item.as_dict())
+                    continue
+                batch.append(item)
+                if len(batch) >= IMPORT_BATCH:
+                    _import_batch(job=job, catalog=catalog, rows=batch, problems=problems)
+                    batch = []
+                    if progress is not None:
+                        progress(job)
+            if batch:
+                _import_batch(job=job, catalog=catalog, rows=batch, problems=problems)
+    except CatalogError as exc:
+        job.status = ImportJob.Status.FAILED
+        job.error = str(exc)
+    else:
+        job.status = ImportJob.Status.DONE
+    job.problems = problems[:5000]  # keep the report bounded for a pathological file
+    job.finished_at = timezone.now()
+    job.save()
+    if progress is not None:
+        progress(job)
+    return job
+
+
+def _import_batch(*, job: ImportJob, catalog, rows: list, problems: list[dict]) -> None:
+    from retrieval.catalog import CatalogError
+
+    categories: dict[str, Category] = {}
+    existing = {g.sku: g for g in Garment.objects.filter(sku__in=[r.sku for r in rows])}
+    to_index: list[int] = []
+    with transaction.atomic():
+        for row in rows:
+            try:
+                data = catalog.read(row.image)
+            except (CatalogError, OSError, KeyError) as exc:
+                problems.append(
+                    {"row": row.row, "sku": row.sku, "file": row.image, "reason": str(exc)}
+                )
+                continue
+            if not data:
+                problems.append(
+                    {"row": row.row, "sku": row.sku, "file": row.image, "reason": "empty file"}
+                )
+                continue
+            key = row.category.lower()
+            if key not in categories:
+                categories[key] = get_or_create_category(name=row.category)
+            category = categories[key]
+            digest = image_digest(data)
+            garment = existing.get(row.sku)
+            fields = {
+                "title": row.title,
+                "category_id": category.pk,
+                "colour": row.colour,
+                "attributes": {**row.attributes, "image_sha256": digest},
+            }
+            job.rows += 1
+            if garment is None:
+                garment = Garment(sku=row.sku, import_job=job, **fields)
+                garment.image.save(Path(row.image).name, ContentFile(data), save=False)
+                garment.save()
+                job.created += 1
+                to_index.append(garment.pk)
+                continue
+            image_changed = garment.attributes.get("image_sha256") != digest
+            changed = image_changed or any(
+                getattr(garment, name) != value for name, value in fields.items()
+            )
+            if not changed:
+                job.unchanged += 1
+                continue
+            for name, value in fields.items():
+                setattr(garment, name, value)
+            garment.import_job = job
+            if image_changed:
+                garment.image.save(Path(row.image).name, ContentFile(data), save=False)
+                garment.status = Garment.Status.PENDING
+                garment.error = ""
+                to_index.append(garment.pk)
+            garment.save()
+            job.updated += 1
+        job.save(update_fields=["rows", "created", "updated", "unchanged"])
+        enqueue_indexing(garment_ids=to_index)
+
+
+def import_progress(*, job: ImportJob) -> dict:
+    """Counts of the job's garments by status (what the admin progress bar shows)."""
+    counts = dict(
+        Garment.objects.filter(import_job=job)
+        .values_list("status")
+        .annotate(n=Count("id"))
+        .values_list("status", "n")
+    )
+    total = sum(counts.values())
+    done = counts.get(Garment.Status.READY, 0) + counts.get(Garment.Status.FAILED, 0)
+    return {
+        "status": job.status,
+        "rows": job.rows,
+        "garments": total,
+        "ready": counts.get(Garment.Status.READY, 0),
+        "failed": counts.get(Garment.Status.FAILED, 0),
+        "pending": counts.get(Garment.Status.PENDING, 0) + counts.get(Garment.Status.PROCESSING, 0),
+        "percent": round(100.0 * done / total, 1) if total else (100.0 if job.finished_at else 0),
+        "problems": len(job.problems),
+    }
+
+
+def workers_available(*, timeout: float = 1.0) -> bool:
+    """Whether any Celery worker consumes the features queue right now."""
+    from fashionsite.celery import app
+
+    try:
+        replies = app.control.inspect(timeout=timeout).active_queues() or {}
+    except Exception:  # broker down: nobody will pick anything up
+        return False
+    return any(q["name"] == settings.FEATURES_QUEUE for queues in replies.values() for q in queues)
+
+
+def wait_for_garments(
+    *, garments, poll_seconds: float = 2.0, progress=None, index_locally_if_no_worker=True
+) -> dict:
+    """Block until every garment in the queryset is ready or failed.
+
+    With no worker consuming the features queue, index here, in this process, instead of
+    hanging (``import_catalog --wait`` on a machine where nothing else runs).
+    """
+    while True:
+        pending = list(
+            garments.filter(
+                status__in=[Garment.Status.PENDING, Garment.Status.PROCESSING]
+            ).values_list("id", flat=True)
+        )
+        if not pending:
+            break
+        if index_locally_if_no_worker and not workers_available():
+            for start in range(0, len(pending), INDEX_CHUNK):
+                index_garments(garment_ids=pending[start : start + INDEX_CHUNK])
+                if progress is not None:
+                    progress()
+            # Those under another (dead) worker's lease are re-claimed once it goes stale.
+            if garments.filter(status=Garment.Status.PENDING).exists():
+                continue
+        if progress is not None:
+            progress()
+        time.sleep(poll_seconds)
+    return dict(garments.values_list("status").annotate(n=Count("id")).values_list("status", "n"))

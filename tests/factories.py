@@ -1,0 +1,91 @@
+"""factory_boy factories: real rows in the real test database."""
+
+from __future__ import annotations
+
+import io
+
+import factory
+import numpy as np
+from django.core.files.base import ContentFile
+from PIL import Image
+
+from retrieval.models import (
+    Category,
+    ClusterCentroid,
+    ClusterRun,
+    FeatureModel,
+    Garment,
+    GarmentFeature,
+)
+
+
+def jpeg_bytes(colour=(200, 30, 30), size=(60, 80), *, pattern: bool = False) -> bytes:
+    """A small studio-style JPEG: a coloured garment-ish block on white."""
+    image = Image.new("RGB", size, (255, 255, 255))
+    w, h = size
+    block = Image.new("RGB", (w // 2, h // 2), colour)
+    image.paste(block, (w // 4, h // 4))
+    if pattern:
+        for x in range(w // 4, 3 * w // 4, 4):
+            for y in range(h // 4, 3 * h // 4):
+                image.putpixel((x, y), (0, 0, 0))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=92)
+    return buffer.getvalue()
+
+
+class CategoryFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Category
+        django_get_or_create = ("name",)
+
+    name = factory.Sequence(lambda n: f"Category {n}")
+
+
+class GarmentFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Garment
+
+    sku = factory.Sequence(lambda n: f"SKU{n:06d}")
+    title = factory.LazyAttribute(lambda o: f"Garment {o.sku}")
+    category = factory.SubFactory(CategoryFactory)
+    colour = "Red"
+    image = factory.LazyAttribute(lambda o: ContentFile(jpeg_bytes(), name=f"{o.sku}.jpg"))
+    status = Garment.Status.READY
+
+
+class FeatureModelFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = FeatureModel
+
+    name = factory.Sequence(lambda n: f"test-model-{n}")
+    backbone = "efficientnet_lite0"
+    backbone_dim = 1280
+    colour_variant = "lab"
+    colour_weight = 1.0
+    status = FeatureModel.Status.READY
+    active = True
+
+
+def add_vectors(model: FeatureModel, garments, fused: np.ndarray) -> None:
+    """Store given fused vectors (N, 542) for garments; deep = the first 512 values."""
+    GarmentFeature.objects.bulk_create(
+        GarmentFeature(garment=g, model=model, deep=fused[i, :512], fused=fused[i])
+        for i, g in enumerate(garments)
+    )
+
+
+def add_cluster_run(
+    model: FeatureModel, centroids: np.ndarray, labels_by_garment: dict
+) -> ClusterRun:
+    """An active K-means run with given centroids (k, 542) and labels {garment_id: label}."""
+    ClusterRun.objects.filter(model=model, active=True).update(active=False)
+    run = ClusterRun.objects.create(model=model, k=len(centroids), n_samples=len(labels_by_garment))
+    ClusterCentroid.objects.bulk_create(
+        ClusterCentroid(run=run, label=i, centroid=c) for i, c in enumerate(centroids)
+    )
+    for garment_id, label in labels_by_garment.items():
+        GarmentFeature.objects.filter(model=model, garment_id=garment_id).update(cluster=label)
+    ClusterRun.objects.filter(pk=run.pk).update(active=True)
+    run.refresh_from_db()
+    return run
