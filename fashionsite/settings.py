@@ -321,9 +321,13 @@ RETRIEVAL_BACKBONE_WEIGHTS = env_str("RETRIEVAL_BACKBONE_WEIGHTS") or None
 RETRIEVAL_COLOUR = env_str("RETRIEVAL_COLOUR", "lab")
 RETRIEVAL_COLOUR_WEIGHT = env_float("RETRIEVAL_COLOUR_WEIGHT", 1.0)
 RETRIEVAL_DEVICE = env_str("RETRIEVAL_DEVICE", "auto")
-RETRIEVAL_BF16 = env_bool("RETRIEVAL_BF16", True)
+# CNN precision: auto = fp16 autocast on CUDA, fp32 on CPU (bf16 is emulated, so ~6x slower,
+# on CPUs without native bf16 such as this project's AVX2 machines; see docs/benchmarks.md).
+RETRIEVAL_PRECISION = env_str("RETRIEVAL_PRECISION", "auto")
+if RETRIEVAL_PRECISION not in {"auto", "fp32", "bf16", "fp16"}:
+    _fail(f"RETRIEVAL_PRECISION={RETRIEVAL_PRECISION!r}: use auto, fp32, bf16 or fp16")
 RETRIEVAL_BATCH_SIZE = env_int("RETRIEVAL_BATCH_SIZE", 32, minimum=1)
-RETRIEVAL_LOADER_WORKERS = env_int("RETRIEVAL_LOADER_WORKERS", 1, minimum=0)
+RETRIEVAL_LOADER_WORKERS = env_int("RETRIEVAL_LOADER_WORKERS", 0, minimum=0)
 RETRIEVAL_MODELS_DIR = Path(env_str("RETRIEVAL_MODELS_DIR", str(VAR_DIR / "models"))).resolve()
 # K-means: K = 0 means "the number of active categories", as in the paper.
 RETRIEVAL_KMEANS_K = env_int("RETRIEVAL_KMEANS_K", 0, minimum=0)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from django.contrib import admin
+from django import forms
+from django.conf import settings
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ActionForm
 from django.db.models import Count
-from django.utils.html import format_html
+from django.http import JsonResponse
+from django.urls import path
+from django.utils.html import format_html, format_html_join
 
+from retrieval import services
 from retrieval.models import (
     BackboneFeature,
     Category,
@@ -14,7 +20,14 @@ from retrieval.models import (
     FeatureModel,
     Garment,
     GarmentFeature,
+    ImportJob,
 )
+
+
+class CategoryActionForm(ActionForm):
+    category = forms.ModelChoiceField(
+        queryset=Category.objects.order_by("name"), required=False, label="category"
+    )
 
 
 @admin.register(Category)
@@ -23,6 +36,19 @@ class CategoryAdmin(admin.ModelAdmin):
     list_filter = ("active",)
     search_fields = ("name", "slug")
     prepopulated_fields = {"slug": ("name",)}
+    actions = ("merge_into",)
+
+    action_form = CategoryActionForm
+
+    @admin.action(description="Merge the selected categories into the category chosen above")
+    def merge_into(self, request, queryset) -> None:
+        category = request.POST.get("category")
+        if not category:
+            self.message_user(request, "Choose the category to merge into.", messages.ERROR)
+            return
+        target = Category.objects.get(pk=category)
+        moved = services.merge_categories(sources=list(queryset), target=target)
+        self.message_user(request, f"Merged into {target}; {moved} garments moved.")
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(_garments=Count("garments"))
@@ -32,15 +58,30 @@ class CategoryAdmin(admin.ModelAdmin):
         return obj._garments
 
 
+class GarmentForm(forms.ModelForm):
+    class Meta:
+        model = Garment
+        fields = ("sku", "title", "description", "category", "colour", "image", "attributes")
+
+    def clean_image(self):
+        upload = self.cleaned_data.get("image")
+        if upload and upload != getattr(self.instance, "image", None):
+            services.validate_upload(upload=upload)
+        return upload
+
+
 @admin.register(Garment)
 class GarmentAdmin(admin.ModelAdmin):
-    list_display = ("thumbnail", "sku", "title", "category", "colour", "status", "updated_at")
+    form = GarmentForm
+    action_form = CategoryActionForm
+    list_display = ("thumbnail", "sku", "title", "category", "colour", "status_badge", "updated_at")
     list_display_links = ("thumbnail", "sku")
     list_filter = ("status", "category")
     search_fields = ("sku", "title", "colour")
     list_select_related = ("category",)
     readonly_fields = ("status", "error", "created_at", "updated_at", "preview")
     list_per_page = 50
+    actions = ("reindex_selected", "move_to_category")
 
     @admin.display(description="image")
     def thumbnail(self, obj: Garment) -> str:
@@ -55,6 +96,32 @@ class GarmentAdmin(admin.ModelAdmin):
         if not obj.image:
             return "-"
         return format_html('<img src="{}" alt="" style="max-height:240px">', obj.image.url)
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj: Garment) -> str:
+        if obj.status == Garment.Status.FAILED:
+            return format_html('<span title="{}">failed: {}</span>', obj.error, obj.error[:80])
+        return obj.status
+
+    def save_model(self, request, obj: Garment, form, change: bool) -> None:
+        services.save_garment(garment=obj, image_changed="image" in form.changed_data)
+
+    @admin.action(description="Re-index the selected garments")
+    def reindex_selected(self, request, queryset) -> None:
+        count = services.mark_for_reindex(garment_ids=list(queryset.values_list("id", flat=True)))
+        self.message_user(request, f"{count} garments queued for indexing.", messages.SUCCESS)
+
+    @admin.action(description="Move the selected garments to the category chosen above")
+    def move_to_category(self, request, queryset) -> None:
+        category = request.POST.get("category")
+        if not category:
+            self.message_user(request, "Choose a category first.", messages.ERROR)
+            return
+        target = Category.objects.get(pk=category)
+        count = services.move_garments(
+            garment_ids=list(queryset.values_list("id", flat=True)), category=target
+        )
+        self.message_user(request, f"{count} garments moved to {target}.", messages.SUCCESS)
 
 
 @admin.register(GarmentFeature)
@@ -98,3 +165,83 @@ class EvaluationReportAdmin(admin.ModelAdmin):
     list_display = ("id", "model", "status", "created_at", "finished_at")
     list_filter = ("status",)
     readonly_fields = ("parameters", "metrics", "error", "created_at", "finished_at")
+
+
+class ImportJobForm(forms.ModelForm):
+    class Meta:
+        model = ImportJob
+        fields = ("upload", "category_field", "limit")
+        help_texts = {
+            "upload": "A zip holding styles.csv and images/ (the sample catalogue's format).",
+        }
+
+    def clean_upload(self):
+        upload = self.cleaned_data.get("upload")
+        if not upload:
+            raise forms.ValidationError("Choose a catalogue zip to import.")
+        if upload.size > settings.RETRIEVAL_MAX_IMPORT_BYTES:
+            raise forms.ValidationError(
+                f"the file is over the import limit ({settings.RETRIEVAL_MAX_IMPORT_BYTES} bytes)"
+            )
+        return upload
+
+
+@admin.register(ImportJob)
+class ImportJobAdmin(admin.ModelAdmin):
+    form = ImportJobForm
+    list_display = ("id", "source", "status", "rows", "created", "updated", "problem_count")
+    list_filter = ("status",)
+    readonly_fields = (
+        *("source", "status", "rows", "created", "updated", "unchanged", "problem_table"),
+        *("error", "created_by", "created_at", "finished_at"),
+    )
+    change_form_template = "admin/retrieval/importjob/change_form.html"
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ("upload", "category_field", "limit")
+        return self.readonly_fields
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return obj is None and super().has_change_permission(request, obj)
+
+    @admin.display(description="problems")
+    def problem_count(self, obj: ImportJob) -> int:
+        return len(obj.problems)
+
+    @admin.display(description="problems (row, sku, file: reason)")
+    def problem_table(self, obj: ImportJob) -> str:
+        if not obj.problems:
+            return "none"
+        return format_html_join(
+            "",
+            "<div>{}</div>",
+            (
+                (", ".join(f"{k} {p[k]}" for k in ("row", "sku", "file") if p.get(k))
+                 + f": {p['reason']}",)
+                for p in obj.problems[:500]
+            ),
+        )  # fmt: skip
+
+    def save_model(self, request, obj: ImportJob, form, change: bool) -> None:
+        obj.source = obj.upload.name if obj.upload else ""
+        obj.created_by = request.user
+        super().save_model(request, obj, form, change)
+        services.start_import(job=obj)
+
+    def get_urls(self):
+        urls = super().get_urls()
+        extra = [
+            path(
+                "<int:job_id>/progress/",
+                self.admin_site.admin_view(self.progress_view),
+                name="retrieval_importjob_progress",
+            )
+        ]
+        return extra + urls
+
+    def progress_view(self, request, job_id: int) -> JsonResponse:
+        job = ImportJob.objects.filter(pk=job_id).first()
+        if job is None:
+            return JsonResponse({"error": "no such import"}, status=404)
+        return JsonResponse(services.import_progress(job=job))

@@ -66,20 +66,37 @@ def fit_kmeans(vectors: np.ndarray, *, k: int, seed: int = 0):
     )
 
 
+COLUMNS = {
+    ClusterRun.Space.FUSED: ("fused", "cluster"),
+    ClusterRun.Space.DEEP: ("deep", "deep_cluster"),
+}
+
+
 def build_clusters(*, model: FeatureModel | None = None, k: int | None = None) -> ClusterRun:
-    """Fit a new K-means run over ``model``'s fused vectors and switch searches to it."""
+    """Fit new K-means runs over ``model``'s vectors (fused and deep spaces) and switch to them.
+
+    Returns the fused-space run (the paper's).
+    """
     model = model or FeatureModel.objects.filter(active=True).first()
     if model is None:
         raise ValueError("no active feature model: train one first (manage.py train_model)")
     k = k or default_k()
+    runs = [build_run(model=model, k=k, space=space) for space in ClusterRun.Space]
+    return runs[0]
+
+
+def build_run(*, model: FeatureModel, k: int, space: str) -> ClusterRun:
+    """Fit one K-means run in one space and switch searches to it."""
     started = time.perf_counter()
-    ids, vectors = load_vectors(model=model)
+    vector_column, _ = COLUMNS[space]
+    ids, vectors = load_vectors(model=model, column=vector_column)
     if len(ids) == 0:
         raise ValueError(f"model {model} has no vectors yet: index the catalogue first")
     centroids, labels, inertia, algorithm = fit_kmeans(vectors, k=k)
     sizes = np.bincount(labels, minlength=len(centroids)).tolist()
     run = ClusterRun.objects.create(
         model=model,
+        space=space,
         k=len(centroids),
         n_samples=len(ids),
         sizes=sizes,
@@ -93,14 +110,18 @@ def build_clusters(*, model: FeatureModel | None = None, k: int | None = None) -
     switch_run(run=run, feature_ids=ids, labels=labels)
     run.seconds = time.perf_counter() - started
     run.save(update_fields=["seconds"])
-    log.info("K-means k=%d over %d vectors in %.1fs (%s)", run.k, len(ids), run.seconds, algorithm)
+    log.info(
+        "K-means (%s) k=%d over %d vectors in %.1fs (%s)",
+        space, run.k, len(ids), run.seconds, algorithm,
+    )  # fmt: skip
     return run
 
 
 def switch_run(*, run: ClusterRun, feature_ids: np.ndarray, labels: np.ndarray) -> None:
-    """Write the run's labels and make it the active run, in one transaction."""
+    """Write the run's labels and make it the active run of its space, in one transaction."""
     table = GarmentFeature._meta.db_table
     centroid_table = ClusterCentroid._meta.db_table
+    vector_column, label_column = COLUMNS[run.space]
     with transaction.atomic(), connection.cursor() as cursor:
         # EXCLUSIVE blocks writers (indexing) but not readers (searches) until commit.
         cursor.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
@@ -111,38 +132,42 @@ def switch_run(*, run: ClusterRun, feature_ids: np.ndarray, labels: np.ndarray) 
             for pk, label in zip(feature_ids.tolist(), labels.tolist(), strict=True):
                 copy.write_row((pk, label))
         cursor.execute(
-            f"UPDATE {table} AS f SET cluster = n.label FROM new_labels AS n WHERE f.id = n.id"
+            f"UPDATE {table} AS f SET {label_column} = n.label "
+            "FROM new_labels AS n WHERE f.id = n.id"
         )
         # Rows indexed after the fit started: nearest centroid of the new run.
         cursor.execute(
             f"""
-            UPDATE {table} AS f SET cluster = (
+            UPDATE {table} AS f SET {label_column} = (
                 SELECT c.label FROM {centroid_table} AS c
-                WHERE c.run_id = %s ORDER BY c.centroid <-> f.fused LIMIT 1)
+                WHERE c.run_id = %s ORDER BY c.centroid <-> f.{vector_column} LIMIT 1)
             WHERE f.model_id = %s AND NOT EXISTS (SELECT 1 FROM new_labels n WHERE n.id = f.id)
             """,
             [run.pk, run.model_id],
         )
-        ClusterRun.objects.filter(model_id=run.model_id, active=True).update(active=False)
+        ClusterRun.objects.filter(model_id=run.model_id, space=run.space, active=True).update(
+            active=False
+        )
         ClusterRun.objects.filter(pk=run.pk).update(active=True)
 
 
 def label_with_active_run(*, model: FeatureModel, garment_ids) -> None:
-    """Give these garments' vectors the label of their nearest centroid in the active run.
+    """Give these garments' vectors the label of their nearest centroid in the active runs.
 
-    Runs inside the caller's transaction, in SQL, so it reads the run that is active when the
-    statement runs (see the module docstring for why that cannot be a stale run).
+    Runs inside the caller's transaction, in SQL, so it reads the runs that are active when
+    the statement runs (see the module docstring for why that cannot be a stale run).
     """
     table = GarmentFeature._meta.db_table
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"""
-            UPDATE {table} AS f SET cluster = (
-                SELECT c.label FROM {ClusterCentroid._meta.db_table} AS c
-                JOIN {ClusterRun._meta.db_table} AS r ON r.id = c.run_id
-                WHERE r.model_id = f.model_id AND r.active
-                ORDER BY c.centroid <-> f.fused LIMIT 1)
-            WHERE f.model_id = %s AND f.garment_id = ANY(%s)
-            """,
-            [model.pk, list(garment_ids)],
-        )
+        for space, (vector_column, label_column) in COLUMNS.items():
+            cursor.execute(
+                f"""
+                UPDATE {table} AS f SET {label_column} = (
+                    SELECT c.label FROM {ClusterCentroid._meta.db_table} AS c
+                    JOIN {ClusterRun._meta.db_table} AS r ON r.id = c.run_id
+                    WHERE r.model_id = f.model_id AND r.space = %s AND r.active
+                    ORDER BY c.centroid <-> f.{vector_column} LIMIT 1)
+                WHERE f.model_id = %s AND f.garment_id = ANY(%s)
+                """,
+                [str(space), model.pk, list(garment_ids)],
+            )

@@ -18,6 +18,9 @@ DEEP_DIM = 512  # FC1 output, the paper's deep feature
 COLOUR_DIM = 30  # 10 positions x 3 channels, the paper's colour feature
 FUSED_DIM = DEEP_DIM + COLOUR_DIM  # 542
 COLOUR_POSITIONS = 10
+# Version of what retrieval.features computes per image (preprocessing, colour reading):
+# bump it when that changes, so stale cached CNN features are recognisable and recomputed.
+FEATURE_VERSION = 1
 
 
 class Category(models.Model):
@@ -120,6 +123,9 @@ class FeatureModel(models.Model):
     classes = models.JSONField(default=list, blank=True, help_text="Category names, head order.")
     colour_variant = models.CharField(max_length=20, default="lab")
     colour_weight = models.FloatField(default=1.0)
+    normalize_deep = models.BooleanField(
+        default=True, help_text="L2-normalise the deep part before fusing (departure from paper)."
+    )
     metrics = models.JSONField(default=dict, blank=True)
     split = models.JSONField(
         default=dict, blank=True, help_text="Seed and held-out test garment ids (never trained on)."
@@ -159,7 +165,7 @@ class BackboneFeature(models.Model):
     garment = models.ForeignKey(Garment, on_delete=models.CASCADE, related_name="backbone_features")
     backbone = models.CharField(max_length=40)
     version = models.PositiveSmallIntegerField(
-        help_text="Feature code version (retrieval.features.FEATURE_VERSION) that wrote the row."
+        help_text="FEATURE_VERSION of the code that wrote the row."
     )
     image_name = models.CharField(max_length=255, help_text="The image file the row was made from.")
     pooled = VectorField()
@@ -188,23 +194,39 @@ class GarmentFeature(models.Model):
     model = models.ForeignKey(FeatureModel, on_delete=models.CASCADE, related_name="features")
     deep = VectorField(dimensions=DEEP_DIM)
     fused = VectorField(dimensions=FUSED_DIM)
-    cluster = models.IntegerField(null=True, blank=True)
+    cluster = models.IntegerField(null=True, blank=True, help_text="K-means label, fused space.")
+    deep_cluster = models.IntegerField(
+        null=True, blank=True, help_text="K-means label, deep space (the deep-only baseline)."
+    )
     created_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["garment", "model"], name="one_feature_per_model")
         ]
-        indexes = [models.Index(fields=["model", "cluster"])]
+        indexes = [
+            models.Index(fields=["model", "cluster"]),
+            models.Index(fields=["model", "deep_cluster"]),
+        ]
 
     def __str__(self) -> str:
         return f"vectors of garment {self.garment_id} under model {self.model_id}"
 
 
 class ClusterRun(models.Model):
-    """A K-means fit over one feature model's fused vectors (the paper's cluster filter)."""
+    """A K-means fit over one feature model's vectors (the paper's cluster filter).
+
+    ``space`` "fused" clusters the 542-d fused vectors (the paper's method); "deep" clusters
+    the 512-d deep part alone, so the deep-only baseline is searched the way the paper
+    searched it rather than through clusters shaped by colour.
+    """
+
+    class Space(models.TextChoices):
+        FUSED = "fused", "fused"
+        DEEP = "deep", "deep"
 
     model = models.ForeignKey(FeatureModel, on_delete=models.CASCADE, related_name="cluster_runs")
+    space = models.CharField(max_length=8, choices=Space.choices, default=Space.FUSED)
     k = models.PositiveIntegerField()
     n_samples = models.PositiveIntegerField(default=0)
     sizes = models.JSONField(default=list, blank=True)
@@ -218,12 +240,16 @@ class ClusterRun(models.Model):
         ordering = ["-created_at"]
         constraints = [
             models.UniqueConstraint(
-                fields=["model"], condition=Q(active=True), name="one_active_cluster_run_per_model"
+                fields=["model", "space"],
+                condition=Q(active=True),
+                name="one_active_cluster_run_per_model_space",
             )
         ]
 
     def __str__(self) -> str:
-        return f"K-means k={self.k} on {self.model} ({self.created_at:%Y-%m-%d %H:%M})"
+        return (
+            f"K-means k={self.k} ({self.space}) on {self.model} ({self.created_at:%Y-%m-%d %H:%M})"
+        )
 
 
 class ClusterCentroid(models.Model):
@@ -232,7 +258,7 @@ class ClusterCentroid(models.Model):
 
     run = models.ForeignKey(ClusterRun, on_delete=models.CASCADE, related_name="centroids")
     label = models.PositiveIntegerField()
-    centroid = VectorField(dimensions=FUSED_DIM)
+    centroid = VectorField(help_text="542 floats (fused space) or 512 (deep space).")
     size = models.PositiveIntegerField(default=0)
 
     class Meta:

@@ -95,6 +95,7 @@ def search_vectors(
     started = time.perf_counter()
     deep_dims = len(fused) - 30
     column = "deep" if mode == "deep" else "fused"
+    label_column = "deep_cluster" if mode == "deep" else "cluster"
     query = _vector_literal(fused[:deep_dims] if mode == "deep" else fused)
     table = GarmentFeature._meta.db_table
     extra_sql, extra_params = "", []
@@ -112,7 +113,7 @@ def search_vectors(
             cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         labels: list[int] = []
         if mode != "exact":
-            labels = _clusters_by_distance(cursor, model=model, query=query, mode=mode)
+            labels = _clusters_by_distance(cursor, model=model, query=query, space=mode)
         if not labels:  # exact mode, or no K-means run yet: rank everything
             cursor.execute(
                 f"SELECT f.garment_id, f.{column} <-> %s::vector AS d FROM {table} AS f "
@@ -128,7 +129,7 @@ def search_vectors(
                 used = labels[:n_probe]
                 cursor.execute(
                     f"SELECT f.garment_id, f.{column} <-> %s::vector AS d FROM {table} AS f "
-                    f"WHERE f.model_id = %s AND f.cluster = ANY(%s){extra_sql} "
+                    f"WHERE f.model_id = %s AND f.{label_column} = ANY(%s){extra_sql} "
                     "ORDER BY d LIMIT %s",
                     [query, model.pk, used, *extra_params, top],
                 )
@@ -146,16 +147,39 @@ def search_vectors(
     )
 
 
-def _clusters_by_distance(cursor, *, model: FeatureModel, query: str, mode: str) -> list[int]:
-    """Labels of the active run's clusters, nearest centroid first (empty without a run)."""
-    centroid = "subvector(c.centroid, 1, 512)" if mode == "deep" else "c.centroid"
+def _clusters_by_distance(cursor, *, model: FeatureModel, query: str, space: str) -> list[int]:
+    """Labels of the active run's clusters in a space, nearest centroid first (empty without
+    a run)."""
     cursor.execute(
         f"SELECT c.label FROM {ClusterCentroid._meta.db_table} AS c "
         f"JOIN {ClusterRun._meta.db_table} AS r ON r.id = c.run_id "
-        f"WHERE r.model_id = %s AND r.active ORDER BY {centroid} <-> %s::vector",
-        [model.pk, query],
+        "WHERE r.model_id = %s AND r.space = %s AND r.active "
+        "ORDER BY c.centroid <-> %s::vector",
+        [model.pk, space, query],
     )
     return [row[0] for row in cursor.fetchall()]
+
+
+def extractor_for(*, backbone: str, model: FeatureModel | None = None):
+    """The process-wide feature extractor for a backbone and a model's head (loaded once)."""
+    from retrieval import features
+
+    kwargs = {}
+    if model is not None:
+        kwargs = {
+            "head_path": str(model.head_path) if model.head_file else None,
+            "colour_variant": model.colour_variant,
+            "colour_weight": model.colour_weight,
+            "normalize_deep": model.normalize_deep,
+        }
+    return features.get_extractor(
+        backbone=backbone,
+        weights_path=settings.RETRIEVAL_BACKBONE_WEIGHTS,
+        device=None if settings.RETRIEVAL_DEVICE == "auto" else settings.RETRIEVAL_DEVICE,
+        precision=settings.RETRIEVAL_PRECISION,
+        max_pixels=settings.RETRIEVAL_MAX_PIXELS,
+        **kwargs,
+    )
 
 
 def search_image(
@@ -167,22 +191,13 @@ def search_image(
     probes: int | None = None,
 ) -> SearchResult:
     """Search by photo. image: a PIL image (RGB) or bytes; runs the CNN once."""
-    from retrieval import features, images
+    from retrieval import images
 
     started = time.perf_counter()
     model = active_model()
     if isinstance(image, bytes | bytearray):
         image = images.open_image(bytes(image), max_pixels=settings.RETRIEVAL_MAX_PIXELS)
-    extractor = features.get_extractor(
-        backbone=model.backbone,
-        weights_path=settings.RETRIEVAL_BACKBONE_WEIGHTS,
-        head_path=str(model.head_path),
-        device=settings.RETRIEVAL_DEVICE,
-        bf16=settings.RETRIEVAL_BF16,
-    )
-    out = extractor.extract([image])
-    colour = features.colour_feature(out["rgb10"], variant=model.colour_variant)
-    fused = features.fuse(out["deep"], colour, weight=model.colour_weight)[0]
+    fused = extractor_for(backbone=model.backbone, model=model).extract([image])["fused"][0]
     result = search_vectors(
         fused=fused, model=model, top=top, mode=mode, probes=probes, category_id=category_id
     )

@@ -22,7 +22,9 @@ from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
+from retrieval import search
 from retrieval.models import (
+    FEATURE_VERSION,
     BackboneFeature,
     Category,
     FeatureModel,
@@ -73,6 +75,43 @@ def merge_categories(*, sources: Sequence[Category], target: Category) -> int:
     Category.objects.filter(parent_id__in=source_ids).update(parent=target)
     Category.objects.filter(id__in=source_ids).delete()
     return moved
+
+
+def validate_upload(*, upload) -> None:
+    """Refuse an uploaded image over the size limit, or that does not decode (ValidationError)."""
+    from django.core.exceptions import ValidationError
+
+    from retrieval import images
+
+    limit = settings.RETRIEVAL_MAX_UPLOAD_BYTES
+    if upload.size is not None and upload.size > limit:
+        raise ValidationError(f"image too large: {upload.size} bytes, the limit is {limit}")
+    try:
+        upload.seek(0)
+        images.open_image(
+            upload.read(limit + 1), max_pixels=settings.RETRIEVAL_MAX_PIXELS, name=upload.name
+        )
+    except images.ImageError as exc:
+        raise ValidationError(str(exc)) from exc
+    finally:
+        upload.seek(0)
+
+
+def save_garment(*, garment: Garment, image_changed: bool) -> Garment:
+    """Create or update a garment (admin, API); a new image is indexed after commit."""
+    with transaction.atomic():
+        reindex = image_changed or garment.pk is None
+        if reindex:
+            garment.status = Garment.Status.PENDING
+            garment.error = ""
+            garment.claimed_by = ""
+        garment.save()
+        if reindex:
+            # Vectors of the previous image would match the wrong picture: drop them now.
+            GarmentFeature.objects.filter(garment=garment).delete()
+            BackboneFeature.objects.filter(garment=garment).delete()
+            enqueue_indexing(garment_ids=[garment.pk])
+    return garment
 
 
 # --------------------------------------------------------------------------- indexing queue
@@ -160,19 +199,6 @@ def current_backbone() -> str:
     )
 
 
-def get_extractor(*, backbone: str, model: FeatureModel | None = None):
-    """The process-wide feature extractor for a backbone (+ the model's head), loaded once."""
-    from retrieval import features
-
-    return features.get_extractor(
-        backbone=backbone,
-        weights_path=settings.RETRIEVAL_BACKBONE_WEIGHTS,
-        head_path=str(model.head_path) if model is not None and model.head_file else None,
-        device=settings.RETRIEVAL_DEVICE,
-        bf16=settings.RETRIEVAL_BF16,
-    )
-
-
 def claim_garments(*, garment_ids: Sequence[int], claim: str) -> list[int]:
     """Take the lease on garments so no other worker processes them at the same time.
 
@@ -204,10 +230,8 @@ def index_garments(*, garment_ids: Sequence[int], claim: str | None = None) -> I
 
     Idempotent: a garment is claimed first (see :func:`claim_garments`); vectors are upserted;
     only garments still under this claim are marked ready, so a garment re-queued meanwhile is
-    never counted twice.
+    never counted twice. A bad image fails its garment (with the reason), never the batch.
     """
-    from retrieval import images
-
     claim = claim or f"local-{uuid.uuid4().hex}"
     result = IndexResult()
     ids = claim_garments(garment_ids=garment_ids, claim=claim)
@@ -215,45 +239,11 @@ def index_garments(*, garment_ids: Sequence[int], claim: str | None = None) -> I
     if not ids:
         return result
     garments = {g.pk: g for g in Garment.objects.filter(id__in=ids)}
-    decoded: list[tuple[Garment, object]] = []
-    for garment in garments.values():
-        try:
-            with garment.image.open("rb") as handle:
-                data = handle.read(settings.RETRIEVAL_MAX_UPLOAD_BYTES + 1)
-            if len(data) > settings.RETRIEVAL_MAX_UPLOAD_BYTES:
-                raise images.ImageError(
-                    f"image too large: over {settings.RETRIEVAL_MAX_UPLOAD_BYTES} bytes"
-                )
-            picture = images.open_image(data, max_pixels=settings.RETRIEVAL_MAX_PIXELS)
-        except images.ImageError as exc:
-            result.failed[garment.pk] = str(exc)
-            continue
-        except (OSError, ValueError) as exc:  # missing file, unreadable storage
-            result.failed[garment.pk] = f"cannot read image {garment.image.name}: {exc}"
-            continue
-        decoded.append((garment, picture))
-
-    if decoded:
-        model = active_model()
-        backbone = model.backbone if model is not None else current_backbone()
-        extractor = get_extractor(backbone=backbone, model=model)
-        out = extractor.extract([picture for _, picture in decoded])
-        store_backbone_features(
-            garments=[g for g, _ in decoded],
-            backbone=backbone,
-            pooled=out["pooled"],
-            positions=out["positions"],
-            rgb=out["rgb10"].reshape(len(decoded), -1),
-        )
-        if model is not None:
-            from retrieval import features
-
-            colour = features.colour_feature(out["rgb10"], variant=model.colour_variant)
-            fused = features.fuse(out["deep"], colour, weight=model.colour_weight)
-            store_garment_features(
-                model=model, garment_ids=[g.pk for g, _ in decoded], deep=out["deep"], fused=fused
-            )
-        result.ready = [g.pk for g, _ in decoded]
+    model = active_model()
+    backbone = model.backbone if model is not None else current_backbone()
+    extract_and_store(
+        garments=list(garments.values()), backbone=backbone, model=model, result=result
+    )
 
     now = timezone.now()
     with transaction.atomic():
@@ -265,7 +255,64 @@ def index_garments(*, garment_ids: Sequence[int], claim: str | None = None) -> I
             mine.filter(id=garment_id).update(
                 status=Garment.Status.FAILED, error=reason[:2000], claimed_by="", updated_at=now
             )
+            GarmentFeature.objects.filter(garment_id=garment_id).delete()
     return result
+
+
+def extract_and_store(
+    *, garments: Sequence[Garment], backbone: str, model: FeatureModel | None, result: IndexResult
+) -> None:
+    """Run the CNN over the garments' images and upsert their cache and searchable vectors.
+
+    Decoding and resizing run in DataLoader worker processes (RETRIEVAL_LOADER_WORKERS) while
+    the model's thread runs the CNN.
+    """
+    from retrieval import images
+
+    def source(garment: Garment):
+        def read() -> bytes:
+            with garment.image.open("rb") as handle:
+                data = handle.read(settings.RETRIEVAL_MAX_UPLOAD_BYTES + 1)
+            if len(data) > settings.RETRIEVAL_MAX_UPLOAD_BYTES:
+                raise images.ImageError(
+                    f"image too large: over {settings.RETRIEVAL_MAX_UPLOAD_BYTES} bytes",
+                    name=garment.image.name,
+                )
+            return data
+
+        # A path is picklable for the DataLoader's worker processes; remote storage is read here.
+        try:
+            return garment.image.path
+        except NotImplementedError:
+            return read()
+
+    by_id = {g.pk: g for g in garments}
+    items = []
+    for garment in garments:
+        if not garment.image:
+            result.failed[garment.pk] = "no image"
+            continue
+        items.append((garment.pk, source(garment)))
+    extractor = search.extractor_for(backbone=backbone, model=model)
+    workers = settings.RETRIEVAL_LOADER_WORKERS if len(items) > 8 else 0
+    for batch in extractor.extract_paths(
+        items, batch_size=settings.RETRIEVAL_BATCH_SIZE, num_workers=workers
+    ):
+        for key, reason in batch.errors:
+            result.failed[key] = reason
+        if not batch.keys:
+            continue
+        out = batch.features
+        store_backbone_features(
+            garments=[by_id[k] for k in batch.keys],
+            backbone=backbone,
+            pooled=out["pooled"],
+            positions=out["positions"],
+            rgb=out["rgb10"].reshape(len(batch.keys), -1),
+        )
+        if model is not None:
+            store_garment_features(model=model, garment_ids=batch.keys, fused=out["fused"])
+        result.ready.extend(batch.keys)
 
 
 def store_backbone_features(
@@ -275,13 +322,11 @@ def store_backbone_features(
 
     pooled: (N, D) float32; positions: (N, 10) int; rgb: (N, 30) float32 in 0..255.
     """
-    from retrieval import features
-
     rows = [
         BackboneFeature(
             garment_id=garment.pk,
             backbone=backbone,
-            version=features.FEATURE_VERSION,
+            version=FEATURE_VERSION,
             image_name=garment.image.name,
             pooled=pooled[i],
             positions=[int(p) for p in positions[i]],
@@ -297,8 +342,9 @@ def store_backbone_features(
     )
 
 
-def store_garment_features(*, model: FeatureModel, garment_ids: Sequence[int], deep, fused) -> None:
-    """Upsert searchable vectors. deep: (N, 512) float32; fused: (N, 542) float32.
+def store_garment_features(*, model: FeatureModel, garment_ids: Sequence[int], fused) -> None:
+    """Upsert searchable vectors. fused: (N, 542) float32; its first 512 values (the deep part
+    as fused, i.e. L2-normalised where the model says so) are stored as the deep vector.
 
     Each row gets the label of its nearest centroid in the model's active K-means run, so
     garments indexed between two runs are found by cluster search right away.
@@ -306,7 +352,7 @@ def store_garment_features(*, model: FeatureModel, garment_ids: Sequence[int], d
     from retrieval import clustering
 
     rows = [
-        GarmentFeature(garment_id=garment_id, model=model, deep=deep[i], fused=fused[i])
+        GarmentFeature(garment_id=garment_id, model=model, deep=fused[i, :512], fused=fused[i])
         for i, garment_id in enumerate(garment_ids)
     ]
     with transaction.atomic():
@@ -378,12 +424,29 @@ def import_catalog(
     return job
 
 
+def start_import(*, job: ImportJob) -> None:
+    """Queue an uploaded import (admin) for a worker, after the job row is committed."""
+
+    def send() -> None:
+        from retrieval import tasks
+
+        try:
+            tasks.import_catalog.delay(job.pk)
+        except Exception as exc:  # broker down: say so on the job rather than lose it silently
+            ImportJob.objects.filter(pk=job.pk).update(
+                error=f"could not queue the import (broker unavailable: {exc}); retry later"
+            )
+
+    transaction.on_commit(send)
+
+
 def _import_batch(*, job: ImportJob, catalog, rows: list, problems: list[dict]) -> None:
     from retrieval.catalog import CatalogError
 
     categories: dict[str, Category] = {}
     existing = {g.sku: g for g in Garment.objects.filter(sku__in=[r.sku for r in rows])}
     to_index: list[int] = []
+    unchanged: list[int] = []
     with transaction.atomic():
         for row in rows:
             try:
@@ -424,6 +487,7 @@ def _import_batch(*, job: ImportJob, catalog, rows: list, problems: list[dict]) 
             )
             if not changed:
                 job.unchanged += 1
+                unchanged.append(garment.pk)
                 continue
             for name, value in fields.items():
                 setattr(garment, name, value)
@@ -435,6 +499,8 @@ def _import_batch(*, job: ImportJob, catalog, rows: list, problems: list[dict]) 
                 to_index.append(garment.pk)
             garment.save()
             job.updated += 1
+        # Unchanged garments still belong to this import: its progress and --wait cover them.
+        Garment.objects.filter(id__in=unchanged).update(import_job=job)
         job.save(update_fields=["rows", "created", "updated", "unchanged"])
         enqueue_indexing(garment_ids=to_index)
 
@@ -500,3 +566,223 @@ def wait_for_garments(
             progress()
         time.sleep(poll_seconds)
     return dict(garments.values_list("status").annotate(n=Count("id")).values_list("status", "n"))
+
+
+# --------------------------------------------------------------------------- models
+
+
+def split_catalogue(
+    *,
+    skus: Sequence[str],
+    labels: Sequence[str],
+    seed: int = 0,
+    val: float = 0.1,
+    test: float = 0.1,
+) -> dict[str, list[int]]:
+    """Per-category train / validation / held-out test split (indices into ``skus``).
+
+    Deterministic: within each category garments are ordered by a seeded hash of their sku,
+    so the split never depends on import order and a garment keeps its side across runs.
+    Categories with fewer than 3 garments go to train only.
+    """
+    by_label: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_label.setdefault(label, []).append(i)
+    split: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    for members in by_label.values():
+        members.sort(key=lambda i: hashlib.sha1(f"{seed}:{skus[i]}".encode()).hexdigest())
+        n = len(members)
+        n_test = max(1, round(n * test)) if n >= 3 else 0
+        n_val = max(1, round(n * val)) if n >= 3 else 0
+        split["test"] += members[:n_test]
+        split["val"] += members[n_test : n_test + n_val]
+        split["train"] += members[n_test + n_val :]
+    return split
+
+
+def ensure_backbone_features(*, backbone: str, progress=None) -> int:
+    """Run the CNN for garments that have no cached features under ``backbone`` yet."""
+    missing = list(
+        Garment.objects.filter(category__active=True)
+        .exclude(status=Garment.Status.FAILED)
+        .exclude(backbone_features__backbone=backbone)
+        .order_by("id")
+    )
+    done = 0
+    for start in range(0, len(missing), 256):
+        chunk = missing[start : start + 256]
+        extract_and_store(garments=chunk, backbone=backbone, model=None, result=IndexResult())
+        done += len(chunk)
+        if progress is not None:
+            progress({"stage": "extracting", "done": done, "total": len(missing)})
+    return len(missing)
+
+
+def load_backbone_features(*, backbone: str, category_field: str = "category"):
+    """Cached CNN features of every usable garment, with its training label.
+
+    Returns (garment ids (N,) int64, skus, labels (N,) str, pooled (N, D) float32).
+    """
+    import numpy as np
+
+    rows = (
+        BackboneFeature.objects.filter(backbone=backbone, garment__category__active=True)
+        .exclude(garment__status=Garment.Status.FAILED)
+        .order_by("garment_id")
+        .values_list(
+            "garment_id",
+            "garment__sku",
+            "garment__category__name",
+            "garment__attributes",
+            "pooled",
+        )
+    )
+    ids, skus, labels, pooled = [], [], [], []
+    for gid, sku, category, attributes, vector in rows.iterator(chunk_size=2000):
+        label = category if category_field == "category" else (attributes or {}).get(category_field)
+        if not label:
+            continue
+        ids.append(gid)
+        skus.append(sku)
+        labels.append(label)
+        pooled.append(vector)
+    if not ids:
+        return np.empty(0, np.int64), [], np.empty(0, object), None
+    return (
+        np.asarray(ids, np.int64),
+        skus,
+        np.asarray(labels, dtype=object),
+        np.vstack(pooled).astype(np.float32),
+    )
+
+
+def train_model(
+    *,
+    backbone: str | None = None,
+    epochs: int = 40,
+    category_field: str = "category",
+    seed: int = 0,
+    activate: bool = True,
+    progress=None,
+) -> FeatureModel:
+    """Train the head on the catalogue's categories and register (and activate) a new model.
+
+    Split per category into train / validation / held-out test (fixed seed; evaluation queries
+    with the test part); train FC1+FC2 on cached pooled backbone features; save the head
+    atomically; recompute every garment's vectors from the cache (no second CNN pass); fit
+    K-means; switch the active model only when all of that is done.
+    """
+    import numpy as np
+
+    from retrieval import clustering, features
+
+    backbone = features.resolve_backbone(
+        backbone or settings.RETRIEVAL_BACKBONE, weights_path=settings.RETRIEVAL_BACKBONE_WEIGHTS
+    )
+    report = progress or (lambda state: None)
+    ensure_backbone_features(backbone=backbone, progress=report)
+    ids, skus, labels, pooled = load_backbone_features(
+        backbone=backbone, category_field=category_field
+    )
+    classes = sorted(set(labels.tolist()))
+    if len(classes) < 2:
+        raise ValueError(
+            f"need garments in at least 2 categories to train (found {len(classes)}); "
+            "import a catalogue first"
+        )
+    y = np.asarray([classes.index(label) for label in labels], np.int64)
+    split = split_catalogue(skus=skus, labels=labels.tolist(), seed=seed)
+    train, val = np.asarray(split["train"]), np.asarray(split["val"])
+
+    def on_epoch(epoch: int, total: int, metrics: dict) -> None:
+        report({"stage": "training", "epoch": epoch, "epochs": total, **metrics})
+
+    started = time.perf_counter()
+    head, metrics = features.train_head(
+        pooled[train],
+        y[train],
+        num_classes=len(classes),
+        epochs=epochs,
+        seed=seed,
+        val_pooled=pooled[val] if len(val) else None,
+        val_labels=y[val] if len(val) else None,
+        class_names=classes,
+        backbone=backbone,
+        progress=on_epoch,
+    )
+    metrics.update(
+        train_seconds=round(time.perf_counter() - started, 2),
+        n_train=len(train),
+        n_val=len(val),
+        n_test=len(split["test"]),
+        category_field=category_field,
+    )
+    stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+    name = f"{backbone}-{stamp}-{uuid.uuid4().hex[:6]}"
+    head_file = f"heads/{name}.pt"
+    features.save_head(settings.RETRIEVAL_MODELS_DIR / head_file, head)
+    model = FeatureModel.objects.create(
+        name=name,
+        backbone=backbone,
+        backbone_dim=pooled.shape[1],
+        head_file=head_file,
+        classes=classes,
+        colour_variant=settings.RETRIEVAL_COLOUR,
+        colour_weight=settings.RETRIEVAL_COLOUR_WEIGHT,
+        metrics=metrics,
+        split={"seed": seed, "test": ids[split["test"]].tolist(), "val": ids[val].tolist()},
+        status=FeatureModel.Status.INDEXING,
+    )
+    recompute_vectors(model=model, progress=report)
+    if activate:
+        report({"stage": "clustering"})
+        clustering.build_clusters(model=model)
+        activate_model(model=model)
+    else:
+        FeatureModel.objects.filter(pk=model.pk).update(status=FeatureModel.Status.READY)
+    model.refresh_from_db()
+    return model
+
+
+def recompute_vectors(*, model: FeatureModel, progress=None, only_missing: bool = False) -> int:
+    """Compute the model's searchable vectors from the cached CNN features (no CNN pass).
+
+    Returns the number of garments written.
+    """
+    import numpy as np
+
+    extractor = search.extractor_for(backbone=model.backbone, model=model)
+    queryset = BackboneFeature.objects.filter(backbone=model.backbone).exclude(
+        garment__status=Garment.Status.FAILED
+    )
+    if only_missing:
+        queryset = queryset.exclude(garment__features__model=model)
+    ids = list(queryset.order_by("garment_id").values_list("garment_id", flat=True))
+    written = 0
+    for start in range(0, len(ids), 4096):
+        chunk = ids[start : start + 4096]
+        rows = BackboneFeature.objects.filter(backbone=model.backbone, garment_id__in=chunk)
+        rows = rows.order_by("garment_id").values_list("garment_id", "pooled", "rgb")
+
+        gids, pooled, rgb = zip(*rows, strict=True)
+        out = extractor.from_stored(
+            np.vstack(pooled).astype(np.float32), np.asarray(rgb, np.float32).reshape(-1, 10, 3)
+        )
+        store_garment_features(model=model, garment_ids=list(gids), fused=out["fused"])
+        written += len(gids)
+        if progress is not None:
+            progress({"stage": "vectors", "done": written, "total": len(ids)})
+    return written
+
+
+def activate_model(*, model: FeatureModel) -> None:
+    """Make ``model`` the one searches and workers use, in one transaction."""
+    with transaction.atomic():
+        FeatureModel.objects.filter(active=True).exclude(pk=model.pk).update(active=False)
+        FeatureModel.objects.filter(pk=model.pk).update(
+            active=True, status=FeatureModel.Status.READY, activated_at=timezone.now()
+        )
+    # Garments indexed by workers while the model was being built (under the previous model)
+    # have cached CNN features but no vectors for this model yet.
+    recompute_vectors(model=model, only_missing=True)
+    # Their new garment ready status stays as is; they are searchable now.

@@ -76,16 +76,19 @@ def add_vectors(model: FeatureModel, garments, fused: np.ndarray) -> None:
 
 
 def add_cluster_run(
-    model: FeatureModel, centroids: np.ndarray, labels_by_garment: dict
+    model: FeatureModel, centroids: np.ndarray, labels_by_garment: dict, *, space: str = "fused"
 ) -> ClusterRun:
-    """An active K-means run with given centroids (k, 542) and labels {garment_id: label}."""
-    ClusterRun.objects.filter(model=model, active=True).update(active=False)
-    run = ClusterRun.objects.create(model=model, k=len(centroids), n_samples=len(labels_by_garment))
+    """An active K-means run with given centroids (k, 542 or 512) and {garment_id: label}."""
+    ClusterRun.objects.filter(model=model, space=space, active=True).update(active=False)
+    run = ClusterRun.objects.create(
+        model=model, space=space, k=len(centroids), n_samples=len(labels_by_garment)
+    )
     ClusterCentroid.objects.bulk_create(
         ClusterCentroid(run=run, label=i, centroid=c) for i, c in enumerate(centroids)
     )
+    column = "cluster" if space == "fused" else "deep_cluster"
     for garment_id, label in labels_by_garment.items():
-        GarmentFeature.objects.filter(model=model, garment_id=garment_id).update(cluster=label)
+        GarmentFeature.objects.filter(model=model, garment_id=garment_id).update(**{column: label})
     ClusterRun.objects.filter(pk=run.pk).update(active=True)
     run.refresh_from_db()
     return run

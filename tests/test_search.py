@@ -199,3 +199,23 @@ def test_cluster_switch_is_atomic_under_concurrent_searches():
             t.join()
     assert searches[0] > 20
     assert failures == []
+
+
+def test_deep_mode_uses_the_deep_space_clusters(catalogue):
+    """The deep-only baseline is searched through its own K-means run (deep vectors, its own
+    label column), not through the fused run's labels."""
+    model, garments, vectors, centres = catalogue
+    fused_label = [0] * 3 + [1] * 30 + [2] * 30
+    # Same partition, numbered the other way round: mixing up the label columns would probe
+    # the wrong cluster and miss the exact copy.
+    add_cluster_run(
+        model,
+        centres[::-1, :512].copy(),
+        {g.pk: 2 - fused_label[i] for i, g in enumerate(garments)},
+        space="deep",
+    )
+    for i in (1, 7, 50):
+        result = search.search_vectors(fused=vectors[i], model=model, top=5, mode="deep")
+        assert result.hits[0].garment_id == garments[i].pk
+        assert result.hits[0].distance == pytest.approx(0.0, abs=1e-5)
+        assert result.clusters[0] == 2 - fused_label[i]

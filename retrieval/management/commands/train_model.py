@@ -1,0 +1,65 @@
+"""python manage.py train_model [--backbone NAME] [--epochs N] [--category-field FIELD]"""
+
+from __future__ import annotations
+
+from django.core.management.base import BaseCommand, CommandError
+
+from retrieval import services
+
+
+class Command(BaseCommand):
+    help = (
+        "Train the head (FC1 512 + FC2 categories) on the catalogue, recompute every vector "
+        "from cached CNN features, fit K-means and activate the new model."
+    )
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--backbone", default=None, help="resnet50, efficientnet_lite0, auto")
+        parser.add_argument("--epochs", type=int, default=40)
+        parser.add_argument(
+            "--category-field",
+            default="category",
+            help="Train on the garment's category (default) or an imported attribute, "
+            "e.g. subCategory.",
+        )
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--no-activate", action="store_true")
+
+    def handle(self, *args, backbone, epochs, category_field, seed, no_activate, **options):
+        if epochs < 1:
+            raise CommandError("--epochs must be at least 1")
+        last_stage = [None]
+
+        def progress(state: dict) -> None:
+            stage = state.get("stage")
+            if stage == "training":
+                if state["epoch"] % 10 == 0 or state["epoch"] == state["epochs"]:
+                    accuracy = state.get("val_accuracy")
+                    shown = f", validation accuracy {accuracy:.3f}" if accuracy is not None else ""
+                    self.stdout.write(f"  epoch {state['epoch']}/{state['epochs']}{shown}")
+            elif stage in {"extracting", "vectors"}:
+                self.stdout.write(f"  {stage}: {state['done']}/{state['total']}")
+            elif stage != last_stage[0]:
+                self.stdout.write(f"  {stage}")
+            last_stage[0] = stage
+
+        try:
+            model = services.train_model(
+                backbone=backbone,
+                epochs=epochs,
+                category_field=category_field,
+                seed=seed,
+                activate=not no_activate,
+                progress=progress,
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+        m = model.metrics
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"model {model.name}: {len(model.classes)} classes, "
+                f"validation accuracy {m.get('val_accuracy', float('nan')):.3f} "
+                f"({m['n_train']} train / {m['n_val']} val / {m['n_test']} held-out test), "
+                f"{'active' if model.active else 'not activated'}"
+            )
+        )
