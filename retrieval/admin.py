@@ -7,7 +7,8 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 from django.db.models import Count
-from django.http import JsonResponse
+from django.http import HttpResponseNotAllowed, JsonResponse
+from django.shortcuts import redirect
 from django.urls import path
 from django.utils.html import format_html, format_html_join
 
@@ -148,9 +149,59 @@ class BackboneFeatureAdmin(admin.ModelAdmin):
 
 @admin.register(FeatureModel)
 class FeatureModelAdmin(admin.ModelAdmin):
-    list_display = ("name", "backbone", "colour_variant", "colour_weight", "status", "active")
+    list_display = (
+        *("name", "backbone", "colour_variant", "colour_weight", "status", "progress_text"),
+        *("val_accuracy", "active"),
+    )
     list_filter = ("backbone", "status", "active")
-    readonly_fields = ("metrics", "progress", "error", "created_at", "activated_at")
+    readonly_fields = ("metrics", "progress", "error", "split", "created_at", "activated_at")
+    actions = ("activate_selected",)
+    change_list_template = "admin/retrieval/featuremodel/change_list.html"
+
+    @admin.display(description="validation accuracy")
+    def val_accuracy(self, obj: FeatureModel) -> str:
+        value = obj.metrics.get("val_accuracy")
+        return "-" if value is None else f"{value:.3f}"
+
+    @admin.display(description="progress")
+    def progress_text(self, obj: FeatureModel) -> str:
+        p = obj.progress or {}
+        if "epoch" in p:
+            return f"{p.get('stage')} {p['epoch']}/{p['epochs']}"
+        if "done" in p:
+            return f"{p.get('stage')} {p['done']}/{p['total']}"
+        return p.get("stage", "-")
+
+    @admin.action(description="Activate the selected model (re-indexes in the background)")
+    def activate_selected(self, request, queryset) -> None:
+        from retrieval import tasks
+
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one model.", messages.ERROR)
+            return
+        model = queryset.get()
+        if not model.head_file:
+            self.message_user(request, f"{model} has no trained head.", messages.ERROR)
+            return
+        tasks.reindex_model.delay(model.pk)
+        self.message_user(request, f"Re-indexing for {model}; it becomes active when done.")
+
+    def get_urls(self):
+        extra = [
+            path(
+                "train/",
+                self.admin_site.admin_view(self.train_view),
+                name="retrieval_featuremodel_train",
+            )
+        ]
+        return extra + super().get_urls()
+
+    def train_view(self, request):
+        if request.method != "POST" or not self.has_add_permission(request):
+            return HttpResponseNotAllowed(["POST"])
+        model = services.queue_training()
+        self.message_user(request, f"Training {model.name}; progress shows in the list.")
+        return redirect("admin:retrieval_featuremodel_changelist")
 
 
 @admin.register(ClusterRun)

@@ -7,6 +7,7 @@ them, so the web request path stays light.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -187,16 +188,20 @@ def active_model() -> FeatureModel | None:
     return FeatureModel.objects.filter(active=True).first()
 
 
+@functools.cache
+def _configured_backbone(name: str, weights_path: str | None) -> str:
+    from retrieval import features
+
+    # Resolved once per process: "auto" looks for weight files and warns when it falls back.
+    return features.resolve_backbone(name, weights_path=weights_path)
+
+
 def current_backbone() -> str:
     """The backbone new CNN passes use: the active model's, else the configured one."""
     model = active_model()
     if model is not None:
         return model.backbone
-    from retrieval import features
-
-    return features.resolve_backbone(
-        settings.RETRIEVAL_BACKBONE, weights_path=settings.RETRIEVAL_BACKBONE_WEIGHTS
-    )
+    return _configured_backbone(settings.RETRIEVAL_BACKBONE, settings.RETRIEVAL_BACKBONE_WEIGHTS)
 
 
 def claim_garments(*, garment_ids: Sequence[int], claim: str) -> list[int]:
@@ -527,6 +532,23 @@ def import_progress(*, job: ImportJob) -> dict:
     }
 
 
+def after_import(*, job: ImportJob) -> str:
+    """Make an imported catalogue searchable: train the first model, or re-cluster after a
+    large import (at least 10% new garments). Returns what was done, for the log."""
+    from retrieval import clustering
+
+    model = active_model()
+    if model is None:
+        model = train_model(category_field="category")
+        accuracy = model.metrics.get("val_accuracy")
+        return f"trained and activated {model.name} (validation accuracy {accuracy})"
+    total = GarmentFeature.objects.filter(model=model).count()
+    if job.created and job.created >= 0.1 * max(total, 1):
+        run = clustering.build_clusters(model=model)
+        return f"re-clustered: k={run.k} over {run.n_samples} garments"
+    return "model and clusters kept"
+
+
 def workers_available(*, timeout: float = 1.0) -> bool:
     """Whether any Celery worker consumes the features queue right now."""
     from fashionsite.celery import app
@@ -663,83 +685,101 @@ def train_model(
     category_field: str = "category",
     seed: int = 0,
     activate: bool = True,
+    model: FeatureModel | None = None,
     progress=None,
 ) -> FeatureModel:
     """Train the head on the catalogue's categories and register (and activate) a new model.
 
     Split per category into train / validation / held-out test (fixed seed; evaluation queries
-    with the test part); train FC1+FC2 on cached pooled backbone features; save the head
-    atomically; recompute every garment's vectors from the cache (no second CNN pass); fit
-    K-means; switch the active model only when all of that is done.
+    with the test part); train FC1+FC2 on cached pooled backbone features (running the CNN
+    first for garments that have none); save the head atomically; recompute every garment's
+    vectors from the cache (no second CNN pass); fit K-means; switch the active model only
+    when all of that is done. Progress is saved on the model row (the admin shows it).
+    ``model``: a row created beforehand (status training) by whoever queued the training.
     """
     import numpy as np
 
     from retrieval import clustering, features
 
     backbone = features.resolve_backbone(
-        backbone or settings.RETRIEVAL_BACKBONE, weights_path=settings.RETRIEVAL_BACKBONE_WEIGHTS
+        backbone or (model.backbone if model else settings.RETRIEVAL_BACKBONE),
+        weights_path=settings.RETRIEVAL_BACKBONE_WEIGHTS,
     )
-    report = progress or (lambda state: None)
-    ensure_backbone_features(backbone=backbone, progress=report)
-    ids, skus, labels, pooled = load_backbone_features(
-        backbone=backbone, category_field=category_field
-    )
-    classes = sorted(set(labels.tolist()))
-    if len(classes) < 2:
-        raise ValueError(
-            f"need garments in at least 2 categories to train (found {len(classes)}); "
-            "import a catalogue first"
+    if model is None:
+        stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+        model = FeatureModel.objects.create(
+            name=f"{backbone}-{stamp}-{uuid.uuid4().hex[:6]}",
+            backbone=backbone,
+            backbone_dim=features.POOLED_DIMS[backbone],
+            colour_variant=settings.RETRIEVAL_COLOUR,
+            colour_weight=settings.RETRIEVAL_COLOUR_WEIGHT,
+            status=FeatureModel.Status.TRAINING,
         )
-    y = np.asarray([classes.index(label) for label in labels], np.int64)
-    split = split_catalogue(skus=skus, labels=labels.tolist(), seed=seed)
-    train, val = np.asarray(split["train"]), np.asarray(split["val"])
 
-    def on_epoch(epoch: int, total: int, metrics: dict) -> None:
-        report({"stage": "training", "epoch": epoch, "epochs": total, **metrics})
+    def report(state: dict) -> None:
+        FeatureModel.objects.filter(pk=model.pk).update(progress=state)
+        if progress is not None:
+            progress(state)
 
-    started = time.perf_counter()
-    head, metrics = features.train_head(
-        pooled[train],
-        y[train],
-        num_classes=len(classes),
-        epochs=epochs,
-        seed=seed,
-        val_pooled=pooled[val] if len(val) else None,
-        val_labels=y[val] if len(val) else None,
-        class_names=classes,
-        backbone=backbone,
-        progress=on_epoch,
-    )
-    metrics.update(
-        train_seconds=round(time.perf_counter() - started, 2),
-        n_train=len(train),
-        n_val=len(val),
-        n_test=len(split["test"]),
-        category_field=category_field,
-    )
-    stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
-    name = f"{backbone}-{stamp}-{uuid.uuid4().hex[:6]}"
-    head_file = f"heads/{name}.pt"
-    features.save_head(settings.RETRIEVAL_MODELS_DIR / head_file, head)
-    model = FeatureModel.objects.create(
-        name=name,
-        backbone=backbone,
-        backbone_dim=pooled.shape[1],
-        head_file=head_file,
-        classes=classes,
-        colour_variant=settings.RETRIEVAL_COLOUR,
-        colour_weight=settings.RETRIEVAL_COLOUR_WEIGHT,
-        metrics=metrics,
-        split={"seed": seed, "test": ids[split["test"]].tolist(), "val": ids[val].tolist()},
-        status=FeatureModel.Status.INDEXING,
-    )
-    recompute_vectors(model=model, progress=report)
-    if activate:
-        report({"stage": "clustering"})
-        clustering.build_clusters(model=model)
-        activate_model(model=model)
-    else:
-        FeatureModel.objects.filter(pk=model.pk).update(status=FeatureModel.Status.READY)
+    try:
+        ensure_backbone_features(backbone=backbone, progress=report)
+        ids, skus, labels, pooled = load_backbone_features(
+            backbone=backbone, category_field=category_field
+        )
+        classes = sorted(set(labels.tolist()))
+        if len(classes) < 2:
+            raise ValueError(
+                f"need garments in at least 2 categories to train (found {len(classes)}); "
+                "import a catalogue first"
+            )
+        y = np.asarray([classes.index(label) for label in labels], np.int64)
+        split = split_catalogue(skus=skus, labels=labels.tolist(), seed=seed)
+        train, val = np.asarray(split["train"]), np.asarray(split["val"])
+
+        def on_epoch(epoch: int, total: int, metrics: dict) -> None:
+            report({"stage": "training", "epoch": epoch, "epochs": total, **metrics})
+
+        started = time.perf_counter()
+        head, metrics = features.train_head(
+            pooled[train],
+            y[train],
+            num_classes=len(classes),
+            epochs=epochs,
+            seed=seed,
+            val_pooled=pooled[val] if len(val) else None,
+            val_labels=y[val] if len(val) else None,
+            class_names=classes,
+            backbone=backbone,
+            progress=on_epoch,
+        )
+        metrics.update(
+            train_seconds=round(time.perf_counter() - started, 2),
+            n_train=len(train),
+            n_val=len(val),
+            n_test=len(split["test"]),
+            category_field=category_field,
+        )
+        model.head_file = f"heads/{model.name}.pt"
+        features.save_head(settings.RETRIEVAL_MODELS_DIR / model.head_file, head)
+        model.backbone_dim = pooled.shape[1]
+        model.classes = classes
+        model.metrics = metrics
+        model.split = {"seed": seed, "test": ids[split["test"]].tolist(), "val": ids[val].tolist()}
+        model.status = FeatureModel.Status.INDEXING
+        model.save()
+        recompute_vectors(model=model, progress=report)
+        if activate:
+            report({"stage": "clustering"})
+            clustering.build_clusters(model=model)
+            activate_model(model=model)
+        else:
+            FeatureModel.objects.filter(pk=model.pk).update(status=FeatureModel.Status.READY)
+        report({"stage": "done"})
+    except Exception as exc:
+        FeatureModel.objects.filter(pk=model.pk).update(
+            status=FeatureModel.Status.FAILED, error=f"{exc.__class__.__name__}: {exc}"[:2000]
+        )
+        raise
     model.refresh_from_db()
     return model
 
@@ -786,3 +826,43 @@ def activate_model(*, model: FeatureModel) -> None:
     # have cached CNN features but no vectors for this model yet.
     recompute_vectors(model=model, only_missing=True)
     # Their new garment ready status stays as is; they are searchable now.
+
+
+def reindex_and_activate(*, model: FeatureModel) -> None:
+    """Re-index the catalogue for ``model`` in chunks with visible progress, then switch.
+
+    Searches keep serving the previous model's vectors until this model's are complete.
+    """
+    from retrieval import clustering
+
+    def report(state: dict) -> None:
+        FeatureModel.objects.filter(pk=model.pk).update(progress=state)
+
+    FeatureModel.objects.filter(pk=model.pk).update(status=FeatureModel.Status.INDEXING)
+    ensure_backbone_features(backbone=model.backbone, progress=report)
+    recompute_vectors(model=model, progress=report)
+    report({"stage": "clustering"})
+    clustering.build_clusters(model=model)
+    activate_model(model=model)
+    report({"stage": "done"})
+
+
+def queue_training(*, backbone: str | None = None, epochs: int = 40) -> FeatureModel:
+    """Create the model row (visible progress in the admin) and queue its training."""
+    from retrieval import features, tasks
+
+    backbone = features.resolve_backbone(
+        backbone or settings.RETRIEVAL_BACKBONE, weights_path=settings.RETRIEVAL_BACKBONE_WEIGHTS
+    )
+    stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+    model = FeatureModel.objects.create(
+        name=f"{backbone}-{stamp}-{uuid.uuid4().hex[:6]}",
+        backbone=backbone,
+        backbone_dim=features.POOLED_DIMS[backbone],
+        colour_variant=settings.RETRIEVAL_COLOUR,
+        colour_weight=settings.RETRIEVAL_COLOUR_WEIGHT,
+        status=FeatureModel.Status.TRAINING,
+        progress={"stage": "queued"},
+    )
+    transaction.on_commit(lambda: tasks.train_model.delay(model.pk, epochs))
+    return model

@@ -76,3 +76,26 @@ def import_catalog(self, job_id: int) -> dict:
         source=job.upload.path, category_field=job.category_field, limit=job.limit, job=job
     )
     return services.import_progress(job=job)
+
+
+@shared_task(name="retrieval.tasks.train_model", bind=True, acks_late=True)
+def train_model(self, model_id: int, epochs: int = 40, category_field: str = "category") -> dict:
+    """Train a model queued from the admin (its row exists, status training)."""
+    from retrieval.models import FeatureModel
+
+    model = FeatureModel.objects.get(pk=model_id)
+    if model.status != FeatureModel.Status.TRAINING:
+        return {"skipped": f"model {model.name} is {model.status}"}  # redelivered after the end
+    model = services.train_model(model=model, epochs=epochs, category_field=category_field)
+    return {"model": model.name, "val_accuracy": model.metrics.get("val_accuracy")}
+
+
+@shared_task(name="retrieval.tasks.reindex_model", bind=True, acks_late=True)
+def reindex_model(self, model_id: int) -> dict:
+    """Activate a model: CNN pass for garments missing its backbone's features, then its
+    vectors and clusters, then the switch. Searches use the previous model until then."""
+    from retrieval.models import FeatureModel
+
+    model = FeatureModel.objects.get(pk=model_id)
+    services.reindex_and_activate(model=model)
+    return {"model": model.name}

@@ -21,13 +21,21 @@ class Command(BaseCommand):
         parser.add_argument("--limit", type=int, default=None, help="Import at most N valid rows.")
         parser.add_argument("--category-field", default="articleType")
         parser.add_argument(
+            "--train",
+            action="store_true",
+            help="With --wait: then train and activate a model if none is active yet, or "
+            "rebuild the K-means clusters after a large import.",
+        )
+        parser.add_argument(
             "--wait",
             action="store_true",
             help="Return when every imported garment is ready or failed (indexes here when no "
             "worker is running).",
         )
 
-    def handle(self, *args, path: Path, limit, category_field: str, wait: bool, **options):
+    def handle(
+        self, *args, path: Path, limit, category_field: str, wait: bool, train: bool, **options
+    ):
         if limit is not None and limit < 1:
             raise CommandError("--limit must be at least 1")
         started = time.monotonic()
@@ -77,7 +85,8 @@ class Command(BaseCommand):
                 f"done in {elapsed:.0f}s: {ready} ready, {failed} failed ({rate:.1f} garments/s)"
             )
         )
-        for sku, error in garments.filter(status=Garment.Status.FAILED).values_list("sku", "error")[
-            :50
-        ]:
+        failures = garments.filter(status=Garment.Status.FAILED).values_list("sku", "error")
+        for sku, error in failures[:50]:
             self.stderr.write(f"  failed {sku}: {error}")
+        if train:
+            self.stdout.write(services.after_import(job=job))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import signal
 import socket
 import subprocess
@@ -21,6 +22,9 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from retrieval.models import Garment
+
+# Garments imported, indexed and trained on before the rest of a catalogue is imported.
+FIRST_SLICE = 2000
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -156,19 +160,9 @@ class Command(BaseCommand):
             path = settings.SAMPLE_CATALOG
         if not path.exists():
             raise CommandError(f"CATALOG={catalog!r} does not exist")
-        from django.core.management import get_commands
-
-        if "import_catalog" not in get_commands():
-            self.stdout.write(
-                self.style.WARNING(
-                    f"would import {path} now, but catalogue import is not built yet "
-                    "(it arrives with the ingestion issue)"
-                )
-            )
-            return None
         self.stdout.write(f"importing {path} in the background; the site fills up as you watch")
-        return subprocess.Popen(
-            [sys.executable, "manage.py", "import_catalog", str(path)],
-            env=env,
-            cwd=settings.BASE_DIR,
-        )
+        # First a slice, so a model is trained and search works within minutes; then the
+        # rest (re-reading the slice is free: the import is idempotent).
+        manage = f"{shlex.quote(sys.executable)} manage.py import_catalog {shlex.quote(str(path))}"
+        script = f"{manage} --limit {FIRST_SLICE} --wait --train && {manage} --wait --train"
+        return subprocess.Popen(["/bin/sh", "-c", script], env=env, cwd=settings.BASE_DIR)

@@ -1,0 +1,123 @@
+"""Staff curation in the admin: upload, validation, actions, import progress."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from retrieval.models import Category, FeatureModel, Garment, ImportJob
+from tests.factories import CategoryFactory, GarmentFactory, jpeg_bytes
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def staff(admin_client):
+    return admin_client
+
+
+def test_every_model_is_registered_and_lists(staff):
+    for name in (
+        "category", "garment", "garmentfeature", "backbonefeature", "featuremodel",
+        "clusterrun", "evaluationreport", "importjob",
+    ):  # fmt: skip
+        response = staff.get(f"/admin/retrieval/{name}/")
+        assert response.status_code == 200, name
+
+
+def test_admin_upload_creates_a_pending_garment(staff):
+    category = CategoryFactory(name="Dresses")
+    response = staff.post(
+        "/admin/retrieval/garment/add/",
+        {
+            "sku": "A1",
+            "title": "Red dress",
+            "description": "",
+            "category": category.pk,
+            "colour": "Red",
+            "attributes": "{}",
+            "image": SimpleUploadedFile("dress.jpg", jpeg_bytes(), content_type="image/jpeg"),
+        },
+    )
+    assert response.status_code == 302, response.content[:2000]
+    garment = Garment.objects.get(sku="A1")
+    assert garment.status == Garment.Status.PENDING
+    assert garment.image.name.endswith(".jpg")
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b"this is not an image", "not an image"),
+        (b"", "empty"),
+    ],
+)
+def test_admin_upload_refuses_bad_images_with_a_clear_message(staff, payload, message):
+    category = CategoryFactory(name="Dresses")
+    response = staff.post(
+        "/admin/retrieval/garment/add/",
+        {
+            "sku": "A2",
+            "title": "x",
+            "category": category.pk,
+            "attributes": "{}",
+            "image": SimpleUploadedFile("x.jpg", payload, content_type="image/jpeg"),
+        },
+    )
+    assert response.status_code == 200
+    assert message in response.content.decode()
+    assert not Garment.objects.filter(sku="A2").exists()
+
+
+def test_move_action_and_merge_action(staff):
+    a, b = CategoryFactory(name="Tees"), CategoryFactory(name="T-Shirts")
+    garments = [GarmentFactory(category=a) for _ in range(3)]
+    staff.post(
+        "/admin/retrieval/garment/",
+        {
+            "action": "move_to_category",
+            "category": b.pk,
+            "_selected_action": [g.pk for g in garments[:2]],
+        },
+    )
+    assert Garment.objects.filter(category=b).count() == 2
+    staff.post(
+        "/admin/retrieval/category/",
+        {"action": "merge_into", "category": b.pk, "_selected_action": [a.pk]},
+    )
+    assert not Category.objects.filter(pk=a.pk).exists()
+    assert Garment.objects.filter(category=b).count() == 3
+
+
+def test_reindex_action_sets_garments_pending(staff):
+    garment = GarmentFactory(status=Garment.Status.FAILED, error="boom")
+    staff.post(
+        "/admin/retrieval/garment/",
+        {"action": "reindex_selected", "_selected_action": [garment.pk]},
+    )
+    garment.refresh_from_db()
+    assert garment.status == Garment.Status.PENDING and garment.error == ""
+
+
+def test_import_job_page_shows_progress(staff):
+    job = ImportJob.objects.create(source="x.zip", status=ImportJob.Status.DONE, rows=2)
+    GarmentFactory(import_job=job, status=Garment.Status.READY)
+    GarmentFactory(import_job=job, status=Garment.Status.PENDING)
+    page = staff.get(f"/admin/retrieval/importjob/{job.pk}/change/")
+    assert page.status_code == 200
+    assert b"import-progress" in page.content
+    progress = staff.get(f"/admin/retrieval/importjob/{job.pk}/progress/").json()
+    assert (progress["ready"], progress["pending"], progress["percent"]) == (1, 1, 50.0)
+
+
+def test_admin_needs_staff(client, django_user_model):
+    user = django_user_model.objects.create_user("shopper", password="pw-12345-long")
+    client.force_login(user)
+    assert client.get("/admin/retrieval/garment/").status_code == 302
+    job = ImportJob.objects.create(source="x.zip")
+    assert client.get(f"/admin/retrieval/importjob/{job.pk}/progress/").status_code == 302
+
+
+def test_train_button_needs_post(staff):
+    assert staff.get("/admin/retrieval/featuremodel/train/").status_code == 405
+    assert FeatureModel.objects.count() == 0

@@ -1,0 +1,257 @@
+"""Ingestion and indexing against real PostgreSQL, Redis, the real CNN and real worker processes."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import time
+import zipfile
+
+import pytest
+from django.core.files.base import ContentFile
+from PIL import Image
+
+from fashionsite.celery import app
+from retrieval import services, tasks
+from retrieval.models import BackboneFeature, Garment, GarmentFeature, ImportJob
+from tests.conftest import WorkerProcess
+from tests.factories import CategoryFactory, GarmentFactory, jpeg_bytes
+
+HEADER = (
+    "id,image,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,"
+    "productDisplayName\n"
+)
+
+
+def row(sku, category="Tshirts", colour="Red", title=None, image=None):
+    image = image or f"{sku}.jpg"
+    title = title or f"Tee {sku}"
+    return f"{sku},{image},Men,Apparel,Topwear,{category},{colour},Summer,2012,Casual,{title}\n"
+
+
+def png_bomb() -> bytes:
+    """A tiny PNG that claims 30000 x 30000 pixels (900 MP): refused from its header."""
+    buffer = io.BytesIO()
+    Image.new("1", (30000, 30000)).save(buffer, "PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def make_catalogue(path, rows: str, images: dict[str, bytes], *, csv_bytes: bytes | None = None):
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("styles.csv", csv_bytes if csv_bytes is not None else HEADER + rows)
+        for name, data in images.items():
+            zf.writestr(f"images/{name}", data)
+    return path
+
+
+def wait_until(predicate, timeout=120.0, interval=0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+@pytest.fixture
+def bad_catalogue(tmp_path):
+    good = jpeg_bytes((20, 40, 200))
+    rows = (
+        row("100")
+        + row("101")  # not an image
+        + row("102")  # truncated JPEG
+        + row("103")  # decompression bomb
+        + row("104")  # missing image file
+        + row("105", category="")  # empty category
+        + row("100", title="duplicate")  # duplicate sku in the same file
+        + row("106", image="../../etc/passwd")  # traversal in the CSV
+        + row("107")  # over the upload size limit (set in the test)
+    )
+    images = {
+        "100.jpg": good,
+        "101.jpg": b"<html>not an image</html>",
+        "102.jpg": good[: len(good) // 2],
+        "103.jpg": png_bomb(),
+        "105.jpg": good,
+        "107.jpg": good + b"\0" * 300_000,
+    }
+    path = make_catalogue(tmp_path / "bad.zip", rows, images)
+    with zipfile.ZipFile(path, "a") as zf:
+        zf.writestr("../../escape.txt", b"x")
+    return path
+
+
+@pytest.mark.django_db
+def test_import_reports_each_bad_row_and_keeps_the_rest(bad_catalogue, settings):
+    settings.RETRIEVAL_MAX_UPLOAD_BYTES = 200_000
+    job = services.import_catalog(source=bad_catalogue)
+    assert job.status == ImportJob.Status.DONE
+    reasons = {(p["sku"] or p["file"]): p["reason"] for p in job.problems}
+    assert "missing" in reasons["104"]
+    assert "empty articleType" in reasons["105"]
+    assert "duplicate" in reasons["100"]
+    assert "unsafe" in reasons["106"]
+    assert "limit" in reasons["107"]
+    assert "unsafe" in reasons["../../escape.txt"]
+    # Refused rows are not stored; the rest are, pending indexing.
+    assert set(Garment.objects.values_list("sku", flat=True)) == {"100", "101", "102", "103"}
+    assert job.created == 4
+
+
+@pytest.mark.django_db
+@pytest.mark.slow
+def test_indexing_fails_bad_images_with_their_reason_and_indexes_the_rest(bad_catalogue):
+    services.import_catalog(source=bad_catalogue)
+    ids = list(Garment.objects.values_list("id", flat=True))
+    result = services.index_garments(garment_ids=ids)
+    status = {g.sku: (g.status, g.error) for g in Garment.objects.all()}
+    assert status["100"][0] == Garment.Status.READY
+    assert status["101"] == (Garment.Status.FAILED, status["101"][1])
+    assert "not an image" in status["101"][1]
+    assert status["102"][0] == Garment.Status.FAILED and status["102"][1]
+    assert status["103"][0] == Garment.Status.FAILED and "too large" in status["103"][1]
+    # 107 (trailing bytes after a valid JPEG, under the default size limit) is fine.
+    ready = set(Garment.objects.filter(id__in=result.ready).values_list("sku", flat=True))
+    assert ready == {"100", "107"} and len(result.failed) == 3
+    assert BackboneFeature.objects.count() == 2
+
+
+@pytest.mark.django_db
+def test_non_utf8_csv_is_imported_and_reported(tmp_path):
+    csv = (HEADER + row("200", title="Café tee")).encode("latin-1")
+    path = make_catalogue(tmp_path / "c.zip", "", {"200.jpg": jpeg_bytes()}, csv_bytes=csv)
+    job = services.import_catalog(source=path)
+    assert Garment.objects.get(sku="200").title == "Café tee"
+    assert any("not UTF-8" in p["reason"] for p in job.problems)
+
+
+@pytest.mark.django_db
+def test_reimport_changes_nothing_and_updates_by_sku(tmp_path):
+    images = {f"{i}.jpg": jpeg_bytes((10 * i, 0, 0)) for i in range(300, 305)}
+    rows = "".join(row(str(i)) for i in range(300, 305))
+    path = make_catalogue(tmp_path / "c.zip", rows, images)
+    first = services.import_catalog(source=path)
+    before = {g.sku: (g.pk, g.updated_at, g.image.name) for g in Garment.objects.all()}
+    second = services.import_catalog(source=path)
+    after = {g.sku: (g.pk, g.updated_at, g.image.name) for g in Garment.objects.all()}
+    assert (first.created, second.created, second.updated, second.unchanged) == (5, 0, 0, 5)
+    assert {k: v[0] for k, v in after.items()} == {k: v[0] for k, v in before.items()}
+    assert {k: v[2] for k, v in after.items()} == {k: v[2] for k, v in before.items()}
+
+    # A changed title updates that garment in place, never a duplicate.
+    rows = rows.replace("Tee 302", "Better tee")
+    third = services.import_catalog(source=make_catalogue(tmp_path / "d.zip", rows, images))
+    assert (third.created, third.updated, third.unchanged) == (0, 1, 4)
+    assert Garment.objects.get(sku="302").title == "Better tee"
+    assert Garment.objects.count() == 5
+
+
+@pytest.mark.django_db
+def test_categories_are_created_from_the_chosen_column_and_merge_moves_garments(tmp_path):
+    rows = row("400", category="Tshirts") + row("401", category="tshirts") + row("402", "Shirts")
+    images = {f"{i}.jpg": jpeg_bytes() for i in (400, 401, 402)}
+    services.import_catalog(source=make_catalogue(tmp_path / "c.zip", rows, images))
+    tshirts = Garment.objects.get(sku="400").category
+    assert Garment.objects.get(sku="401").category == tshirts  # case-insensitive match
+    shirts = Garment.objects.get(sku="402").category
+    moved = services.merge_categories(sources=[shirts], target=tshirts)
+    assert moved == 1
+    assert set(Garment.objects.values_list("category", flat=True)) == {tshirts.pk}
+
+
+@pytest.mark.django_db
+def test_stuck_garments_are_requeued(settings):
+    garment = GarmentFactory(status=Garment.Status.PROCESSING)
+    Garment.objects.filter(pk=garment.pk).update(
+        claimed_by="dead-task", claimed_at="2000-01-01T00:00Z"
+    )
+    assert services.requeue_stuck_garments() == 1
+    garment.refresh_from_db()
+    assert garment.status == Garment.Status.PENDING and garment.claimed_by == ""
+
+
+@pytest.mark.django_db
+def test_a_garment_is_claimed_by_one_worker_at_a_time():
+    garment = GarmentFactory(status=Garment.Status.PENDING)
+    assert services.claim_garments(garment_ids=[garment.pk], claim="task-a") == [garment.pk]
+    assert services.claim_garments(garment_ids=[garment.pk], claim="task-b") == []
+    # The same task redelivered after its worker died takes it back at once.
+    assert services.claim_garments(garment_ids=[garment.pk], claim="task-a") == [garment.pk]
+
+
+# --------------------------------------------------------------------------- real workers
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+def test_upload_is_indexed_by_a_worker_after_commit(celery_worker):
+    category = CategoryFactory(name="Jackets")
+    garment = Garment(sku="U1", title="Upload", category=category, colour="Blue")
+    garment.image.save("u1.jpg", ContentFile(jpeg_bytes((0, 0, 200))), save=False)
+    services.save_garment(garment=garment, image_changed=True)
+    assert wait_until(lambda: Garment.objects.get(pk=garment.pk).status == Garment.Status.READY)
+    assert BackboneFeature.objects.filter(garment=garment).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+def test_a_worker_killed_mid_batch_loses_nothing():
+    """SIGKILL the worker while it indexes; its tasks are redelivered (acks_late) to a second
+    worker and every garment ends ready, each with exactly one set of vectors."""
+    queue = "features-killtest"
+    category = CategoryFactory(name="Killtest")
+    garments = [
+        GarmentFactory(
+            category=category,
+            status=Garment.Status.PENDING,
+            image=ContentFile(jpeg_bytes((i, 100, 200 - i)), name=f"k{i}.jpg"),
+        )
+        for i in range(96)
+    ]
+    ids = [g.pk for g in garments]
+    env = {"CELERY_VISIBILITY_TIMEOUT": "4", "RETRIEVAL_BATCH_SIZE": "8"}
+    first = WorkerProcess(name="doomed", queues=queue, extra_env=env)
+    second = None
+    try:
+        first.wait_ready()
+        for start in range(0, len(ids), 32):
+            tasks.index_garments.apply_async(args=[ids[start : start + 32]], queue=queue)
+        assert wait_until(
+            lambda: Garment.objects.filter(id__in=ids, status=Garment.Status.PROCESSING).exists(),
+            timeout=60,
+            interval=0.1,
+        )
+        os.kill(first.process.pid, signal.SIGKILL)
+        first.stop()
+        assert Garment.objects.filter(id__in=ids).exclude(status=Garment.Status.READY).exists()
+        second = WorkerProcess(name="rescuer", queues=queue, extra_env=env)
+        second.wait_ready()
+        assert wait_until(
+            lambda: (
+                not Garment.objects.filter(id__in=ids).exclude(status=Garment.Status.READY).exists()
+            ),
+            timeout=180,
+        ), list(Garment.objects.filter(id__in=ids).values_list("status", "error").distinct())
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+        with app.connection_for_write() as conn:
+            conn.default_channel.queue_purge(queue)
+    assert BackboneFeature.objects.filter(garment_id__in=ids).count() == len(ids)
+    assert GarmentFeature.objects.filter(garment_id__in=ids).count() == 0  # no model trained
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+def test_import_wait_indexes_in_process_when_no_worker_runs(tmp_path):
+    from django.core.management import call_command
+
+    images = {f"{i}.jpg": jpeg_bytes((i % 255, 50, 50)) for i in range(500, 520)}
+    rows = "".join(row(str(i)) for i in range(500, 520))
+    path = make_catalogue(tmp_path / "c.zip", rows, images)
+    out = io.StringIO()
+    call_command("import_catalog", str(path), "--wait", stdout=out, stderr=io.StringIO())
+    assert "20 ready, 0 failed" in out.getvalue()
+    assert Garment.objects.filter(status=Garment.Status.READY).count() == 20
