@@ -6,8 +6,9 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
+from django.db import transaction
 from django.db.models import Count
-from django.http import HttpResponseNotAllowed, JsonResponse
+from django.http import HttpResponse, HttpResponseNotAllowed, JsonResponse
 from django.shortcuts import redirect
 from django.urls import path
 from django.utils.html import format_html, format_html_join
@@ -213,9 +214,134 @@ class ClusterRunAdmin(admin.ModelAdmin):
 
 @admin.register(EvaluationReport)
 class EvaluationReportAdmin(admin.ModelAdmin):
-    list_display = ("id", "model", "status", "created_at", "finished_at")
+    list_display = ("id", "model", "status", "queries", "fused_p5", "deep_p5", "created_at")
     list_filter = ("status",)
-    readonly_fields = ("parameters", "metrics", "error", "created_at", "finished_at")
+    readonly_fields = ("model", "status", "parameters", "error", "created_at", "finished_at")
+    exclude = ("metrics",)
+    change_form_template = "admin/retrieval/evaluationreport/change_form.html"
+    change_list_template = "admin/retrieval/evaluationreport/change_list.html"
+
+    def has_add_permission(self, request) -> bool:
+        return False  # reports come from evaluation runs ("Run an evaluation" button)
+
+    @admin.display(description="queries")
+    def queries(self, obj: EvaluationReport):
+        return obj.metrics.get("queries", "-")
+
+    @admin.display(description="fused p@5")
+    def fused_p5(self, obj: EvaluationReport):
+        return obj.metrics.get("modes", {}).get("fused", {}).get("p@5", "-")
+
+    @admin.display(description="deep p@5")
+    def deep_p5(self, obj: EvaluationReport):
+        return obj.metrics.get("modes", {}).get("deep", {}).get("p@5", "-")
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        report = self.get_object(request, object_id)
+        extra_context = {**(extra_context or {}), **evaluation_context(report)}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def get_urls(self):
+        extra = [
+            path(
+                "run/",
+                self.admin_site.admin_view(self.run_view),
+                name="retrieval_evaluationreport_run",
+            ),
+            path(
+                "<int:report_id>/download.<str:fmt>",
+                self.admin_site.admin_view(self.download_view),
+                name="retrieval_evaluationreport_download",
+            ),
+        ]
+        return extra + super().get_urls()
+
+    def run_view(self, request):
+        from retrieval import search, tasks
+
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        try:
+            model = search.active_model()
+        except search.SearchUnavailable as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return redirect("admin:retrieval_evaluationreport_changelist")
+        report = EvaluationReport.objects.create(model=model, parameters={"model": model.name})
+        transaction.on_commit(lambda: tasks.evaluate.delay(report.pk))
+        self.message_user(request, f"Evaluation {report.pk} started; refresh to see it finish.")
+        return redirect("admin:retrieval_evaluationreport_changelist")
+
+    def download_view(self, request, report_id: int, fmt: str):
+        report = EvaluationReport.objects.filter(pk=report_id).first()
+        if report is None or fmt not in {"json", "csv"}:
+            return HttpResponse(status=404)
+        if fmt == "json":
+            response = JsonResponse(report.metrics, json_dumps_params={"indent": 2})
+        else:
+            response = HttpResponse(evaluation_csv(report), content_type="text/csv")
+        response["Content-Disposition"] = f'attachment; filename="evaluation-{report.pk}.{fmt}"'
+        return response
+
+
+def evaluation_context(report: EvaluationReport | None) -> dict:
+    """Tables and a per-category bar chart (inline SVG, no CDN) for a report page."""
+    if report is None or not report.metrics:
+        return {}
+    m = report.metrics
+    keys = list(m["modes"]["fused"])
+    rows = [(f"{mode} (cluster)", [m["modes"][mode][k] for k in keys]) for mode in m["modes"]]
+    rows += [
+        (f"{mode} (exact)", [m.get("exact", {}).get(mode, {}).get(k) for k in keys])
+        for mode in m.get("exact", {})
+    ]
+    per_category = m.get("per_category_p@5", {})
+    names = sorted(per_category.get("fused", {}))
+    bar_h, gap, label_w, chart_w = 12, 6, 170, 320
+    bars = []
+    for i, name in enumerate(names):
+        y = i * (2 * bar_h + gap)
+        for j, mode in enumerate(("fused", "deep")):
+            value = per_category.get(mode, {}).get(name, {}).get("p@5") or 0.0
+            bars.append(
+                {
+                    "y": y + j * bar_h,
+                    "width": round(value * chart_w, 1),
+                    "value": value,
+                    "mode": mode,
+                    "name": name,
+                    "label_y": y + bar_h,
+                }
+            )
+    return {
+        "metric_keys": keys,
+        "metric_rows": rows,
+        "chart_bars": bars,
+        "chart_names": names,
+        "chart_height": max(1, len(names)) * (2 * bar_h + gap),
+        "chart_label_w": label_w,
+        "chart_w": chart_w,
+        "examples": m.get("examples", []),
+        "queries": m.get("queries"),
+        "skipped": m.get("skipped"),
+    }
+
+
+def evaluation_csv(report: EvaluationReport) -> str:
+    import csv
+    import io
+
+    m = report.metrics
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["search", "mode", "metric", "value"])
+    for search_kind, block in (("cluster", m.get("modes", {})), ("exact", m.get("exact", {}))):
+        for mode, values in block.items():
+            for key, value in values.items():
+                writer.writerow([search_kind, mode, key, value])
+    for mode, categories in m.get("per_category_p@5", {}).items():
+        for name, values in categories.items():
+            writer.writerow(["cluster", mode, f"p@5 {name}", values["p@5"]])
+    return out.getvalue()
 
 
 class ImportJobForm(forms.ModelForm):

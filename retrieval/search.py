@@ -80,15 +80,19 @@ def search_vectors(
     probes: int | None = None,
     category_id: int | None = None,
     exclude_garment_ids: tuple[int, ...] = (),
+    clustered: bool = True,
 ) -> SearchResult:
     """Rank the catalogue against one query vector.
 
     fused: (542,) float32, the query's fused vector (its first 512 values are the deep part).
-    mode: "fused" (the paper's fused feature, cluster-filtered), "deep" (the 512-d deep-only
-    baseline, cluster-filtered), "exact" (fused, no cluster filter).
+    mode: "fused" (the paper's fused feature), "deep" (the 512-d deep-only baseline), or
+    "exact" (= fused with clustered=False). clustered: restrict to the nearest K-means
+    cluster(s) as the paper does; False ranks the whole catalogue exactly.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
+    if mode == "exact":
+        mode, clustered = "fused", False
     if top < 1:
         raise ValueError("top must be at least 1")
     probes = probes or settings.RETRIEVAL_PROBES
@@ -112,7 +116,7 @@ def search_vectors(
         if not outer_transaction:  # one snapshot for all statements of this search
             cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         labels: list[int] = []
-        if mode != "exact":
+        if clustered:
             labels = _clusters_by_distance(cursor, model=model, query=query, space=mode)
         if not labels:  # exact mode, or no K-means run yet: rank everything
             cursor.execute(

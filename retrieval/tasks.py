@@ -99,3 +99,16 @@ def reindex_model(self, model_id: int) -> dict:
     model = FeatureModel.objects.get(pk=model_id)
     services.reindex_and_activate(model=model)
     return {"model": model.name}
+
+
+@shared_task(name="retrieval.tasks.evaluate", bind=True, acks_late=True)
+def evaluate(self, report_id: int, limit: int | None = None) -> dict:
+    """An evaluation started from the admin (its report row exists, status running)."""
+    from retrieval import evaluation
+    from retrieval.models import EvaluationReport
+
+    report = EvaluationReport.objects.get(pk=report_id)
+    if report.status != EvaluationReport.Status.RUNNING:
+        return {"skipped": f"report {report_id} is {report.status}"}
+    report = evaluation.run_evaluation(report=report, limit=limit)
+    return {"report": report.pk, "queries": report.metrics.get("queries")}

@@ -121,3 +121,31 @@ def test_admin_needs_staff(client, django_user_model):
 def test_train_button_needs_post(staff):
     assert staff.get("/admin/retrieval/featuremodel/train/").status_code == 405
     assert FeatureModel.objects.count() == 0
+
+
+def test_evaluation_report_page_shows_tables_chart_and_downloads(staff):
+    from retrieval.models import EvaluationReport
+
+    keys = ["p@5", "p@10", "p@20", "cc@5", "cc@10", "cc@20", "ms_mean", "ms_p95"]
+    mode = dict.fromkeys(keys, 0.5)
+    report = EvaluationReport.objects.create(
+        status=EvaluationReport.Status.DONE,
+        metrics={
+            "queries": 2,
+            "skipped": 0,
+            "modes": {"fused": mode, "deep": mode},
+            "exact": {"fused": mode, "deep": mode},
+            "per_category_p@5": {
+                "fused": {"Shirts": {"p@5": 0.8, "queries": 1}},
+                "deep": {"Shirts": {"p@5": 0.6, "queries": 1}},
+            },
+            "examples": [],
+        },
+    )
+    page = staff.get(f"/admin/retrieval/evaluationreport/{report.pk}/change/").content.decode()
+    assert 'id="evaluation-table"' in page and 'id="evaluation-chart"' in page
+    assert "Shirts" in page and "cc@10" in page
+    as_json = staff.get(f"/admin/retrieval/evaluationreport/{report.pk}/download.json")
+    assert as_json.json()["modes"]["fused"]["p@5"] == 0.5
+    as_csv = staff.get(f"/admin/retrieval/evaluationreport/{report.pk}/download.csv")
+    assert b"cluster,fused,p@5,0.5" in as_csv.content
