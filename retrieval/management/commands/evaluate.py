@@ -40,14 +40,15 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         m = report.metrics
         self.stdout.write(f"report {report.pk}: {m['queries']} queries ({m['skipped']} skipped)")
-        header = "  mode    " + " ".join(f"{k:>7}" for k in m["modes"]["fused"])
-        self.stdout.write(header)
-        for mode, values in m["modes"].items():
-            cells = " ".join(f"{'-' if v is None else round(v, 3):>7}" for v in values.values())
-            self.stdout.write(f"  {mode:<7} {cells}")
-        for mode, values in m["exact"].items():
-            cells = " ".join(f"{'-' if v is None else round(v, 3):>7}" for k, v in values.items())
-            self.stdout.write(f"  {mode + '*':<7} {cells}   (* exact search)")
+        keys = list(m["modes"]["fused"])
+        self.stdout.write("  mode    " + " ".join(f"{k:>7}" for k in keys))
+        rows = [(mode, values, "") for mode, values in m["modes"].items()]
+        rows += [(f"{mode}*", values, "   (* exact search)") for mode, values in m["exact"].items()]
+        for label, values, note in rows:
+            cells = " ".join(
+                f"{'-' if values.get(k) is None else round(values[k], 3):>7}" for k in keys
+            )
+            self.stdout.write(f"  {label:<7} {cells}{note}")
         if json_out is not None:
             # Written atomically: a reader never sees half a file.
             json_out.parent.mkdir(parents=True, exist_ok=True)
