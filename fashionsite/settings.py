@@ -316,10 +316,17 @@ RETRIEVAL_BACKBONE = env_str("RETRIEVAL_BACKBONE", "auto")
 if RETRIEVAL_BACKBONE not in {"auto", "resnet50", "efficientnet_lite0"}:
     _fail(f"RETRIEVAL_BACKBONE={RETRIEVAL_BACKBONE!r}: use auto, resnet50 or efficientnet_lite0")
 RETRIEVAL_BACKBONE_WEIGHTS = env_str("RETRIEVAL_BACKBONE_WEIGHTS") or None
-# Colour part of the fused vector: "paper" (z-scored RGB, exactly as published) or "lab"
-# (CIELAB at the same positions; the default because it measures better, see docs/benchmarks.md).
-RETRIEVAL_COLOUR = env_str("RETRIEVAL_COLOUR", "lab")
-RETRIEVAL_COLOUR_WEIGHT = env_float("RETRIEVAL_COLOUR_WEIGHT", 1.0)
+# Colour part of the fused vector: "paper" (z-scored RGB at the 10 positions, as published),
+# "lab" (CIELAB per position), "lab_mean" (mean CIELAB of the 10 positions, L* at half weight)
+# or "rgb". Default lab_mean at weight 0.6: the best category+colour precision for at most one
+# point of category precision, measured in docs/benchmarks.md; paper at 1.0 = the paper.
+RETRIEVAL_COLOUR = env_str("RETRIEVAL_COLOUR", "lab_mean")
+if RETRIEVAL_COLOUR not in {"paper", "lab", "lab_mean", "rgb"}:
+    _fail(f"RETRIEVAL_COLOUR={RETRIEVAL_COLOUR!r}: use paper, lab, lab_mean or rgb")
+RETRIEVAL_COLOUR_WEIGHT = env_float("RETRIEVAL_COLOUR_WEIGHT", 0.6)
+# torch intra-op threads per process (0 = torch's default, one per core). Set 1 where the CNN
+# shares a small machine with the web server and the database.
+RETRIEVAL_TORCH_THREADS = env_int("RETRIEVAL_TORCH_THREADS", 0, minimum=0)
 RETRIEVAL_DEVICE = env_str("RETRIEVAL_DEVICE", "auto")
 # CNN precision: auto = fp16 autocast on CUDA, fp32 on CPU (bf16 is emulated, so ~6x slower,
 # on CPUs without native bf16 such as this project's AVX2 machines; see docs/benchmarks.md).

@@ -121,8 +121,8 @@ class FeatureModel(models.Model):
         max_length=255, blank=True, help_text="Head weights, relative to RETRIEVAL_MODELS_DIR."
     )
     classes = models.JSONField(default=list, blank=True, help_text="Category names, head order.")
-    colour_variant = models.CharField(max_length=20, default="lab")
-    colour_weight = models.FloatField(default=1.0)
+    colour_variant = models.CharField(max_length=20, default="lab_mean")
+    colour_weight = models.FloatField(default=0.6)
     normalize_deep = models.BooleanField(
         default=True, help_text="L2-normalise the deep part before fusing (departure from paper)."
     )

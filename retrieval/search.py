@@ -182,6 +182,7 @@ def extractor_for(*, backbone: str, model: FeatureModel | None = None):
         device=None if settings.RETRIEVAL_DEVICE == "auto" else settings.RETRIEVAL_DEVICE,
         precision=settings.RETRIEVAL_PRECISION,
         max_pixels=settings.RETRIEVAL_MAX_PIXELS,
+        num_threads=settings.RETRIEVAL_TORCH_THREADS or None,
         **kwargs,
     )
 

@@ -681,7 +681,7 @@ def load_backbone_features(*, backbone: str, category_field: str = "category"):
 def train_model(
     *,
     backbone: str | None = None,
-    epochs: int = 40,
+    epochs: int | None = None,
     category_field: str = "category",
     seed: int = 0,
     activate: bool = True,
@@ -847,7 +847,7 @@ def reindex_and_activate(*, model: FeatureModel) -> None:
     report({"stage": "done"})
 
 
-def queue_training(*, backbone: str | None = None, epochs: int = 40) -> FeatureModel:
+def queue_training(*, backbone: str | None = None, epochs: int | None = None) -> FeatureModel:
     """Create the model row (visible progress in the admin) and queue its training."""
     from retrieval import features, tasks
 

@@ -79,7 +79,9 @@ def import_catalog(self, job_id: int) -> dict:
 
 
 @shared_task(name="retrieval.tasks.train_model", bind=True, acks_late=True)
-def train_model(self, model_id: int, epochs: int = 40, category_field: str = "category") -> dict:
+def train_model(
+    self, model_id: int, epochs: int | None = None, category_field: str = "category"
+) -> dict:
     """Train a model queued from the admin (its row exists, status training)."""
     from retrieval.models import FeatureModel
 

@@ -61,8 +61,8 @@ class FeatureModelFactory(factory.django.DjangoModelFactory):
     name = factory.Sequence(lambda n: f"test-model-{n}")
     backbone = "efficientnet_lite0"
     backbone_dim = 1280
-    colour_variant = "lab"
-    colour_weight = 1.0
+    colour_variant = "lab_mean"
+    colour_weight = 0.6
     status = FeatureModel.Status.READY
     active = True
 

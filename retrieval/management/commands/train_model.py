@@ -15,7 +15,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--backbone", default=None, help="resnet50, efficientnet_lite0, auto")
-        parser.add_argument("--epochs", type=int, default=40)
+        parser.add_argument(
+            "--epochs", type=int, default=None, help="Default: sized to the catalogue."
+        )
         parser.add_argument(
             "--category-field",
             default="category",
@@ -26,7 +28,7 @@ class Command(BaseCommand):
         parser.add_argument("--no-activate", action="store_true")
 
     def handle(self, *args, backbone, epochs, category_field, seed, no_activate, **options):
-        if epochs < 1:
+        if epochs is not None and epochs < 1:
             raise CommandError("--epochs must be at least 1")
         last_stage = [None]
 

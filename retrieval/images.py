@@ -1,0 +1,381 @@
+"""Safe image decoding and the pixel-level preprocessing of the retrieval method.
+
+Pillow + numpy only (no torch): the web process validates uploads with :func:`open_image`
+without loading a CNN, and :mod:`retrieval.features` reuses the same code so that an image
+is decoded the same way at index time and at query time.
+
+Everything that reaches the model goes through one path::
+
+    source (path | bytes | file-like | zero-arg callable)
+      -> open_image()          RGB PIL image: EXIF-oriented, alpha flattened on white, sRGB
+      -> resize_rgb()          (224, 224, 3) uint8
+      -> pooled_grid()         (7, 7, 3) float32 mean RGB of each 32x32 block (colour feature)
+
+Untrusted input is handled defensively: the pixel count is checked from the header *before*
+any pixel is decoded (decompression bombs), only common raster formats are accepted (no EPS,
+which would run Ghostscript), truncated/corrupt data and decoder crashes become
+:class:`ImageError` with a message that can be shown to a person.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import threading
+import warnings
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, Any
+
+import numpy as np
+from PIL import Image, ImageCms, ImageOps
+
+__all__ = [
+    "ALLOWED_FORMATS",
+    "DEFAULT_MAX_PIXELS",
+    "GRID",
+    "INPUT_SIZE",
+    "ImageError",
+    "ImageSource",
+    "ZipMember",
+    "load_rgb224",
+    "open_image",
+    "pooled_grid",
+    "resize_rgb",
+]
+
+#: Side of the square network input, in pixels (the paper resizes every photo to 224x224).
+INPUT_SIZE = 224
+#: Side of the last conv map of both backbones (224 / 32); the colour feature reads this grid.
+GRID = 7
+#: Default refusal threshold: 40 megapixels is above any phone camera's photo (~12-50 MP
+#: sensors are binned to <= 12-24 MP in JPEG) yet far below what exhausts a worker's memory
+#: (40 MP RGB = 120 MB decoded).
+DEFAULT_MAX_PIXELS = 40_000_000
+#: Formats we decode. Restricting Pillow's plugin list shrinks the attack surface of untrusted
+#: uploads (EPS would shell out to Ghostscript; PSD/ICNS/etc. are exotic parsers we never need).
+#: MPO is what many phones write for JPEG photos; AVIF is accepted when Pillow was built with it.
+ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
+
+#: What :func:`open_image` accepts: a filesystem path, the encoded bytes, a binary file-like
+#: object (e.g. a Django ``UploadedFile``) or a zero-argument callable returning one of those
+#: (lazy loaders such as :class:`ZipMember`, usable in DataLoader worker processes).
+ImageSource = (
+    str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes] | Callable[[], Any]
+)
+
+_WHITE = (255, 255, 255)
+
+
+class ImageError(ValueError):
+    """An input that cannot be used as a photo; ``str(err)`` is fit to show to a person.
+
+    Attributes:
+        name: the file name when known (path basename, upload name, zip member), else None.
+        reason: the message without the file name.
+    """
+
+    def __init__(self, reason: str, *, name: str | None = None) -> None:
+        self.reason = reason
+        self.name = name
+        super().__init__(f"{name}: {reason}" if name else reason)
+
+
+def _allowed_formats() -> tuple[str, ...]:
+    Image.init()  # registers the plugins so that Image.OPEN lists what this build can decode
+    return tuple(f for f in ALLOWED_FORMATS if f in Image.OPEN)
+
+
+def _source_name(source: Any, name: str | None) -> str | None:
+    if name:
+        return name
+    if isinstance(source, str | os.PathLike):
+        return os.path.basename(os.fspath(source))
+    if isinstance(source, ZipMember):
+        return source.member
+    fname = getattr(source, "name", None)
+    if isinstance(fname, str) and fname:
+        return os.path.basename(fname)
+    return None
+
+
+def _as_stream(source: Any, name: str | None) -> tuple[IO[bytes], bool]:
+    """Turn a supported source into a seekable binary stream, refusing empty input.
+
+    Returns ``(stream, owned)``; ``owned`` streams are closed by the caller, a caller's own
+    file object is left open.
+    """
+    if callable(source) and not hasattr(source, "read"):
+        source = source()
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = bytes(source)
+        if not data:
+            raise ImageError("the file is empty (0 bytes)", name=name)
+        return io.BytesIO(data), True
+    if isinstance(source, str | os.PathLike):
+        path = os.fspath(source)
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 - closed by open_image
+        except FileNotFoundError:
+            raise ImageError("file not found", name=name) from None
+        except IsADirectoryError:
+            raise ImageError("is a directory, not an image file", name=name) from None
+        except PermissionError:
+            raise ImageError("permission denied reading the file", name=name) from None
+        if os.fstat(fh.fileno()).st_size == 0:
+            fh.close()
+            raise ImageError("the file is empty (0 bytes)", name=name)
+        return fh, True
+    if hasattr(source, "read"):
+        stream = source
+        owned = False
+        if not (hasattr(stream, "seekable") and stream.seekable()):
+            stream, owned = io.BytesIO(stream.read()), True
+        start = stream.tell()
+        end = stream.seek(0, io.SEEK_END)
+        stream.seek(start)
+        if end - start <= 0:
+            raise ImageError("the file is empty (0 bytes)", name=name)
+        return stream, owned
+    raise TypeError(f"unsupported image source type: {type(source).__name__}")
+
+
+def _to_8bit_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB, flattening transparency onto white.
+
+    Catalogue photos are studio shots on white, so a transparent background must become
+    white, not the black that a plain ``convert("RGB")`` gives for RGBA with zeroed pixels.
+    """
+    mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        # Pillow's convert() *clips* 16/32-bit values to 255 (a 16-bit grey PNG would turn
+        # almost white); rescale instead. 16-bit data: full range is 65535.
+        arr = np.asarray(img, dtype=np.float64)
+        top = float(arr.max()) if arr.size else 0.0
+        if mode == "F" and top <= 1.0:
+            scale = 255.0
+        elif top > 255.0:
+            scale = 255.0 / 65535.0 if top <= 65535.0 else 255.0 / top
+        else:
+            scale = 1.0
+        grey = np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    # "transparency" in info: palette or grey/RGB PNG/GIF with a tRNS transparent colour.
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*_WHITE, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode == "RGB":
+        return img
+    return img.convert("RGB")
+
+
+def _to_srgb(img: Image.Image, icc: bytes | None) -> Image.Image:
+    """Apply an embedded ICC profile (e.g. Display P3 phone photos, CMYK print files).
+
+    The colour feature reads absolute colours, so a P3 photo read as if it were sRGB would
+    shift every colour; this is best effort: a broken profile leaves the pixels as they are.
+    """
+    if not icc or img.mode not in ("RGB", "CMYK"):
+        return img
+    try:
+        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        dst = ImageCms.createProfile("sRGB")
+        out = ImageCms.profileToProfile(img, src, dst, outputMode="RGB")
+        return out if out is not None else img
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return img
+
+
+def open_image(
+    source: ImageSource,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str | None = None,
+    draft_size: tuple[int, int] | None = None,
+) -> Image.Image:
+    """Decode an untrusted image into an upright 8-bit sRGB ``PIL.Image`` (mode ``"RGB"``).
+
+    Args:
+        source: path, encoded bytes, binary file-like object, or a zero-argument callable
+            returning one of those.
+        max_pixels: refuse images with more pixels than this (checked from the header,
+            before any pixel data is decoded).
+        name: file name for error messages (defaults to the path's / file object's name).
+        draft_size: optional ``(w, h)`` the caller will downscale to; lets the JPEG decoder
+            decode at 1/2..1/8 scale directly (a 4000x3000 photo decodes ~10x faster). The
+            result is still at least ``draft_size`` in both dimensions.
+
+    Returns:
+        A fully loaded RGB image, detached from ``source``. EXIF orientation is applied,
+        transparency is composited onto white, grey/palette/CMYK/16-bit inputs are converted,
+        an embedded ICC profile is converted to sRGB, and for animated images the first frame
+        is used.
+
+    Raises:
+        ImageError: empty file, not an image (or not an allowed format), too many pixels,
+            truncated or corrupt data.
+    """
+    name = _source_name(source, name)
+    stream, owned = _as_stream(source, name)
+    try:
+        return _decode(stream, name=name, max_pixels=max_pixels, draft_size=draft_size)
+    finally:
+        if owned:
+            stream.close()
+
+
+def _decode(
+    stream: IO[bytes], *, name: str | None, max_pixels: int, draft_size: tuple[int, int] | None
+) -> Image.Image:
+    formats = _allowed_formats()
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns above Image.MAX_IMAGE_PIXELS (89 MP): our own limit below governs,
+            # so the warning is moot. Above twice that Pillow raises before we see the size.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(stream, formats=formats) as img:
+                width, height = img.size
+                if width <= 0 or height <= 0:
+                    raise ImageError("the image has no pixels", name=name)
+                if width * height > max_pixels:
+                    raise ImageError(
+                        f"image too large: {width}x{height} pixels exceeds the limit of "
+                        f"{max_pixels} pixels",
+                        name=name,
+                    )
+                if getattr(img, "n_frames", 1) > 1:
+                    img.seek(0)  # animated GIF/WebP/APNG or multi-page TIFF: first frame
+                icc = img.info.get("icc_profile")
+                if draft_size is not None and img.format in ("JPEG", "MPO"):
+                    # draft() keeps both sides >= the request, so orientation does not matter.
+                    side = max(draft_size)
+                    img.draft("RGB", (side, side))
+                img.load()  # decode now, inside the try, so truncation surfaces here
+                upright = ImageOps.exif_transpose(img)
+                rgb = _to_srgb(_to_8bit_rgb(upright), icc)
+                if rgb is img:
+                    rgb = img.copy()  # detach from the (about to be closed) file
+                return rgb
+    except ImageError:
+        raise
+    except Image.UnidentifiedImageError:
+        raise ImageError(
+            "that file is not an image (or not a supported format: "
+            + ", ".join(f for f in formats if f != "MPO")
+            + ")",
+            name=name,
+        ) from None
+    except Image.DecompressionBombError as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = f"{found.group(1)} pixels" if found else "too many pixels"
+        raise ImageError(
+            f"image too large: {pixels} exceeds the limit of {max_pixels} pixels", name=name
+        ) from None
+    except OSError as exc:
+        text = str(exc)
+        lowered = text.lower()
+        if "truncat" in lowered or "broken data stream" in lowered or "premature end" in lowered:
+            raise ImageError(
+                "the image file is truncated (incomplete download?)", name=name
+            ) from None
+        raise ImageError(f"the image file is corrupt ({text})", name=name) from None
+    except MemoryError:
+        raise ImageError("the image needs too much memory to decode", name=name) from None
+    except Exception as exc:  # decoders of untrusted data can raise anything
+        raise ImageError(
+            f"the image file is corrupt ({type(exc).__name__}: {exc})", name=name
+        ) from None
+
+
+def resize_rgb(img: Image.Image, *, size: int = INPUT_SIZE) -> np.ndarray:
+    """Resize an RGB image to the square network input, ignoring aspect ratio (as the paper).
+
+    Bilinear with Pillow's antialiasing (its filters widen their support when shrinking),
+    so a large photo is averaged rather than aliased.
+
+    Returns:
+        ``(size, size, 3)`` uint8 array, C-contiguous, RGB.
+    """
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
+def pooled_grid(rgb: np.ndarray, *, grid: int = GRID) -> np.ndarray:
+    """Average-pool RGB images to a ``grid x grid`` map (the paper's 7x7 colour grid).
+
+    Args:
+        rgb: ``(H, W, 3)`` or ``(N, H, W, 3)`` array (uint8 or float, values 0..255); H and W
+            must be multiples of ``grid`` (224 -> 32x32 blocks).
+
+    Returns:
+        float32 array ``(grid, grid, 3)`` or ``(N, grid, grid, 3)``: mean R, G, B of each
+        block, values 0..255 (row-major blocks, so block ``r*grid + c`` is row r, column c).
+    """
+    arr = np.asarray(rgb)
+    single = arr.ndim == 3
+    if single:
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise ValueError(f"expected (N, H, W, 3) RGB, got shape {np.shape(rgb)}")
+    n, h, w, _ = arr.shape
+    if h % grid or w % grid:
+        raise ValueError(f"image size {h}x{w} is not a multiple of the {grid}x{grid} grid")
+    blocks = arr.reshape(n, grid, h // grid, grid, w // grid, 3)
+    out = blocks.mean(axis=(2, 4), dtype=np.float64).astype(np.float32)
+    return out[0] if single else out
+
+
+def load_rgb224(
+    source: ImageSource,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str | None = None,
+    size: int = INPUT_SIZE,
+) -> np.ndarray:
+    """Decode + resize: the per-image work done before the CNN (and in DataLoader workers).
+
+    Returns:
+        ``(size, size, 3)`` uint8 RGB array.
+
+    Raises:
+        ImageError: as :func:`open_image`.
+    """
+    img = open_image(source, max_pixels=max_pixels, name=name, draft_size=(size, size))
+    return resize_rgb(img, size=size)
+
+
+# Zip archives: one ZipFile per (process, path) so that forked DataLoader workers never share
+# a file offset, and per thread because ZipFile reads are not thread-safe.
+_ZIP_CACHE = threading.local()
+
+
+@dataclass(frozen=True, slots=True)
+class ZipMember:
+    """Picklable lazy loader of one member of a zip archive (e.g. a catalogue export).
+
+    ``ZipMember("/data/catalogue.zip", "images/1163.jpg")()`` returns the member's bytes.
+    Safe to pass to DataLoader worker processes: each process opens its own ZipFile.
+    """
+
+    zip_path: str
+    member: str
+
+    def __call__(self) -> bytes:
+        cache: dict[tuple[int, str], zipfile.ZipFile] | None = getattr(_ZIP_CACHE, "files", None)
+        if cache is None:
+            cache = _ZIP_CACHE.files = {}
+        key = (os.getpid(), self.zip_path)
+        zf = cache.get(key)
+        if zf is None:
+            zf = cache[key] = zipfile.ZipFile(self.zip_path)
+        try:
+            return zf.read(self.member)
+        except KeyError:
+            raise ImageError("not found in the archive", name=self.member) from None
