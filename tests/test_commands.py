@@ -1,0 +1,58 @@
+"""Management commands as a person runs them."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from tests.factories import jpeg_bytes
+
+pytestmark = pytest.mark.django_db
+
+
+def test_features_json_without_a_trained_model(tmp_path):
+    image = tmp_path / "red.jpg"
+    image.write_bytes(jpeg_bytes((220, 20, 20), size=(120, 160)))
+    out = io.StringIO()
+    call_command("features", str(image), "--json", stdout=out)
+    (item,) = json.loads(out.getvalue())
+    assert item["image"] == str(image)
+    assert len(item["positions"]) == 10 and all(0 <= p < 49 for p in item["positions"])
+    assert len(set(item["positions"])) == 10
+    assert len(item["colour"]) == 30
+    # The paper's colour feature is z-scored over the 10x3 matrix: mean 0, std 1.
+    assert abs(sum(item["colour"]) / 30) < 1e-4
+    assert "deep" not in item and "fused" not in item  # no head trained yet
+    assert "no trained head" in item["model"]
+
+
+def test_features_reports_a_bad_file_and_fails(tmp_path):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    err = io.StringIO()
+    with pytest.raises(CommandError, match="1 of 1"):
+        call_command("features", str(bad), stdout=io.StringIO(), stderr=err)
+    assert "not an image" in err.getvalue()
+
+
+def test_train_model_refuses_an_empty_catalogue():
+    with pytest.raises(CommandError, match="at least 2 categories"):
+        call_command("train_model", stdout=io.StringIO())
+
+
+def test_build_clusters_without_a_model_says_what_to_do():
+    with pytest.raises(CommandError, match="train one first"):
+        call_command("build_clusters", stdout=io.StringIO())
+
+
+def test_evaluate_without_a_model_says_what_to_do():
+    with pytest.raises(CommandError, match="no trained feature model"):
+        call_command("evaluate", stdout=io.StringIO())
+
+
+def test_import_catalog_rejects_a_missing_file(tmp_path):
+    with pytest.raises(CommandError, match="does not exist"):
+        call_command("import_catalog", str(tmp_path / "nope.zip"), stdout=io.StringIO())
