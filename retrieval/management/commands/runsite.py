@@ -82,6 +82,9 @@ class Command(BaseCommand):
                 "--schedule", str(settings.VAR_DIR / "celerybeat-schedule"),
             ],
         }  # fmt: skip
+        # On a small machine web, worker and database share the cores: one torch thread per
+        # web process avoids OpenMP spin-waits on a busy core (docs/benchmarks.md).
+        web_env = {**env, "RETRIEVAL_TORCH_THREADS": os.environ.get("RETRIEVAL_TORCH_THREADS", "1")}
         processes: dict[str, subprocess.Popen] = {}
         stopping = False
 
@@ -93,7 +96,9 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, stop)
         try:
             for name, command in commands.items():
-                processes[name] = subprocess.Popen(command, env=env, cwd=settings.BASE_DIR)
+                processes[name] = subprocess.Popen(
+                    command, env=web_env if name == "web" else env, cwd=settings.BASE_DIR
+                )
             self.stdout.write(
                 self.style.SUCCESS(f"fashionsite is up on http://{host}:{port}/ (Ctrl-C stops it)")
             )
