@@ -32,14 +32,14 @@ class PeakRSS(threading.Thread):
 
     def __init__(self, pid: int):
         super().__init__(daemon=True)
-        self.pid, self.peak, self._stop = pid, 0, threading.Event()
+        self.pid, self.peak, self._halt = pid, 0, threading.Event()
 
     def run(self) -> None:
         try:
             root = psutil.Process(self.pid)
         except psutil.NoSuchProcess:
             return
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 procs = [root, *root.children(recursive=True)]
                 total = sum(p.memory_info().rss for p in procs if p.is_running())
@@ -49,7 +49,7 @@ class PeakRSS(threading.Thread):
             time.sleep(0.2)
 
     def stop(self) -> int:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=2)
         return self.peak
 

@@ -10,6 +10,7 @@ with its default, in README.md and .env.example.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import sys
 from pathlib import Path
@@ -121,10 +122,14 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI / Redoc assets served locally (no CDN)
+    "corsheaders",
     "retrieval",
 ]
 
 MIDDLEWARE = [
+    # First, so that CORS headers are added even to responses other middleware returns early.
+    "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -295,7 +300,35 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Search a clothing catalogue by photo; browse and curate it.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Separate request/response components, so uploads are documented as binary.
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
+
+# Anonymous search by photo (API and web page) costs a CNN pass: at most this many per client
+# address, e.g. 30/min, 500/hour; "off" disables. Counted in Redis, shared by all web processes.
+RETRIEVAL_SEARCH_THROTTLE = env_str("RETRIEVAL_SEARCH_THROTTLE", "30/min")
+if RETRIEVAL_SEARCH_THROTTLE.lower() in {"", "off", "none"}:
+    RETRIEVAL_SEARCH_THROTTLE = None
+elif not re.fullmatch(
+    r"[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)", RETRIEVAL_SEARCH_THROTTLE
+):
+    _fail(
+        f"RETRIEVAL_SEARCH_THROTTLE={RETRIEVAL_SEARCH_THROTTLE!r}: use N/second, N/minute, "
+        "N/hour or N/day (e.g. 30/min), or off"
+    )
+REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {"search": RETRIEVAL_SEARCH_THROTTLE}
+# Client address for throttling: 0 = the connection's address (nothing in front of gunicorn);
+# N = the N-th address from the right of X-Forwarded-For (N trusted proxies in front).
+REST_FRAMEWORK["NUM_PROXIES"] = env_int("DJANGO_NUM_PROXIES", 0, minimum=0)
+# One JSON shape for every API error: {"error": {"code", "message", "details"}}.
+REST_FRAMEWORK["EXCEPTION_HANDLER"] = "retrieval.api.exception_handler"
+
+# CORS (django-cors-headers): off unless origins are listed; only the API answers cross-origin.
+CORS_ALLOWED_ORIGINS = env_list("DJANGO_CORS_ALLOWED_ORIGINS", "")
+CORS_URLS_REGEX = r"^/api/.*$"
 
 # --------------------------------------------------------------------------- logging
 

@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from retrieval.models import (
+    Category,
     ClusterCentroid,
     ClusterRun,
     FeatureModel,
@@ -81,13 +82,15 @@ def search_vectors(
     category_id: int | None = None,
     exclude_garment_ids: tuple[int, ...] = (),
     clustered: bool = True,
+    include_hidden: bool = False,
 ) -> SearchResult:
     """Rank the catalogue against one query vector.
 
     fused: (542,) float32, the query's fused vector (its first 512 values are the deep part).
     mode: "fused" (the paper's fused feature), "deep" (the 512-d deep-only baseline), or
     "exact" (= fused with clustered=False). clustered: restrict to the nearest K-means
-    cluster(s) as the paper does; False ranks the whole catalogue exactly.
+    cluster(s) as the paper does; False ranks the whole catalogue exactly. include_hidden:
+    also rank garments shoppers do not see (inactive category, not ready): for staff.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
@@ -102,10 +105,15 @@ def search_vectors(
     label_column = "deep_cluster" if mode == "deep" else "cluster"
     query = _vector_literal(fused[:deep_dims] if mode == "deep" else fused)
     table = GarmentFeature._meta.db_table
-    extra_sql, extra_params = "", []
+    # Only garments shoppers may see: indexed (ready) and in an active category.
+    source = (
+        f"{table} AS f JOIN {Garment._meta.db_table} AS g ON g.id = f.garment_id "
+        f"JOIN {Category._meta.db_table} AS c ON c.id = g.category_id"
+    )
+    extra_sql = "" if include_hidden else " AND c.active AND g.status = 'ready'"
+    extra_params: list = []
     if category_id is not None:
-        extra_sql += f" AND f.garment_id IN (SELECT id FROM {Garment._meta.db_table}"
-        extra_sql += " WHERE category_id = %s)"
+        extra_sql += " AND g.category_id = %s"
         extra_params.append(category_id)
     if exclude_garment_ids:
         extra_sql += " AND NOT (f.garment_id = ANY(%s))"
@@ -120,7 +128,7 @@ def search_vectors(
             labels = _clusters_by_distance(cursor, model=model, query=query, space=mode)
         if not labels:  # exact mode, or no K-means run yet: rank everything
             cursor.execute(
-                f"SELECT f.garment_id, f.{column} <-> %s::vector AS d FROM {table} AS f "
+                f"SELECT f.garment_id, f.{column} <-> %s::vector AS d FROM {source} "
                 f"WHERE f.model_id = %s{extra_sql} ORDER BY d LIMIT %s",
                 [query, model.pk, *extra_params, top],
             )
@@ -132,7 +140,7 @@ def search_vectors(
             while True:
                 used = labels[:n_probe]
                 cursor.execute(
-                    f"SELECT f.garment_id, f.{column} <-> %s::vector AS d FROM {table} AS f "
+                    f"SELECT f.garment_id, f.{column} <-> %s::vector AS d FROM {source} "
                     f"WHERE f.model_id = %s AND f.{label_column} = ANY(%s){extra_sql} "
                     "ORDER BY d LIMIT %s",
                     [query, model.pk, used, *extra_params, top],
@@ -194,6 +202,7 @@ def search_image(
     mode: str = "fused",
     category_id: int | None = None,
     probes: int | None = None,
+    include_hidden: bool = False,
 ) -> SearchResult:
     """Search by photo. image: a PIL image (RGB) or bytes; runs the CNN once."""
     from retrieval import images
@@ -204,14 +213,25 @@ def search_image(
         image = images.open_image(bytes(image), max_pixels=settings.RETRIEVAL_MAX_PIXELS)
     fused = extractor_for(backbone=model.backbone, model=model).extract([image])["fused"][0]
     result = search_vectors(
-        fused=fused, model=model, top=top, mode=mode, probes=probes, category_id=category_id
+        fused=fused,
+        model=model,
+        top=top,
+        mode=mode,
+        probes=probes,
+        category_id=category_id,
+        include_hidden=include_hidden,
     )
     result.took_ms = (time.perf_counter() - started) * 1000.0
     return result
 
 
 def more_like_this(
-    *, garment: Garment, top: int = 10, mode: str = "fused", probes: int | None = None
+    *,
+    garment: Garment,
+    top: int = 10,
+    mode: str = "fused",
+    probes: int | None = None,
+    include_hidden: bool = False,
 ) -> SearchResult:
     """Garments similar to an indexed one, from its stored vectors (no CNN pass)."""
     model = active_model()
@@ -225,4 +245,5 @@ def more_like_this(
         mode=mode,
         probes=probes,
         exclude_garment_ids=(garment.pk,),
+        include_hidden=include_hidden,
     )

@@ -120,3 +120,176 @@ def sample_zip() -> Path:
     if not SAMPLE_ZIP.exists():
         pytest.skip(f"sample catalogue not found at {SAMPLE_ZIP}")
     return SAMPLE_ZIP
+
+
+# --------------------------------------------------------------------------- trained catalogue
+
+
+class CatalogueSnapshot:
+    """A searchable catalogue, trained once per test session and restorable in about a second.
+
+    Building it (import a few hundred garments of the shared sample, run the CNN, train the
+    head, fit K-means, activate) takes about a minute, so it happens once per session; its rows
+    are then kept in memory as PostgreSQL COPY dumps, table by table. Tests use it through the
+    ``trained_catalogue`` fixture, which puts those rows back, committed, whenever they are not
+    there (a transactional test's flush, e.g. every live-server test, removes them), and removes
+    them again at the end of each module, so other modules see the empty database they expect.
+    Image files and the head file stay on disk (under var/test/) until the session ends.
+    """
+
+    def __init__(self, *, ids: dict, model_id: int, head_file: str, files: list[str]):
+        self.ids = ids  # model class -> [primary keys]
+        self.model_id = model_id
+        self.head_file = head_file  # relative to RETRIEVAL_MODELS_DIR
+        self.files = files  # media paths of the garments' images
+        self.dumps: dict[str, bytes] = {}  # table -> COPY text
+
+    @staticmethod
+    def tables():
+        from retrieval import models as m
+
+        # Restore order (foreign keys point backwards).
+        return [
+            m.ImportJob,
+            m.Category,
+            m.Garment,
+            m.BackboneFeature,
+            m.FeatureModel,
+            m.GarmentFeature,
+            m.ClusterRun,
+            m.ClusterCentroid,
+        ]
+
+    @classmethod
+    def build(cls, *, source: Path, limit: int) -> CatalogueSnapshot:
+        from retrieval import models as m
+        from retrieval import services
+
+        job = services.import_catalog(source=source, limit=limit)
+        assert job.status == m.ImportJob.Status.DONE, job.error
+        garments = m.Garment.objects.filter(import_job=job)
+        # Indexes here unless a session worker (celery_worker) is consuming the queue.
+        services.wait_for_garments(garments=garments, poll_seconds=0.5)
+        model = services.train_model(epochs=20)
+        garment_ids = sorted(garments.values_list("id", flat=True))
+        ids = {
+            m.ImportJob: [job.pk],
+            m.Category: sorted(set(garments.values_list("category_id", flat=True))),
+            m.Garment: garment_ids,
+            m.BackboneFeature: sorted(
+                m.BackboneFeature.objects.filter(garment_id__in=garment_ids).values_list(
+                    "id", flat=True
+                )
+            ),
+            m.FeatureModel: [model.pk],
+            m.GarmentFeature: sorted(model.features.values_list("id", flat=True)),
+            m.ClusterRun: sorted(model.cluster_runs.values_list("id", flat=True)),
+            m.ClusterCentroid: sorted(
+                m.ClusterCentroid.objects.filter(run__model=model).values_list("id", flat=True)
+            ),
+        }
+        snapshot = cls(
+            ids=ids,
+            model_id=model.pk,
+            head_file=model.head_file,
+            files=list(garments.values_list("image", flat=True)),
+        )
+        snapshot.dumps = snapshot._dump()
+        return snapshot
+
+    def _dump(self) -> dict[str, bytes]:
+        from django.db import connection
+
+        dumps = {}
+        with connection.cursor() as cursor:
+            for model in self.tables():
+                table = model._meta.db_table
+                id_list = ",".join(str(int(pk)) for pk in self.ids[model]) or "NULL"
+                query = f"COPY (SELECT * FROM {table} WHERE id IN ({id_list})) TO STDOUT"
+                with cursor.copy(query) as copy:
+                    dumps[table] = b"".join(bytes(block) for block in copy)
+        return dumps
+
+    def present(self) -> bool:
+        from retrieval import models as m
+
+        garments = self.ids[m.Garment]
+        return m.FeatureModel.objects.filter(
+            pk=self.model_id, active=True
+        ).exists() and m.Garment.objects.filter(pk__in=garments).count() == len(garments)
+
+    def ensure(self) -> None:
+        """Put the catalogue's rows back unless they are all there; make its model active."""
+        from django.db import connection, transaction
+
+        from retrieval import models as m
+
+        if self.present():
+            return
+        self.remove()
+        with transaction.atomic():
+            m.FeatureModel.objects.filter(active=True).update(active=False)
+            with connection.cursor() as cursor:
+                for model in self.tables():
+                    table = model._meta.db_table
+                    with cursor.copy(f"COPY {table} FROM STDIN") as copy:
+                        copy.write(self.dumps[table])
+                    # A test may have reset the sequences: keep new rows clear of ours.
+                    cursor.execute(
+                        f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                        f"GREATEST((SELECT MAX(id) FROM {table}), "
+                        f"nextval(pg_get_serial_sequence('{table}', 'id'))))"
+                    )
+
+    def remove(self) -> None:
+        from retrieval import models as m
+
+        m.FeatureModel.objects.filter(pk=self.model_id).delete()
+        m.Garment.objects.filter(pk__in=self.ids[m.Garment]).delete()
+        m.Category.objects.filter(pk__in=self.ids[m.Category], garments__isnull=True).delete()
+        m.ImportJob.objects.filter(pk__in=self.ids[m.ImportJob]).delete()
+
+    def delete_files(self) -> None:
+        from django.core.files.storage import default_storage
+
+        from retrieval import models as m
+
+        for name in self.files:
+            default_storage.delete(name)
+        if self.head_file:
+            m.FeatureModel(head_file=self.head_file).head_path.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def trained_catalogue_snapshot(django_db_setup, django_db_blocker) -> Iterator[CatalogueSnapshot]:
+    """Built once per session: 300 garments of the shared sample, a trained active model."""
+    if not SAMPLE_ZIP.exists():
+        pytest.skip(f"sample catalogue not found at {SAMPLE_ZIP}")
+    with django_db_blocker.unblock():
+        snapshot = CatalogueSnapshot.build(source=SAMPLE_ZIP, limit=300)
+        snapshot.remove()
+    yield snapshot
+    with django_db_blocker.unblock():
+        snapshot.remove()
+    snapshot.delete_files()
+
+
+@pytest.fixture(scope="module")
+def _trained_catalogue_module(trained_catalogue_snapshot, django_db_blocker):
+    with django_db_blocker.unblock():
+        trained_catalogue_snapshot.ensure()
+    yield trained_catalogue_snapshot
+    with django_db_blocker.unblock():
+        trained_catalogue_snapshot.remove()
+
+
+@pytest.fixture
+def trained_catalogue(_trained_catalogue_module, django_db_blocker) -> CatalogueSnapshot:
+    """A trained, active model over 300 real garments, committed (a live server sees it).
+
+    Use in read-only tests (``db`` or ``transactional_db``); a test may change rows inside its
+    own transaction (rolled back). Restored, if a flush removed it, before each test.
+    """
+    with django_db_blocker.unblock():
+        _trained_catalogue_module.ensure()
+    return _trained_catalogue_module

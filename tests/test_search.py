@@ -219,3 +219,20 @@ def test_deep_mode_uses_the_deep_space_clusters(catalogue):
         assert result.hits[0].garment_id == garments[i].pk
         assert result.hits[0].distance == pytest.approx(0.0, abs=1e-5)
         assert result.clusters[0] == 2 - fused_label[i]
+
+
+def test_hidden_garments_are_skipped_and_n_results_still_come_back(catalogue):
+    """Garments in an inactive category, or no longer ready, are never returned; the search
+    widens to the next clusters so the shopper still gets N results."""
+    model, garments, vectors, centres = catalogue
+    shoes = garments[0].category
+    shoes.active = False
+    shoes.save()
+    garments[1].status = "failed"
+    garments[1].save()
+    result = search.search_vectors(fused=centres[0], model=model, top=10)
+    ids = {h.garment_id for h in result.hits}
+    assert len(result.hits) == 10
+    assert garments[1].pk not in ids
+    visible = {g.pk for g in garments if g.category_id != shoes.pk and g != garments[1]}
+    assert ids <= visible

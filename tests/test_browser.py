@@ -1,0 +1,285 @@
+"""End to end in a real headless Chromium (Debian's chromium, driven by Playwright) against a live
+server over the trained catalogue: search by photo, crop, switch to 20 results, open a result,
+bad files, a phone-sized screen. Screenshots go to test-output/ (gitignored)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.urls import re_path
+from django.views.static import serve
+from PIL import Image
+
+from fashionsite import urls as site_urls
+from retrieval.models import Garment
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.django_db(transaction=True),
+]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+]
+OUTPUT = Path(__file__).resolve().parent.parent / "test-output"
+
+# The live server's URLconf: the site's, plus media files as `make run` serves them (DEBUG).
+urlpatterns = [
+    *site_urls.urlpatterns,
+    re_path(r"^media/(?P<path>.*)$", serve, {"document_root": settings.MEDIA_ROOT}),
+]
+handler404 = site_urls.handler404
+handler500 = site_urls.handler500
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium: apt-get install chromium chromium-driver")
+    # Playwright's sync API keeps an event loop in this thread; the ORM calls the tests make
+    # here (fixtures, the flush after each test) are plain synchronous ones.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        with sync_api.sync_playwright() as playwright:
+            chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            yield chromium
+            chromium.close()
+
+
+@pytest.fixture
+def site(browser, live_server, trained_catalogue, settings) -> str:
+    settings.ROOT_URLCONF = __name__
+    rates = {"search": None}
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": rates}
+    OUTPUT.mkdir(exist_ok=True)
+    return live_server.url
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(30_000)  # a search runs the CNN on a busy CI machine
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert errors == [], f"JavaScript errors: {errors}"
+
+
+@pytest.fixture
+def phone(browser):
+    context = browser.new_context(
+        viewport={"width": 375, "height": 812},
+        device_scale_factor=2,
+        is_mobile=True,
+        has_touch=True,
+    )
+    context.set_default_timeout(30_000)
+    yield context.new_page()
+    context.close()
+
+
+@pytest.fixture
+def query(trained_catalogue) -> Garment:
+    return (
+        Garment.objects.filter(pk__in=trained_catalogue.ids[Garment], category__slug="tshirts")
+        .order_by("sku")
+        .first()
+    )
+
+
+def result_ids(page) -> list[int]:
+    return page.locator("#result-list > li.card").evaluate_all(
+        "cards => cards.map(card => Number(card.dataset.garmentId))"
+    )
+
+
+RECORD_UPLOADS = """() => {
+    // Test instrumentation: remember the size of each image the page uploads.
+    window.uploads = [];
+    const send = window.fetch;
+    window.fetch = async (url, options) => {
+        const image = options && options.body && options.body.get && options.body.get("image");
+        if (image) {
+            const bitmap = await createImageBitmap(image);
+            window.uploads.push([bitmap.width, bitmap.height, image.type]);
+        }
+        return send(url, options);
+    };
+}"""
+
+
+def uploads(page) -> list:
+    return page.evaluate("window.uploads")
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_search_by_photo_switch_to_20_and_open_a_result(site, page, query):
+    from playwright.sync_api import expect
+
+    page.goto(site + "/")
+    page.set_input_files("#photo-file", query.image.path)
+    expect(page.locator("#crop-panel")).to_be_visible()
+    expect(page.locator("#crop-info")).to_contain_text("whole photo")
+    page.get_by_role("button", name="Search").click()
+    cards = page.locator("#result-list > li.card")
+    expect(cards).to_have_count(10)
+    assert result_ids(page)[0] == query.pk  # the garment's own photo finds it first
+    expect(page.locator("#results-heading")).to_be_focused()
+    expect(page.locator("#search-status")).to_have_text("Top 10 matches found.")
+    expect(page.locator(".results-meta")).to_contain_text(" ms")
+
+    page.locator("label[for='id_top_2']").click()  # the "20" of the results switch
+    expect(cards).to_have_count(20)
+    assert query.pk in result_ids(page)
+    page.screenshot(path=str(OUTPUT / "results-desktop.png"), full_page=True)
+
+    second = cards.nth(1)
+    opened = Garment.objects.get(pk=int(second.get_attribute("data-garment-id")))
+    second.locator("a").click()
+    page.wait_for_url(f"**/garments/{opened.pk}/")
+    expect(page.locator("h1")).to_have_text(opened.title)
+    expect(page.locator(".similar .card")).to_have_count(10)
+    page.screenshot(path=str(OUTPUT / "garment-desktop.png"), full_page=True)
+
+
+def test_the_search_uses_the_cropped_part(site, page, query):
+    from playwright.sync_api import expect
+
+    page.goto(site + "/")
+    page.evaluate(RECORD_UPLOADS)
+    page.set_input_files("#photo-file", query.image.path)
+    stage = page.locator("#crop-stage img")
+    expect(stage).to_be_visible()
+    box = stage.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.25)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.6, steps=5)
+    page.mouse.up()
+    expect(page.locator("#crop-info")).to_contain_text("framed part")
+    page.locator("#crop-panel").screenshot(path=str(OUTPUT / "crop-desktop.png"))
+    page.get_by_role("button", name="Search").click()
+    expect(page.locator("#result-list > li.card")).to_have_count(10)
+    width, height = Image.open(query.image.path).size
+    (crop_width, crop_height, kind), *_ = uploads(page)
+    assert kind == "image/jpeg"
+    assert crop_width == pytest.approx(width * 0.5, abs=3)
+    assert crop_height == pytest.approx(height * 0.35, abs=3)
+
+    # Keyboard: Escape goes back to the whole photo, and the search follows with it.
+    page.locator("#crop-box").focus()
+    page.keyboard.press("Escape")
+    expect(page.locator("#crop-info")).to_contain_text("whole photo")
+    page.wait_for_function("window.uploads.length === 2")
+    assert uploads(page)[1][:2] == [width, height]
+    expect(page.locator("#busy")).to_be_hidden()
+    # Arrow keys frame the middle of the photo, Shift + arrows resize the frame.
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("Shift+ArrowLeft")
+    expect(page.locator("#crop-info")).to_contain_text("framed part")
+
+
+def test_busy_state_while_searching(site, page, query):
+    from playwright.sync_api import expect
+
+    held = []
+
+    def hold_searches(route):
+        if route.request.method == "POST":
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.goto(site + "/")
+    page.route(f"{site}/", hold_searches)
+    page.set_input_files("#photo-file", query.image.path)
+    expect(page.locator("#crop-panel")).to_be_visible()
+    page.get_by_role("button", name="Search").click()
+    expect(page.locator("#busy")).to_be_visible()
+    expect(page.locator("#search-button")).to_be_disabled()
+    expect(page.locator("#results")).to_have_attribute("aria-busy", "true")
+    assert held, "the search request was not sent"
+    held[0].continue_()
+    expect(page.locator("#result-list > li.card")).to_have_count(10)
+    expect(page.locator("#busy")).to_be_hidden()
+    expect(page.locator("#search-button")).to_be_enabled()
+
+
+def test_paste_and_drop_load_the_photo(site, page, query):
+    from playwright.sync_api import expect
+
+    page.goto(site + "/")
+    make_file = """async (url) => {
+        const blob = await (await fetch(url)).blob();
+        const data = new DataTransfer();
+        data.items.add(new File([blob], "pasted.jpg", {type: "image/jpeg"}));
+        return data;
+    }"""
+    transfer = page.evaluate_handle(make_file, query.image.url)
+    page.evaluate(
+        "data => document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: data}))",
+        transfer,
+    )
+    expect(page.locator("#crop-panel")).to_be_visible()
+    expect(page.locator("#file-name")).to_have_text("Photo: pasted.jpg")
+    transfer = page.evaluate_handle(make_file, query.image.url)
+    page.locator("#dropzone").dispatch_event("drop", {"dataTransfer": transfer})
+    expect(page.locator("#crop-panel")).to_be_visible()
+    page.get_by_role("button", name="Search").click()
+    expect(page.locator("#result-list > li.card")).to_have_count(10)
+
+
+def test_a_file_that_is_not_an_image_is_explained(site, page):
+    from playwright.sync_api import expect
+
+    page.goto(site + "/")
+    page.set_input_files(
+        "#photo-file",
+        files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not a photo\n" * 20}],
+    )
+    alert = page.locator("#results [role=alert]")
+    expect(alert).to_contain_text("that file is not an image")
+    expect(page.locator("#crop-panel")).to_be_hidden()
+
+
+def test_an_image_too_large_is_explained_before_uploading(site, page, settings):
+    from playwright.sync_api import expect
+
+    settings.RETRIEVAL_MAX_UPLOAD_BYTES = 1000
+    page.goto(site + "/")
+    big = io.BytesIO()
+    Image.effect_noise((200, 200), 64).convert("RGB").save(big, "PNG")
+    page.set_input_files(
+        "#photo-file",
+        files=[{"name": "big.png", "mimeType": "image/png", "buffer": big.getvalue()}],
+    )
+    expect(page.locator("#photo-message")).to_contain_text("image too large")
+
+
+def test_phone_sized_screen(site, phone, query):
+    from playwright.sync_api import expect
+
+    phone.goto(site + "/")
+    expect(phone.get_by_text("Take a photo")).to_be_visible()  # touch screen: the camera
+    phone.set_input_files("#photo-file", query.image.path)
+    expect(phone.locator("#crop-panel")).to_be_visible()
+    phone.get_by_role("button", name="Search").click()
+    expect(phone.locator("#result-list > li.card")).to_have_count(10)
+    overflow = phone.evaluate("document.documentElement.scrollWidth")
+    assert overflow <= 375, f"the page is {overflow} px wide on a 375 px screen"
+    phone.screenshot(path=str(OUTPUT / "results-375px.png"), full_page=True)
+    phone.goto(f"{site}/garments/{query.pk}/")
+    assert phone.evaluate("document.documentElement.scrollWidth") <= 375
+    phone.screenshot(path=str(OUTPUT / "garment-375px.png"), full_page=True)
