@@ -678,6 +678,23 @@ def load_backbone_features(*, backbone: str, category_field: str = "category"):
     )
 
 
+def new_feature_model(*, backbone: str, progress: dict | None = None) -> FeatureModel:
+    """A model row (status training) with the configured colour knobs, named for its backbone
+    and creation time; training fills in the head, classes and metrics."""
+    from retrieval import features
+
+    stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+    return FeatureModel.objects.create(
+        name=f"{backbone}-{stamp}-{uuid.uuid4().hex[:6]}",
+        backbone=backbone,
+        backbone_dim=features.POOLED_DIMS[backbone],
+        colour_variant=settings.RETRIEVAL_COLOUR,
+        colour_weight=settings.RETRIEVAL_COLOUR_WEIGHT,
+        status=FeatureModel.Status.TRAINING,
+        progress=progress or {},
+    )
+
+
 def train_model(
     *,
     backbone: str | None = None,
@@ -706,15 +723,7 @@ def train_model(
         weights_path=settings.RETRIEVAL_BACKBONE_WEIGHTS,
     )
     if model is None:
-        stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
-        model = FeatureModel.objects.create(
-            name=f"{backbone}-{stamp}-{uuid.uuid4().hex[:6]}",
-            backbone=backbone,
-            backbone_dim=features.POOLED_DIMS[backbone],
-            colour_variant=settings.RETRIEVAL_COLOUR,
-            colour_weight=settings.RETRIEVAL_COLOUR_WEIGHT,
-            status=FeatureModel.Status.TRAINING,
-        )
+        model = new_feature_model(backbone=backbone)
 
     def report(state: dict) -> None:
         FeatureModel.objects.filter(pk=model.pk).update(progress=state)
@@ -854,15 +863,6 @@ def queue_training(*, backbone: str | None = None, epochs: int | None = None) ->
     backbone = features.resolve_backbone(
         backbone or settings.RETRIEVAL_BACKBONE, weights_path=settings.RETRIEVAL_BACKBONE_WEIGHTS
     )
-    stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
-    model = FeatureModel.objects.create(
-        name=f"{backbone}-{stamp}-{uuid.uuid4().hex[:6]}",
-        backbone=backbone,
-        backbone_dim=features.POOLED_DIMS[backbone],
-        colour_variant=settings.RETRIEVAL_COLOUR,
-        colour_weight=settings.RETRIEVAL_COLOUR_WEIGHT,
-        status=FeatureModel.Status.TRAINING,
-        progress={"stage": "queued"},
-    )
+    model = new_feature_model(backbone=backbone, progress={"stage": "queued"})
     transaction.on_commit(lambda: tasks.train_model.delay(model.pk, epochs))
     return model
