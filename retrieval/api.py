@@ -237,17 +237,11 @@ def visible_categories(user):
     return Category.objects.all() if user.is_staff else Category.objects.filter(active=True)
 
 
-def visible_hits(result: search.SearchResult, user) -> list[tuple[Garment, float]]:
-    """A search's (garment, score) pairs that the user may see (a garment whose category was
-    deactivated after indexing keeps its vectors, but shoppers must not be shown it)."""
-    hits = result.garments()
-    if user.is_staff:
-        return hits
-    return [
-        (garment, score)
-        for garment, score in hits
-        if garment.category.active and garment.status == Garment.Status.READY
-    ]
+def search_response(request, result: search.SearchResult, *, top: int) -> Response:
+    """The API answer for a search or a more-like-this. Hidden garments (inactive category,
+    not ready) are already excluded in SQL for shoppers (search_vectors(include_hidden=False))."""
+    body = SearchResponseSerializer.present(result, result.garments(), top=top)
+    return Response(SearchResponseSerializer(body, context={"request": request}).data)
 
 
 class IsStaffOrReadOnly(BasePermission):
@@ -330,9 +324,7 @@ class SearchView(APIView):
             category_id=category.pk if category is not None else None,
             include_hidden=request.user.is_staff,
         )
-        hits = visible_hits(result, request.user)
-        body = SearchResponseSerializer.present(result, hits, top=options["top"])
-        return Response(SearchResponseSerializer(body, context={"request": request}).data)
+        return search_response(request, result, top=options["top"])
 
 
 # --------------------------------------------------------------------------- catalogue
@@ -416,9 +408,7 @@ class GarmentViewSet(viewsets.ModelViewSet):
         result = search.more_like_this(
             garment=garment, top=top, mode=mode, include_hidden=request.user.is_staff
         )
-        hits = visible_hits(result, request.user)
-        body = SearchResponseSerializer.present(result, hits, top=top)
-        return Response(SearchResponseSerializer(body, context={"request": request}).data)
+        return search_response(request, result, top=top)
 
 
 @extend_schema_view(

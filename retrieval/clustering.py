@@ -125,6 +125,9 @@ def switch_run(*, run: ClusterRun, feature_ids: np.ndarray, labels: np.ndarray) 
     with transaction.atomic(), connection.cursor() as cursor:
         # EXCLUSIVE blocks writers (indexing) but not readers (searches) until commit.
         cursor.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
+        # Inside a caller's transaction (a savepoint) ON COMMIT has not dropped the previous
+        # space's table yet: both spaces are switched in one outer transaction then.
+        cursor.execute("DROP TABLE IF EXISTS pg_temp.new_labels")
         cursor.execute(
             "CREATE TEMP TABLE new_labels (id bigint PRIMARY KEY, label int) ON COMMIT DROP"
         )

@@ -27,7 +27,6 @@ from retrieval.api import (
     error_body,
     visible_categories,
     visible_garments,
-    visible_hits,
 )
 from retrieval.health import health_report
 from retrieval.models import Category, FeatureModel, Garment
@@ -124,8 +123,8 @@ def _search(request: HttpRequest, form: SearchForm) -> tuple[dict, int]:
         )
     except search.SearchUnavailable:
         return {"error": UNAVAILABLE, "unavailable": True}, 503
-    hits = visible_hits(result, request.user)
-    return {"result": result, "hits": hits, "top": data["top"], "mode": mode}, 200
+    # Hidden garments are excluded in SQL for shoppers (include_hidden above).
+    return {"result": result, "hits": result.garments(), "top": data["top"], "mode": mode}, 200
 
 
 @require_http_methods(["GET", "POST"])
@@ -197,7 +196,7 @@ def garment_detail(request: HttpRequest, pk: int) -> HttpResponse:
                 mode="fused" if colour else "deep",
                 include_hidden=request.user.is_staff,
             )
-            similar = visible_hits(result, request.user)
+            similar = result.garments()
         except search.SearchUnavailable:
             similar_error = "Similar items appear once the catalogue's search model is trained."
     attributes = garment.attributes if isinstance(garment.attributes, dict) else {}
