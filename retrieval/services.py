@@ -118,12 +118,26 @@ def save_garment(*, garment: Garment, image_changed: bool) -> Garment:
 # --------------------------------------------------------------------------- indexing queue
 
 
-# The error of a pending garment (or import job) whose task never reached the broker. The
-# sweep queues these at once, whatever their age; staff see why they wait meanwhile.
+# The error of a pending garment (import job, training) whose task never reached the
+# broker. The sweep queues these at once, whatever their age; staff see why they wait.
 NOT_QUEUED = (
     "not queued yet: Redis (the task broker) was unavailable; queued again automatically "
     "once it is back"
 )
+
+
+def _publish(task, *, args: list) -> Exception | None:
+    """Send a task now; the broker's error, if it is unavailable, else None.
+
+    No retry here and no result kept (nothing reads these results, and a result would make
+    the publish wait on Redis a second time, as result backend): the caller marks the work
+    NOT_QUEUED and the sweep is the retry. The CELERY_* connection settings bound the wait.
+    """
+    try:
+        task.apply_async(args=args, retry=False, ignore_result=True)
+    except Exception as exc:  # kombu raises transport-specific errors
+        return exc
+    return None
 
 
 def enqueue_indexing(*, garment_ids: Iterable[int]) -> None:
@@ -142,17 +156,13 @@ def enqueue_indexing(*, garment_ids: Iterable[int]) -> None:
         from retrieval import tasks
 
         for start in range(0, len(ids), INDEX_CHUNK):
-            chunk = ids[start : start + INDEX_CHUNK]
-            try:
-                # No result is kept (nobody reads it), so the publish does not also wait on
-                # the result backend; retry=False: the sweep is the retry.
-                tasks.index_garments.apply_async(args=[chunk], retry=False, ignore_result=True)
-            except Exception as exc:  # kombu raises transport-specific errors
+            error = _publish(tasks.index_garments, args=[ids[start : start + INDEX_CHUNK]])
+            if error is not None:
                 unsent = ids[start:]
                 log.warning(
                     "broker unavailable, %d garments stay pending until it is back: %s",
                     len(unsent),
-                    exc,
+                    error,
                 )
                 _mark_not_queued(garment_ids=unsent)
                 return
@@ -481,13 +491,9 @@ def start_import(*, job: ImportJob) -> None:
     def send() -> None:
         from retrieval import tasks
 
-        try:
-            # As enqueue_indexing: no result kept, no retry here (the sweep is the retry).
-            tasks.import_catalog.apply_async(args=[job.pk], retry=False, ignore_result=True)
-        except Exception as exc:  # kombu raises transport-specific errors
-            log.warning(
-                "broker unavailable, import %s stays pending until it is back: %s", job.pk, exc
-            )
+        error = _publish(tasks.import_catalog, args=[job.pk])
+        if error is not None:
+            log.warning("broker unavailable, import %s waits until it is back: %s", job.pk, error)
             ImportJob.objects.filter(pk=job.pk, status=ImportJob.Status.PENDING).update(
                 error=NOT_QUEUED
             )
@@ -507,10 +513,9 @@ def requeue_unqueued_imports() -> int:
             .filter(status=ImportJob.Status.PENDING, error=NOT_QUEUED)
             .values_list("id", flat=True)
         )
+        ImportJob.objects.filter(id__in=jobs).update(error="")
         for job_id in jobs:
-            job = ImportJob(pk=job_id)
-            ImportJob.objects.filter(pk=job_id).update(error="")
-            start_import(job=job)
+            start_import(job=ImportJob(pk=job_id))
     if jobs:
         log.info("re-queued %d import jobs", len(jobs))
     return len(jobs)
@@ -928,12 +933,49 @@ def reindex_and_activate(*, model: FeatureModel) -> None:
 
 
 def queue_training(*, backbone: str | None = None, epochs: int | None = None) -> FeatureModel:
-    """Create the model row (visible progress in the admin) and queue its training."""
-    from retrieval import features, tasks
+    """Create the model row (visible progress in the admin) and queue its training.
+
+    With the broker down the model waits (status training, progress "queued") marked
+    NOT_QUEUED, and :func:`requeue_unqueued_trainings` queues it once Redis is back.
+    """
+    from retrieval import features
 
     backbone = features.resolve_backbone(
         backbone or settings.RETRIEVAL_BACKBONE, weights_path=settings.RETRIEVAL_BACKBONE_WEIGHTS
     )
     model = new_feature_model(backbone=backbone, progress={"stage": "queued"})
-    transaction.on_commit(lambda: tasks.train_model.delay(model.pk, epochs))
+    _send_training(model_id=model.pk, epochs=epochs)
     return model
+
+
+def _send_training(*, model_id: int, epochs: int | None) -> None:
+    def send() -> None:
+        from retrieval import tasks
+
+        error = _publish(tasks.train_model, args=[model_id, epochs])
+        if error is not None:
+            log.warning(
+                "broker unavailable, training %s waits until it is back: %s", model_id, error
+            )
+            FeatureModel.objects.filter(pk=model_id, status=FeatureModel.Status.TRAINING).update(
+                error=NOT_QUEUED
+            )
+
+    transaction.on_commit(send)
+
+
+def requeue_unqueued_trainings() -> int:
+    """Queue the trainings whose task never reached the broker (see :func:`queue_training`),
+    with the default number of epochs (what the admin's button asks for)."""
+    with transaction.atomic():
+        ids = list(
+            FeatureModel.objects.select_for_update(skip_locked=True)
+            .filter(status=FeatureModel.Status.TRAINING, error=NOT_QUEUED)
+            .values_list("id", flat=True)
+        )
+        FeatureModel.objects.filter(id__in=ids).update(error="")
+        for model_id in ids:
+            _send_training(model_id=model_id, epochs=None)
+    if ids:
+        log.info("re-queued %d trainings", len(ids))
+    return len(ids)

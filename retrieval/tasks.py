@@ -56,6 +56,7 @@ def requeue_stuck() -> dict:
     return {
         "garments": services.requeue_stuck_garments(),
         "imports": services.requeue_unqueued_imports(),
+        "trainings": services.requeue_unqueued_trainings(),
     }
 
 

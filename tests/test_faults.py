@@ -32,7 +32,7 @@ from rest_framework.authtoken.models import Token
 
 from fashionsite import embedded
 from retrieval import services
-from retrieval.models import Garment, ImportJob
+from retrieval.models import FeatureModel, Garment, ImportJob
 from tests.conftest import ROOT, database_url_for
 from tests.factories import CategoryFactory, jpeg_bytes
 from tests.test_services import make_catalogue, row, wait_until
@@ -173,6 +173,46 @@ def test_uploads_while_redis_is_down_stay_pending_and_are_indexed_once_it_is_bac
     assert (job.status, job.error, job.created) == (ImportJob.Status.DONE, "", 2)
     assert wait_until(lambda: healthz(admin_client)[0] == 200, timeout=HANG_SECONDS)
     assert celery_worker.process.poll() is None  # the same worker, never restarted
+
+
+def test_training_asked_for_while_redis_is_down_waits_and_runs_once_it_is_back(
+    celery_worker, admin_client
+):
+    with redis_stopped():
+        response = within(
+            HANG_SECONDS, lambda: admin_client.post("/admin/retrieval/featuremodel/train/")
+        )
+        assert response.status_code == 302, response.content[:2000]
+        model = FeatureModel.objects.get()
+        assert (model.status, model.error) == (FeatureModel.Status.TRAINING, services.NOT_QUEUED)
+
+    # Back: the sweep queues the training and the worker runs it. The catalogue is empty, so
+    # the training ends failed, saying why: it ran.
+    assert wait_until(
+        lambda: FeatureModel.objects.get(pk=model.pk).status == FeatureModel.Status.FAILED,
+        timeout=120,
+    ), FeatureModel.objects.values_list("status", "error").first()
+    model.refresh_from_db()
+    assert "at least 2 categories" in model.error
+
+
+def test_search_by_photo_works_while_redis_is_down(trained_catalogue, client, settings):
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {"search": "30/min"},  # counted in Redis: must fail open
+    }
+    garment = Garment.objects.filter(status=Garment.Status.READY).first()
+    with garment.image.open("rb") as handle:
+        photo = handle.read()
+    with redis_stopped():
+        response = within(
+            HANG_SECONDS,
+            lambda: client.post(
+                "/api/v1/search/", {"image": SimpleUploadedFile("q.jpg", photo), "top": 5}
+            ),
+        )
+    assert response.status_code == 200, response.content[:2000]
+    assert garment.pk in [hit["id"] for hit in response.json()["results"]]
 
 
 # --------------------------------------------------------------------------- PostgreSQL restart
