@@ -129,12 +129,13 @@ NOT_QUEUED = (
 def _publish(task, *, args: list) -> Exception | None:
     """Send a task now; the broker's error, if it is unavailable, else None.
 
-    No retry here and no result kept (nothing reads these results, and a result would make
-    the publish wait on Redis a second time, as result backend): the caller marks the work
-    NOT_QUEUED and the sweep is the retry. The CELERY_* connection settings bound the wait.
+    Retried briefly (CELERY_TASK_PUBLISH_RETRY_POLICY: a blip, not an outage), with no result
+    kept (nothing reads these results, and keeping one would make the publish wait on Redis a
+    second time, as the result backend). On an error the caller marks the work NOT_QUEUED and
+    the sweep is the real retry.
     """
     try:
-        task.apply_async(args=args, retry=False, ignore_result=True)
+        task.apply_async(args=args, ignore_result=True)
     except Exception as exc:  # kombu raises transport-specific errors
         return exc
     return None
