@@ -8,6 +8,7 @@ the results fragment the server rendered (so every text is escaped by Django, in
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 
@@ -34,6 +35,8 @@ from retrieval.health import health_report
 from retrieval.middleware import DATABASE_UNAVAILABLE_ERRORS, database_unavailable_response
 from retrieval.models import Category, FeatureModel, Garment
 from retrieval.serializers import decode_query_image, read_upload
+
+log = logging.getLogger(__name__)
 
 PAGE_SIZE = 24
 SLUG = re.compile(r"[-a-zA-Z0-9_]+")
@@ -241,7 +244,9 @@ def server_error(request: HttpRequest) -> HttpResponse:
     answered 503 like one raised inside (retrieval.middleware). Django calls this handler
     while handling the exception, so sys.exc_info() still names it.
     """
-    if isinstance(sys.exc_info()[1], DATABASE_UNAVAILABLE_ERRORS):
+    exception = sys.exc_info()[1]
+    if isinstance(exception, DATABASE_UNAVAILABLE_ERRORS):
+        log.warning("database unavailable, %s answered 503: %s", request.path, exception)
         return database_unavailable_response(request)
     if request.path.startswith("/api/"):
         body = error_body("server_error", "internal server error: the error was logged")

@@ -37,7 +37,7 @@ from tests.conftest import ROOT, database_url_for
 from tests.factories import CategoryFactory, jpeg_bytes
 from tests.test_services import make_catalogue, row, wait_until
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 # Generous: long enough for a loaded 2-core machine, short enough to report a hang.
 HANG_SECONDS = 60.0
@@ -89,6 +89,7 @@ def healthz(client) -> tuple[int, dict]:
     return response.status_code, response.json()
 
 
+@pytest.mark.slow
 def test_uploads_while_redis_is_down_stay_pending_and_are_indexed_once_it_is_back(
     celery_worker, admin_client, admin_user, tmp_path
 ):
@@ -175,6 +176,7 @@ def test_uploads_while_redis_is_down_stay_pending_and_are_indexed_once_it_is_bac
     assert celery_worker.process.poll() is None  # the same worker, never restarted
 
 
+@pytest.mark.slow
 def test_training_asked_for_while_redis_is_down_waits_and_runs_once_it_is_back(
     celery_worker, admin_client
 ):
@@ -196,6 +198,7 @@ def test_training_asked_for_while_redis_is_down_waits_and_runs_once_it_is_back(
     assert "at least 2 categories" in model.error
 
 
+@pytest.mark.slow
 def test_search_by_photo_works_while_redis_is_down(trained_catalogue, client, settings):
     settings.REST_FRAMEWORK = {
         **settings.REST_FRAMEWORK,
@@ -216,6 +219,33 @@ def test_search_by_photo_works_while_redis_is_down(trained_catalogue, client, se
 
 
 # --------------------------------------------------------------------------- PostgreSQL restart
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "text"),
+    [("/api/v1/garments/", "application/json", "database_unavailable"),
+     ("/categories/", "text/html", "temporarily unavailable")],
+)  # fmt: skip
+def test_a_database_outage_raised_outside_a_view_is_a_503_too(rf, path, content_type, text):
+    """handler500, called by Django while it handles an exception a middleware raised (e.g.
+    saving the session): a database outage is answered as from a view (503, Retry-After)."""
+    from django.db import OperationalError
+
+    from retrieval.views import server_error
+
+    try:
+        raise OperationalError("connection to server failed: No such file or directory")
+    except OperationalError:
+        response = server_error(rf.get(path))
+    assert response.status_code == 503
+    assert response["Content-Type"].startswith(content_type)
+    assert response["Retry-After"]
+    assert text in response.content.decode()
+    # Any other error stays a 500.
+    try:
+        raise RuntimeError("a bug")
+    except RuntimeError:
+        assert server_error(rf.get(path)).status_code == 500
 
 
 class WebServer:
@@ -341,6 +371,7 @@ class Shopper:
         return kinds == {"api", "site"}
 
 
+@pytest.mark.slow
 def test_postgres_restart_during_searches_answers_503_then_serves_again_without_restarts(
     trained_catalogue, celery_worker
 ):
