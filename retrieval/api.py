@@ -45,6 +45,11 @@ from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from retrieval import search
+from retrieval.middleware import (
+    DATABASE_UNAVAILABLE_ERRORS,
+    DATABASE_UNAVAILABLE_MESSAGE,
+    RETRY_AFTER_SECONDS,
+)
 from retrieval.models import Category, Garment
 from retrieval.serializers import (
     CategorySerializer,
@@ -88,10 +93,22 @@ class PayloadTooLarge(exceptions.APIException):
     default_detail = "the request body is too large"
 
 
+class DatabaseUnavailable(exceptions.APIException):
+    """PostgreSQL is down or restarting: retry shortly (Retry-After, as for throttling)."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "database_unavailable"
+    default_detail = DATABASE_UNAVAILABLE_MESSAGE
+    wait = RETRY_AFTER_SECONDS
+
+
 def _translate(exc: Exception) -> Exception:
     """Exceptions of the layers below, as the API errors they mean."""
     if isinstance(exc, search.SearchUnavailable):
         return SearchUnavailableError(str(exc))
+    if isinstance(exc, DATABASE_UNAVAILABLE_ERRORS):
+        log.warning("database unavailable, the API answered 503: %s", exc)
+        return DatabaseUnavailable()
     if isinstance(exc, ProtectedError):
         return Protected(str(exc.args[0]) if exc.args else None)
     if isinstance(exc, DjangoValidationError):
@@ -151,9 +168,12 @@ def exception_handler(exc: Exception, context: dict) -> Response:
     detail = data.get("detail", data) if isinstance(data, dict) else data
     code = getattr(detail, "code", None) or getattr(exc, "default_code", "error")
     details = None
-    if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
+    if isinstance(exc, exceptions.Throttled | DatabaseUnavailable) and exc.wait is not None:
         details = {"retry_after": int(exc.wait + 0.999)}
     response.data = error_body(str(code), str(detail), details)
+    if isinstance(exc, DatabaseUnavailable):
+        # Logged once, as a warning, in _translate: not again by Django as an ERROR.
+        response._has_been_logged = True
     return response
 
 
@@ -166,7 +186,11 @@ ERRORS = {
     413: OpenApiResponse(ErrorSerializer, description="Image or request body too large."),
     415: OpenApiResponse(ErrorSerializer, description="Unsupported request content type."),
     429: OpenApiResponse(ErrorSerializer, description="Too many searches; retry later."),
-    503: OpenApiResponse(ErrorSerializer, description="No trained model is active yet."),
+    503: OpenApiResponse(
+        ErrorSerializer,
+        description="No trained model is active yet (search_unavailable), or the database is "
+        "down (database_unavailable; retry after Retry-After seconds).",
+    ),
 }
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.files.base import ContentFile
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
@@ -118,11 +118,36 @@ def save_garment(*, garment: Garment, image_changed: bool) -> Garment:
 # --------------------------------------------------------------------------- indexing queue
 
 
+# The error of a pending garment (import job, training) whose task never reached the
+# broker. The sweep queues these at once, whatever their age; staff see why they wait.
+NOT_QUEUED = (
+    "not queued yet: Redis (the task broker) was unavailable; queued again automatically "
+    "once it is back"
+)
+
+
+def _publish(task, *, args: list) -> Exception | None:
+    """Send a task now; the broker's error, if it is unavailable, else None.
+
+    Retried briefly (CELERY_TASK_PUBLISH_RETRY_POLICY: a blip, not an outage), with no result
+    kept (nothing reads these results, and keeping one would make the publish wait on Redis a
+    second time, as the result backend). On an error the caller marks the work NOT_QUEUED and
+    the sweep is the real retry.
+    """
+    try:
+        task.apply_async(args=args, ignore_result=True)
+    except Exception as exc:  # kombu raises transport-specific errors
+        return exc
+    return None
+
+
 def enqueue_indexing(*, garment_ids: Iterable[int]) -> None:
     """Queue feature extraction for these garments once the current transaction commits.
 
-    If the broker is down the garments simply stay pending: the periodic sweep
-    (:func:`requeue_stuck_garments`) queues them again once it is back. Nothing is lost.
+    Never fails the caller (an upload, an import) and never waits long: with the broker down
+    the publish gives up within seconds (CELERY_* retry settings), the garments stay pending
+    marked NOT_QUEUED, and :func:`requeue_stuck_garments` queues them once Redis is back
+    (workers run it as they reconnect, and beat periodically). Nothing is lost.
     """
     ids = sorted(set(garment_ids))
     if not ids:
@@ -132,14 +157,27 @@ def enqueue_indexing(*, garment_ids: Iterable[int]) -> None:
         from retrieval import tasks
 
         for start in range(0, len(ids), INDEX_CHUNK):
-            chunk = ids[start : start + INDEX_CHUNK]
-            try:
-                tasks.index_garments.apply_async(args=[chunk], retry=False)
-            except Exception as exc:  # kombu raises transport-specific errors
-                log.warning("broker unavailable, %d garments stay pending: %s", len(chunk), exc)
+            error = _publish(tasks.index_garments, args=[ids[start : start + INDEX_CHUNK]])
+            if error is not None:
+                unsent = ids[start:]
+                log.warning(
+                    "broker unavailable, %d garments stay pending until it is back: %s",
+                    len(unsent),
+                    error,
+                )
+                _mark_not_queued(garment_ids=unsent)
                 return
 
     transaction.on_commit(send)
+
+
+def _mark_not_queued(*, garment_ids: Sequence[int]) -> None:
+    try:
+        Garment.objects.filter(id__in=garment_ids, status=Garment.Status.PENDING).update(
+            error=NOT_QUEUED
+        )
+    except DatabaseError as exc:  # both services down: the age-based sweep still finds them
+        log.warning("could not mark %d garments as not queued: %s", len(garment_ids), exc)
 
 
 def mark_for_reindex(*, garment_ids: Sequence[int]) -> int:
@@ -153,23 +191,38 @@ def mark_for_reindex(*, garment_ids: Sequence[int]) -> int:
 
 
 def requeue_stuck_garments(*, older_than: timedelta | None = None) -> int:
-    """Queue again garments left pending or processing for too long (a lost task, Redis down)."""
+    """Queue again garments whose indexing task never reached the broker, or was lost.
+
+    - pending and marked NOT_QUEUED (the publish failed, Redis was down): at once, whatever
+      their age: no lease or timeout is involved, as no task exists;
+    - pending for longer than ``older_than`` (RETRIEVAL_STUCK_MINUTES): a task the broker
+      accepted but lost (Redis crashed before persisting it);
+    - processing under a lease older than ``older_than``: its worker died and the task was
+      not redelivered.
+
+    Rows are taken FOR UPDATE SKIP LOCKED, so sweeps running at once (several workers
+    reconnecting) queue each garment once. Returns the number of garments queued.
+    """
     if older_than is None:
         older_than = timedelta(minutes=settings.RETRIEVAL_STUCK_MINUTES)
     cutoff = timezone.now() - older_than
-    stuck = list(
-        Garment.objects.filter(
-            Q(status=Garment.Status.PENDING, updated_at__lt=cutoff)
-            | Q(status=Garment.Status.PROCESSING, claimed_at__lt=cutoff)
-        ).values_list("id", flat=True)
-    )
-    if stuck:
-        with transaction.atomic():
+    with transaction.atomic():
+        stuck = list(
+            Garment.objects.select_for_update(skip_locked=True)
+            .filter(
+                Q(status=Garment.Status.PENDING, error=NOT_QUEUED)
+                | Q(status=Garment.Status.PENDING, updated_at__lt=cutoff)
+                | Q(status=Garment.Status.PROCESSING, claimed_at__lt=cutoff)
+            )
+            .values_list("id", flat=True)
+        )
+        if stuck:
             # Release leases so the new task may claim them.
             Garment.objects.filter(id__in=stuck).update(
-                status=Garment.Status.PENDING, claimed_by="", updated_at=timezone.now()
+                status=Garment.Status.PENDING, error="", claimed_by="", updated_at=timezone.now()
             )
             enqueue_indexing(garment_ids=stuck)
+    if stuck:
         log.info("re-queued %d stuck garments", len(stuck))
     return len(stuck)
 
@@ -430,19 +483,43 @@ def import_catalog(
 
 
 def start_import(*, job: ImportJob) -> None:
-    """Queue an uploaded import (admin) for a worker, after the job row is committed."""
+    """Queue an uploaded import (admin) for a worker, after the job row is committed.
+
+    With the broker down the job stays pending, marked NOT_QUEUED (staff see why), and
+    :func:`requeue_unqueued_imports` queues it once Redis is back.
+    """
 
     def send() -> None:
         from retrieval import tasks
 
-        try:
-            tasks.import_catalog.delay(job.pk)
-        except Exception as exc:  # broker down: say so on the job rather than lose it silently
-            ImportJob.objects.filter(pk=job.pk).update(
-                error=f"could not queue the import (broker unavailable: {exc}); retry later"
+        error = _publish(tasks.import_catalog, args=[job.pk])
+        if error is not None:
+            log.warning("broker unavailable, import %s waits until it is back: %s", job.pk, error)
+            ImportJob.objects.filter(pk=job.pk, status=ImportJob.Status.PENDING).update(
+                error=NOT_QUEUED
             )
 
     transaction.on_commit(send)
+
+
+def requeue_unqueued_imports() -> int:
+    """Queue the import jobs whose task never reached the broker (see :func:`start_import`).
+
+    FOR UPDATE SKIP LOCKED and the mark cleared in the same transaction: concurrent sweeps
+    queue a job once (two imports of one job at a time would race on its rows).
+    """
+    with transaction.atomic():
+        jobs = list(
+            ImportJob.objects.select_for_update(skip_locked=True)
+            .filter(status=ImportJob.Status.PENDING, error=NOT_QUEUED)
+            .values_list("id", flat=True)
+        )
+        ImportJob.objects.filter(id__in=jobs).update(error="")
+        for job_id in jobs:
+            start_import(job=ImportJob(pk=job_id))
+    if jobs:
+        log.info("re-queued %d import jobs", len(jobs))
+    return len(jobs)
 
 
 def _import_batch(*, job: ImportJob, catalog, rows: list, problems: list[dict]) -> None:
@@ -857,12 +934,49 @@ def reindex_and_activate(*, model: FeatureModel) -> None:
 
 
 def queue_training(*, backbone: str | None = None, epochs: int | None = None) -> FeatureModel:
-    """Create the model row (visible progress in the admin) and queue its training."""
-    from retrieval import features, tasks
+    """Create the model row (visible progress in the admin) and queue its training.
+
+    With the broker down the model waits (status training, progress "queued") marked
+    NOT_QUEUED, and :func:`requeue_unqueued_trainings` queues it once Redis is back.
+    """
+    from retrieval import features
 
     backbone = features.resolve_backbone(
         backbone or settings.RETRIEVAL_BACKBONE, weights_path=settings.RETRIEVAL_BACKBONE_WEIGHTS
     )
     model = new_feature_model(backbone=backbone, progress={"stage": "queued"})
-    transaction.on_commit(lambda: tasks.train_model.delay(model.pk, epochs))
+    _send_training(model_id=model.pk, epochs=epochs)
     return model
+
+
+def _send_training(*, model_id: int, epochs: int | None) -> None:
+    def send() -> None:
+        from retrieval import tasks
+
+        error = _publish(tasks.train_model, args=[model_id, epochs])
+        if error is not None:
+            log.warning(
+                "broker unavailable, training %s waits until it is back: %s", model_id, error
+            )
+            FeatureModel.objects.filter(pk=model_id, status=FeatureModel.Status.TRAINING).update(
+                error=NOT_QUEUED
+            )
+
+    transaction.on_commit(send)
+
+
+def requeue_unqueued_trainings() -> int:
+    """Queue the trainings whose task never reached the broker (see :func:`queue_training`),
+    with the default number of epochs (what the admin's button asks for)."""
+    with transaction.atomic():
+        ids = list(
+            FeatureModel.objects.select_for_update(skip_locked=True)
+            .filter(status=FeatureModel.Status.TRAINING, error=NOT_QUEUED)
+            .values_list("id", flat=True)
+        )
+        FeatureModel.objects.filter(id__in=ids).update(error="")
+        for model_id in ids:
+            _send_training(model_id=model_id, epochs=None)
+    if ids:
+        log.info("re-queued %d trainings", len(ids))
+    return len(ids)

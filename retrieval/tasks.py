@@ -46,9 +46,18 @@ def index_garments(self, garment_ids: list[int]) -> dict:
 
 
 @shared_task(name="retrieval.tasks.requeue_stuck")
-def requeue_stuck() -> int:
-    """Periodic sweep: garments left pending/processing (Redis was down, a task was lost)."""
-    return services.requeue_stuck_garments()
+def requeue_stuck() -> dict:
+    """The sweep: work whose task never reached the broker (Redis was down) or was lost.
+
+    Run by beat periodically, and sent by every worker as it (re)connects to the broker
+    (fashionsite.celery.SweepOnConnect), so recovery from a Redis outage does not wait for
+    the next beat tick. Idempotent: a second sweep finds nothing left to queue.
+    """
+    return {
+        "garments": services.requeue_stuck_garments(),
+        "imports": services.requeue_unqueued_imports(),
+        "trainings": services.requeue_unqueued_trainings(),
+    }
 
 
 @shared_task(name="retrieval.tasks.rebuild_clusters", autoretry_for=(DatabaseError,), max_retries=3)

@@ -8,7 +8,9 @@ the results fragment the server rendered (so every text is escaped by Django, in
 
 from __future__ import annotations
 
+import logging
 import re
+import sys
 
 from django import forms
 from django.conf import settings
@@ -29,8 +31,11 @@ from retrieval.api import (
     visible_garments,
 )
 from retrieval.health import health_report
+from retrieval.middleware import DATABASE_UNAVAILABLE_ERRORS, database_unavailable_response
 from retrieval.models import Category, FeatureModel, Garment
 from retrieval.serializers import decode_query_image, read_upload
+
+log = logging.getLogger(__name__)
 
 PAGE_SIZE = 24
 SLUG = re.compile(r"[-a-zA-Z0-9_]+")
@@ -232,7 +237,16 @@ def page_not_found(request: HttpRequest, exception=None) -> HttpResponse:
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
-    """handler500: as page_not_found; renders without a request context (it may be broken)."""
+    """handler500: as page_not_found; renders without a request context (it may be broken).
+
+    A database outage raised outside a view (in a middleware, e.g. saving the session) is
+    answered 503 like one raised inside (retrieval.middleware). Django calls this handler
+    while handling the exception, so sys.exc_info() still names it.
+    """
+    exception = sys.exc_info()[1]
+    if isinstance(exception, DATABASE_UNAVAILABLE_ERRORS):
+        log.warning("database unavailable, %s answered 503: %s", request.path, exception)
+        return database_unavailable_response(request)
     if request.path.startswith("/api/"):
         body = error_body("server_error", "internal server error: the error was logged")
         return JsonResponse(body, status=500)

@@ -69,7 +69,8 @@ def test_redis_second_start_reuses_stop_keeps_data_and_kill_recovers(scratch):
     redis.Redis.from_url(url).set("kept", "1")
 
     assert embedded.stop_redis(datadir)  # SIGTERM: Redis flushes its append-only file
-    url = embedded.ensure_redis(datadir)
+    # Back on the same port: processes that resolved the URL before find it again.
+    assert embedded.ensure_redis(datadir) == url
     client = redis.Redis.from_url(url)
     assert client.get("kept") == b"1"
 
@@ -78,7 +79,7 @@ def test_redis_second_start_reuses_stop_keeps_data_and_kill_recovers(scratch):
     pid = int((datadir / "redis.pid").read_text())
     os.kill(pid, signal.SIGKILL)
     time.sleep(0.2)
-    url = embedded.ensure_redis(datadir)
+    assert embedded.ensure_redis(datadir) == url
     client = redis.Redis.from_url(url)
     assert client.get("kept") == b"1"
     assert client.get("also") == b"2"

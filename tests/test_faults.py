@@ -1,0 +1,452 @@
+"""Faults, each against the real services: Redis down while staff upload, PostgreSQL restarted
+during searches. Nothing is mocked: the test session's own embedded servers (var/test/) are
+stopped and started again, with real worker processes and a real gunicorn web process.
+
+The third fault of issue #8, a worker killed mid-batch (its garments all end ready), is
+tests/test_services.py::test_a_worker_killed_mid_batch_loses_nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+
+import pytest
+import requests
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection, connections
+from django.test import Client
+from rest_framework.authtoken.models import Token
+
+from fashionsite import embedded
+from retrieval import services
+from retrieval.models import FeatureModel, Garment, ImportJob
+from tests.conftest import ROOT, database_url_for
+from tests.factories import CategoryFactory, jpeg_bytes
+from tests.test_services import make_catalogue, row, wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# Generous: long enough for a loaded 2-core machine, short enough to report a hang.
+HANG_SECONDS = 60.0
+
+
+def within(seconds: float, call: Callable[[], object]) -> object:
+    """``call()`` in another thread; fail (rather than hang the session) if it takes longer."""
+
+    def run() -> object:
+        try:
+            return call()
+        finally:
+            connections.close_all()  # this thread's connections
+
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        return pool.submit(run).result(timeout=seconds)
+    except FutureTimeout:
+        pytest.fail(f"hung: no answer within {seconds} s")
+    finally:
+        pool.shutdown(wait=False)  # never wait here for a call that hangs
+
+
+def reconnect_django() -> None:
+    """This process's connection died with the server: drop it so the next query reconnects."""
+    connections.close_all()
+
+
+# --------------------------------------------------------------------------- Redis down
+
+
+@contextlib.contextmanager
+def redis_stopped() -> Iterator[None]:
+    """Stop the test session's Redis; always start it again (on its port) and wait for it."""
+    if not settings.EMBEDDED_REDIS:
+        pytest.skip("stops the embedded Redis; REDIS_URL points elsewhere")
+    datadir = settings.VAR_DIR / "redis"
+    assert embedded.stop_redis(datadir)
+    try:
+        yield
+    finally:
+        url = embedded.ensure_redis(datadir)  # returns once it answers PING
+        # The same port: every process that resolved REDIS_URL before reconnects by itself.
+        assert url == settings.REDIS_URL
+
+
+def healthz(client) -> tuple[int, dict]:
+    response = client.get("/healthz")
+    return response.status_code, response.json()
+
+
+@pytest.mark.slow
+def test_uploads_while_redis_is_down_stay_pending_and_are_indexed_once_it_is_back(
+    celery_worker, admin_client, admin_user, tmp_path
+):
+    category = CategoryFactory(name="Outage coats")
+    api = Client(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=admin_user).key}")
+    catalogue = make_catalogue(
+        tmp_path / "outage.zip",
+        row("OUT-10", category="Outage coats") + row("OUT-11", category="Outage coats"),
+        {"OUT-10.jpg": jpeg_bytes((20, 120, 40)), "OUT-11.jpg": jpeg_bytes((120, 20, 40))},
+    )
+
+    with redis_stopped():
+        status, body = healthz(admin_client)
+        assert status == 503 and "redis" in body["down"], body
+
+        # The admin: the upload succeeds (no hang, no error) and the garment waits, pending.
+        response = within(
+            HANG_SECONDS,
+            lambda: admin_client.post(
+                "/admin/retrieval/garment/add/",
+                {
+                    "sku": "OUT-1",
+                    "title": "Coat uploaded in the admin",
+                    "description": "",
+                    "category": category.pk,
+                    "colour": "Green",
+                    "attributes": "{}",
+                    "image": SimpleUploadedFile("coat.jpg", jpeg_bytes((0, 140, 60))),
+                },
+            ),
+        )
+        assert response.status_code == 302, response.content[:2000]
+
+        # The API, as staff with a token: 201, status pending.
+        response = within(
+            HANG_SECONDS,
+            lambda: api.post(
+                "/api/v1/garments/",
+                {
+                    "sku": "OUT-2",
+                    "title": "Coat uploaded through the API",
+                    "category": category.slug,
+                    "colour": "Red",
+                    "image": SimpleUploadedFile("api.jpg", jpeg_bytes((200, 10, 10))),
+                },
+            ),
+        )
+        assert response.status_code == 201, response.content[:2000]
+        assert response.json()["status"] == "pending"
+        api_garment = response.json()["id"]
+
+        # An import started in the admin: the job is kept, pending.
+        with open(catalogue, "rb") as handle:
+            response = within(
+                HANG_SECONDS,
+                lambda: admin_client.post(
+                    "/admin/retrieval/importjob/add/",
+                    {"upload": handle, "category_field": "articleType", "limit": ""},
+                ),
+            )
+        assert response.status_code == 302, response.content[:2000]
+
+        uploaded = Garment.objects.filter(sku__in=["OUT-1", "OUT-2"])
+        assert {g.status for g in uploaded} == {Garment.Status.PENDING}
+        # Staff see why they wait: the garment's error (the admin's form, the API) says so.
+        assert {g.error for g in uploaded} == {services.NOT_QUEUED}
+        shown = api.get(f"/api/v1/garments/{api_garment}/").json()
+        assert (shown["status"], shown["error"]) == ("pending", services.NOT_QUEUED)
+        job = ImportJob.objects.latest("created_at")
+        assert (job.status, job.error) == (ImportJob.Status.PENDING, services.NOT_QUEUED)
+
+    # Redis is back: the worker reconnects and queues the sweep (no beat runs in tests), which
+    # queues what was never queued: the two uploads are indexed, the import runs and its
+    # garments are indexed in turn.
+    skus = ["OUT-1", "OUT-2", "OUT-10", "OUT-11"]
+    assert wait_until(
+        lambda: Garment.objects.filter(sku__in=skus, status=Garment.Status.READY).count() == 4,
+        timeout=240,
+    ), list(Garment.objects.values_list("sku", "status", "error"))
+    assert not Garment.objects.filter(sku__in=skus).exclude(error="").exists()
+    job.refresh_from_db()
+    assert (job.status, job.error, job.created) == (ImportJob.Status.DONE, "", 2)
+    assert wait_until(lambda: healthz(admin_client)[0] == 200, timeout=HANG_SECONDS)
+    assert celery_worker.process.poll() is None  # the same worker, never restarted
+
+
+@pytest.mark.slow
+def test_training_asked_for_while_redis_is_down_waits_and_runs_once_it_is_back(
+    celery_worker, admin_client
+):
+    with redis_stopped():
+        response = within(
+            HANG_SECONDS, lambda: admin_client.post("/admin/retrieval/featuremodel/train/")
+        )
+        assert response.status_code == 302, response.content[:2000]
+        model = FeatureModel.objects.get()
+        assert (model.status, model.error) == (FeatureModel.Status.TRAINING, services.NOT_QUEUED)
+
+    # Back: the sweep queues the training and the worker runs it. The catalogue is empty, so
+    # the training ends failed, saying why: it ran.
+    assert wait_until(
+        lambda: FeatureModel.objects.get(pk=model.pk).status == FeatureModel.Status.FAILED,
+        timeout=120,
+    ), FeatureModel.objects.values_list("status", "error").first()
+    model.refresh_from_db()
+    assert "at least 2 categories" in model.error
+
+
+@pytest.mark.slow
+def test_search_by_photo_works_while_redis_is_down(trained_catalogue, client, settings):
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {"search": "30/min"},  # counted in Redis: must fail open
+    }
+    garment = Garment.objects.filter(status=Garment.Status.READY).first()
+    with garment.image.open("rb") as handle:
+        photo = handle.read()
+    with redis_stopped():
+        response = within(
+            HANG_SECONDS,
+            lambda: client.post(
+                "/api/v1/search/", {"image": SimpleUploadedFile("q.jpg", photo), "top": 5}
+            ),
+        )
+    assert response.status_code == 200, response.content[:2000]
+    assert garment.pk in [hit["id"] for hit in response.json()["results"]]
+
+
+# --------------------------------------------------------------------------- PostgreSQL restart
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "text"),
+    [("/api/v1/garments/", "application/json", "database_unavailable"),
+     ("/categories/", "text/html", "temporarily unavailable")],
+)  # fmt: skip
+def test_a_database_outage_raised_outside_a_view_is_a_503_too(rf, path, content_type, text):
+    """handler500, called by Django while it handles an exception a middleware raised (e.g.
+    saving the session): a database outage is answered as from a view (503, Retry-After)."""
+    from django.db import OperationalError
+
+    from retrieval.views import server_error
+
+    try:
+        raise OperationalError("connection to server failed: No such file or directory")
+    except OperationalError:
+        response = server_error(rf.get(path))
+    assert response.status_code == 503
+    assert response["Content-Type"].startswith(content_type)
+    assert response["Retry-After"]
+    assert text in response.content.decode()
+    # Any other error stays a 500.
+    try:
+        raise RuntimeError("a bug")
+    except RuntimeError:
+        assert server_error(rf.get(path)).status_code == 500
+
+
+class WebServer:
+    """A real gunicorn web process (as ``make run`` starts it) on the test database."""
+
+    def __init__(self):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = os.environ.copy()
+        env.update(
+            DATABASE_URL=database_url_for(connection.settings_dict),
+            REDIS_URL=settings.REDIS_URL,
+            DJANGO_VAR_DIR=str(settings.VAR_DIR),
+            # As in production: no debug pages, so a 500 would show as one.
+            DJANGO_DEBUG="false",
+            DJANGO_SECRET_KEY="fault-test-secret-key-not-for-production-0123456789",
+            DJANGO_SECURE_SSL_REDIRECT="false",
+            DJANGO_ALLOWED_HOSTS="127.0.0.1",
+            RETRIEVAL_SEARCH_THROTTLE="off",
+            RETRIEVAL_TORCH_THREADS="1",
+            PYTHONUNBUFFERED="1",
+        )
+        self.log_path = settings.VAR_DIR / "web-faults.log"
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "gunicorn", "fashionsite.wsgi:application",
+                "--bind", f"127.0.0.1:{self.port}", "--workers", "1", "--threads", "2",
+                "--timeout", "120",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def wait_ready(self) -> None:
+        def answers() -> bool:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited:\n{self.log_path.read_text()}")
+            try:
+                return requests.get(f"{self.url}/healthz", timeout=5).status_code in {200, 503}
+            except requests.RequestException:
+                return False
+
+        if not wait_until(answers, timeout=90):
+            raise RuntimeError(f"gunicorn not ready:\n{self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+@dataclass
+class Answer:
+    kind: str  # "api" (search by photo) or "site" (a page)
+    started: float  # time.monotonic()
+    finished: float
+    status: int | None
+    body: str = ""
+    retry_after: str | None = None
+    error: str = ""  # a transport error (timeout, connection refused): never expected
+
+
+@dataclass
+class Shopper:
+    """Searches by photo through the API and browses the site's pages, in a loop."""
+
+    server: WebServer
+    photo: bytes
+    garment_id: int
+    answers: list[Answer] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def calls(self):
+        base = self.server.url
+        files = {"image": ("query.jpg", self.photo, "image/jpeg")}
+        yield (
+            "api",
+            lambda: requests.post(
+                f"{base}/api/v1/search/", files=files, data={"top": "5"}, timeout=HANG_SECONDS
+            ),
+        )
+        yield "site", lambda: requests.get(f"{base}/", timeout=HANG_SECONDS)
+        yield "site", lambda: requests.get(f"{base}/categories/", timeout=HANG_SECONDS)
+        yield (
+            "site",
+            lambda: requests.get(f"{base}/garments/{self.garment_id}/", timeout=HANG_SECONDS),
+        )
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for kind, send in self.calls():
+                started = time.monotonic()
+                try:
+                    response = send()
+                except requests.RequestException as exc:
+                    self.answers.append(
+                        Answer(kind, started, time.monotonic(), None, error=repr(exc))
+                    )
+                    continue
+                self.answers.append(
+                    Answer(
+                        kind,
+                        started,
+                        time.monotonic(),
+                        response.status_code,
+                        response.text[:2000],
+                        response.headers.get("Retry-After"),
+                    )
+                )
+
+    def seen(self, *, status: int, since: float = 0.0) -> bool:
+        """Both kinds (API search, site page) answered ``status`` to a request sent since."""
+        kinds = {a.kind for a in self.answers if a.status == status and a.started >= since}
+        return kinds == {"api", "site"}
+
+
+@pytest.mark.slow
+def test_postgres_restart_during_searches_answers_503_then_serves_again_without_restarts(
+    trained_catalogue, celery_worker
+):
+    if not settings.EMBEDDED_POSTGRES:
+        pytest.skip("restarts the embedded PostgreSQL; DATABASE_URL points elsewhere")
+    pgdata = settings.VAR_DIR / "postgres"
+    garment = Garment.objects.filter(status=Garment.Status.READY).first()
+    with garment.image.open("rb") as handle:
+        photo = handle.read()
+    server = WebServer()
+    shopper = Shopper(server=server, photo=photo, garment_id=garment.pk)
+    thread = threading.Thread(target=shopper.run, daemon=True)
+    try:
+        server.wait_ready()
+        thread.start()
+        assert wait_until(lambda: shopper.seen(status=200), timeout=120), shopper.answers[-5:]
+
+        outage_began = time.monotonic()
+        assert embedded.stop_postgres(pgdata)
+        try:
+            assert wait_until(
+                lambda: shopper.seen(status=503, since=outage_began), timeout=HANG_SECONDS
+            ), shopper.answers[-5:]
+            # /healthz names the database as what is down.
+            response = requests.get(f"{server.url}/healthz", timeout=HANG_SECONDS)
+            assert response.status_code == 503
+            assert "database" in response.json()["down"], response.json()
+        finally:
+            embedded.ensure_postgres(pgdata)  # the same data directory, the same socket
+            recovered = time.monotonic()
+            reconnect_django()
+
+        assert wait_until(
+            lambda: shopper.seen(status=200, since=recovered), timeout=HANG_SECONDS
+        ), shopper.answers[-5:]
+        assert wait_until(
+            lambda: requests.get(f"{server.url}/healthz", timeout=HANG_SECONDS).status_code == 200,
+            timeout=HANG_SECONDS,
+        )
+    finally:
+        shopper.stop.set()
+        thread.join(timeout=2 * HANG_SECONDS)
+        server.stop()
+    log = server.log_path.read_text()
+
+    # No answer hung or failed at the transport level, and each was a 200 or a clear 503.
+    assert not [a for a in shopper.answers if a.error], [a for a in shopper.answers if a.error]
+    assert {a.status for a in shopper.answers} <= {200, 503}, {
+        (a.kind, a.status, a.body[:200]) for a in shopper.answers if a.status != 200
+    }
+    before = [a for a in shopper.answers if a.finished < outage_began]
+    after = [a for a in shopper.answers if a.started >= recovered]
+    assert before and {a.status for a in before} == {200}
+    # Recovered at once: the web process replaced its broken connections by itself.
+    assert after and {a.status for a in after} == {200}, [(a.kind, a.body[:200]) for a in after]
+    unavailable = [a for a in shopper.answers if a.status == 503]
+    assert unavailable
+    for answer in unavailable:
+        assert answer.retry_after is not None
+        if answer.kind == "api":
+            error = json.loads(answer.body)["error"]
+            assert error["code"] == "database_unavailable"
+            assert "database is unavailable" in error["message"]
+        else:
+            assert "temporarily unavailable" in answer.body
+    # One web process served throughout: gunicorn booted its worker once (a worker killed for
+    # hanging would have been booted again).
+    assert log.count("Booting worker") == 1, log
+
+    # The worker, never restarted either, indexes a garment saved after the restart.
+    category = CategoryFactory(name="After restart")
+    new = Garment(sku="AFTER-1", title="Indexed after the restart", category=category)
+    new.image.save("after.jpg", ContentFile(jpeg_bytes((10, 10, 200))), save=False)
+    services.save_garment(garment=new, image_changed=True)
+    assert wait_until(
+        lambda: Garment.objects.get(pk=new.pk).status == Garment.Status.READY, timeout=120
+    ), Garment.objects.filter(pk=new.pk).values_list("status", "error").first()
+    assert celery_worker.process.poll() is None
