@@ -88,22 +88,32 @@ class Client:
         headers = dict(headers or {})
         if self.cookies:
             headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
-        try:
-            self.connection.request(method, path, body=body, headers=headers)
-            response = self.connection.getresponse()
-            payload = response.read()
-        except (OSError, http.client.HTTPException):
-            self.connection.close()
-            self.connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-            raise
+        for attempt in (1, 2):
+            try:
+                self.connection.request(method, path, body=body, headers=headers)
+                response = self.connection.getresponse()
+                payload = response.read()
+                break
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                # The server closed an idle keep-alive connection before reading this request
+                # (gunicorn's keepalive is 2 s): reconnect and send it once more, as browsers do.
+                self._reconnect()
+                if attempt == 2:
+                    raise
+            except (OSError, http.client.HTTPException):
+                self._reconnect()
+                raise
         for header, value in response.getheaders():
             if header.lower() == "set-cookie":
                 name, _, rest = value.partition("=")
                 self.cookies[name.strip()] = rest.split(";", 1)[0]
         if (response.getheader("Connection") or "").lower() == "close":
-            self.connection.close()
-            self.connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            self._reconnect()
         return response.status, payload
+
+    def _reconnect(self) -> None:
+        self.connection.close()
+        self.connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
 
 
 def api_json(client: Client, path: str, token: str) -> dict:
