@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
+import zipfile
+
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
@@ -60,7 +63,21 @@ class CategoryAdmin(admin.ModelAdmin):
         return obj._garments
 
 
+class RefusedFormIs400Mixin:
+    """A change form posted with errors is answered 400 (the form with its messages, as the
+    admin renders it), not 200: a refused upload is a client error for browsers and tools."""
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        response = super().render_change_form(request, context, add, change, form_url, obj)
+        if request.method == "POST" and context.get("errors"):
+            response.status_code = 400
+        return response
+
+
 class GarmentForm(forms.ModelForm):
+    #: Why the media storage refused this upload (set per request by GarmentAdmin.get_form).
+    storage_error = ""
+
     class Meta:
         model = Garment
         fields = ("sku", "title", "description", "category", "colour", "image", "attributes")
@@ -71,9 +88,15 @@ class GarmentForm(forms.ModelForm):
             services.validate_upload(upload=upload)
         return upload
 
+    def clean(self):
+        cleaned = super().clean()
+        if self.storage_error:
+            self.add_error("image", self.storage_error)
+        return cleaned
+
 
 @admin.register(Garment)
-class GarmentAdmin(admin.ModelAdmin):
+class GarmentAdmin(RefusedFormIs400Mixin, admin.ModelAdmin):
     form = GarmentForm
     action_form = CategoryActionForm
     list_display = ("thumbnail", "sku", "title", "category", "colour", "status_badge", "updated_at")
@@ -107,6 +130,23 @@ class GarmentAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj: Garment, form, change: bool) -> None:
         services.save_garment(garment=obj, image_changed="image" in form.changed_data)
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except services.ImageStorageError as exc:
+            # Nothing was saved: the view's transaction rolled back and save_garment left no
+            # file. The admin has no hook for an error at save time, so the posted form is
+            # shown again, refused with the reason on its image field.
+            request.image_storage_error = str(exc)
+            return super().changeform_view(request, object_id, form_url, extra_context)
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change, **kwargs)
+        error = getattr(request, "image_storage_error", "")
+        if error:
+            form = type(form.__name__, (form,), {"storage_error": error})
+        return form
 
     @admin.action(description="Re-index the selected garments")
     def reindex_selected(self, request, queryset) -> None:
@@ -360,11 +400,18 @@ class ImportJobForm(forms.ModelForm):
             raise forms.ValidationError(
                 f"the file is over the import limit ({settings.RETRIEVAL_MAX_IMPORT_BYTES} bytes)"
             )
+        if not zipfile.is_zipfile(upload):
+            raise forms.ValidationError("that file is not a zip archive")
+        upload.seek(0)
+        # The upload lands in media storage: under a name of ours, never the client's (an
+        # "import.html" must not become a page). The client's name is kept as the source.
+        self.client_name = upload.name
+        upload.name = f"{uuid.uuid4().hex}.zip"
         return upload
 
 
 @admin.register(ImportJob)
-class ImportJobAdmin(admin.ModelAdmin):
+class ImportJobAdmin(RefusedFormIs400Mixin, admin.ModelAdmin):
     form = ImportJobForm
     list_display = ("id", "source", "status", "rows", "created", "updated", "problem_count")
     list_filter = ("status",)
@@ -401,7 +448,7 @@ class ImportJobAdmin(admin.ModelAdmin):
         )  # fmt: skip
 
     def save_model(self, request, obj: ImportJob, form, change: bool) -> None:
-        obj.source = obj.upload.name if obj.upload else ""
+        obj.source = getattr(form, "client_name", "") or (obj.upload.name if obj.upload else "")
         obj.created_by = request.user
         super().save_model(request, obj, form, change)
         services.start_import(job=obj)
