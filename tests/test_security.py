@@ -532,3 +532,36 @@ def test_deploy_check_does_catch_a_weakened_production_setting(tmp_path):
     result = deploy_check(production_env(tmp_path, DJANGO_SECURE_SSL_REDIRECT="false"))
     assert result.returncode != 0
     assert "security.W008" in result.stdout + result.stderr
+
+
+# --------------------------------------------------------------------------- escaping
+
+
+def test_markup_in_a_catalogue_csv_stays_text_in_the_admin_import_report(admin_client, tmp_path):
+    """The CSV's image column is shown back in the import's problem list (a missing file):
+    escaped like everything else (the browser test covers titles and categories)."""
+    from retrieval import services
+
+    csv = (
+        "id,image,articleType,productDisplayName\n"
+        "960,<img src=x onerror=alert(1)>.jpg,Tshirts,<b>Bold tee</b>\n"
+        "961,961.jpg,<script>alert(2)</script>,Tee\n"
+    )
+    source = tmp_path / "c.zip"
+    with zipfile.ZipFile(source, "w") as archive:
+        archive.writestr("styles.csv", csv)
+        archive.writestr("images/961.jpg", jpeg_bytes())
+    job = services.import_catalog(source=source)
+    assert job.created == 1 and len(job.problems) == 1
+    pages = [
+        f"/admin/retrieval/importjob/{job.pk}/change/",
+        "/admin/retrieval/garment/",
+        f"/admin/retrieval/garment/{Garment.objects.get(sku='961').pk}/change/",
+        "/admin/retrieval/category/",
+    ]
+    for page in pages:
+        html = admin_client.get(page).content.decode()
+        assert "<img src=x" not in html and "<script>alert" not in html, page
+    report = admin_client.get(pages[0]).content.decode()
+    assert "&lt;img src=x onerror=alert(1)&gt;.jpg: image file missing" in report
+    assert "&lt;script&gt;alert(2)&lt;/script&gt;" in admin_client.get(pages[1]).content.decode()
