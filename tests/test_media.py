@@ -27,6 +27,12 @@ OURS = re.compile(r"garments/\d{4}/\d{2}/[0-9a-f]{32}\.jpg")  # the only names w
 STORAGE_MESSAGE = "the media storage is not writable"
 
 
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    """admin_client's login hashes a password per test; these tests are not about hashing."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def media_root(settings, tmp_path) -> Path:
     settings.MEDIA_ROOT = tmp_path / "media"

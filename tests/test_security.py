@@ -54,6 +54,12 @@ def no_search_throttle(settings):
 
 
 @pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    """These tests log in and change passwords, they do not test hashing: a cheap hasher."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
 def media_root(request, settings, tmp_path):
     """Uploads of these tests go to a temporary folder (the trained catalogue's photos stay
     where it stored them)."""
