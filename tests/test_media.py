@@ -6,7 +6,9 @@ written removes the file again. Real PostgreSQL, real files; nothing mocked."""
 
 from __future__ import annotations
 
+import io
 import re
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -293,3 +295,29 @@ def test_a_database_failure_in_an_import_batch_removes_its_files(
         services.import_catalog(source=catalogue_zip(tmp_path / "c.zip", rows, images))
     assert files_under(media_root) == []
     assert not Garment.objects.exists()
+
+
+def test_import_uploads_must_be_zips_and_are_stored_under_a_name_of_ours(
+    admin_client, media_root, django_capture_on_commit_callbacks
+):
+    def post(name: str, data: bytes):
+        upload = SimpleUploadedFile(name, data, content_type="application/zip")
+        with django_capture_on_commit_callbacks():  # the import is queued after commit: not run
+            return admin_client.post(
+                "/admin/retrieval/importjob/add/",
+                {"upload": upload, "category_field": "articleType"},
+            )
+
+    refused = post("catalogue.zip", b"<html>" + SCRIPT)
+    assert refused.status_code == 400 and "not a zip archive" in refused.content.decode()
+    assert not ImportJob.objects.exists() and files_under(media_root) == []
+
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("styles.csv", "id,articleType\n")
+    assert post("page.html", archive.getvalue()).status_code == 302
+    job = ImportJob.objects.get()
+    assert re.fullmatch(r"imports/\d{4}/\d{2}/[0-9a-f]{32}\.zip", job.upload.name)
+    assert job.source == "page.html"  # the client's name is shown, never used for the file
+    assert files_under(media_root) == [job.upload.name]
+    assert admin_client.get(f"/media/{job.upload.name}").status_code == 404  # never served
