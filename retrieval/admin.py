@@ -63,9 +63,20 @@ class CategoryAdmin(admin.ModelAdmin):
         return obj._garments
 
 
-class RefusedFormIs400Mixin:
-    """A change form posted with errors is answered 400 (the form with its messages, as the
-    admin renders it), not 200: a refused upload is a client error for browsers and tools."""
+class UploadAdminMixin:
+    """Change forms that take a file upload.
+
+    A form posted with errors is answered 400 (the form with its messages, as the admin
+    renders it), not 200: a refused upload is a client error, for browsers and tools alike.
+
+    When the media storage refuses the file at save time (services.MediaStorageError),
+    nothing was saved (the view's transaction rolled back, the service left no file) and the
+    posted form is shown again, refused with the reason on ``upload_field``. The admin has no
+    hook for an error at save time, so that is a second pass through the view, whose form
+    then carries the error.
+    """
+
+    upload_field = "image"
 
     def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
         response = super().render_change_form(request, context, add, change, form_url, obj)
@@ -73,11 +84,29 @@ class RefusedFormIs400Mixin:
             response.status_code = 400
         return response
 
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except services.MediaStorageError as exc:
+            request.media_storage_error = str(exc)
+            return super().changeform_view(request, object_id, form_url, extra_context)
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change, **kwargs)
+        error = getattr(request, "media_storage_error", "")
+        if not error:
+            return form
+        field = self.upload_field
+
+        def clean(self_form):
+            cleaned = form.clean(self_form)
+            self_form.add_error(field, error)
+            return cleaned
+
+        return type(form.__name__, (form,), {"clean": clean})
+
 
 class GarmentForm(forms.ModelForm):
-    #: Why the media storage refused this upload (set per request by GarmentAdmin.get_form).
-    storage_error = ""
-
     class Meta:
         model = Garment
         fields = ("sku", "title", "description", "category", "colour", "image", "attributes")
@@ -88,15 +117,9 @@ class GarmentForm(forms.ModelForm):
             services.validate_upload(upload=upload)
         return upload
 
-    def clean(self):
-        cleaned = super().clean()
-        if self.storage_error:
-            self.add_error("image", self.storage_error)
-        return cleaned
-
 
 @admin.register(Garment)
-class GarmentAdmin(RefusedFormIs400Mixin, admin.ModelAdmin):
+class GarmentAdmin(UploadAdminMixin, admin.ModelAdmin):
     form = GarmentForm
     action_form = CategoryActionForm
     list_display = ("thumbnail", "sku", "title", "category", "colour", "status_badge", "updated_at")
@@ -130,23 +153,6 @@ class GarmentAdmin(RefusedFormIs400Mixin, admin.ModelAdmin):
 
     def save_model(self, request, obj: Garment, form, change: bool) -> None:
         services.save_garment(garment=obj, image_changed="image" in form.changed_data)
-
-    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
-        try:
-            return super().changeform_view(request, object_id, form_url, extra_context)
-        except services.ImageStorageError as exc:
-            # Nothing was saved: the view's transaction rolled back and save_garment left no
-            # file. The admin has no hook for an error at save time, so the posted form is
-            # shown again, refused with the reason on its image field.
-            request.image_storage_error = str(exc)
-            return super().changeform_view(request, object_id, form_url, extra_context)
-
-    def get_form(self, request, obj=None, change=False, **kwargs):
-        form = super().get_form(request, obj, change, **kwargs)
-        error = getattr(request, "image_storage_error", "")
-        if error:
-            form = type(form.__name__, (form,), {"storage_error": error})
-        return form
 
     @admin.action(description="Re-index the selected garments")
     def reindex_selected(self, request, queryset) -> None:
@@ -411,8 +417,9 @@ class ImportJobForm(forms.ModelForm):
 
 
 @admin.register(ImportJob)
-class ImportJobAdmin(RefusedFormIs400Mixin, admin.ModelAdmin):
+class ImportJobAdmin(UploadAdminMixin, admin.ModelAdmin):
     form = ImportJobForm
+    upload_field = "upload"
     list_display = ("id", "source", "status", "rows", "created", "updated", "problem_count")
     list_filter = ("status",)
     readonly_fields = (
@@ -450,8 +457,7 @@ class ImportJobAdmin(RefusedFormIs400Mixin, admin.ModelAdmin):
     def save_model(self, request, obj: ImportJob, form, change: bool) -> None:
         obj.source = getattr(form, "client_name", "") or (obj.upload.name if obj.upload else "")
         obj.created_by = request.user
-        super().save_model(request, obj, form, change)
-        services.start_import(job=obj)
+        services.save_import_job(job=obj)
 
     def get_urls(self):
         urls = super().get_urls()

@@ -430,7 +430,7 @@ class GarmentViewSet(viewsets.ModelViewSet):
     def _save(self, serializer) -> None:
         try:
             serializer.save()
-        except services.ImageStorageError as exc:  # nothing was saved (see save_garment)
+        except services.MediaStorageError as exc:  # nothing was saved (see save_garment)
             raise StorageUnavailable(str(exc)) from None
 
     @extend_schema(

@@ -98,15 +98,15 @@ def validate_upload(*, upload) -> None:
         upload.seek(0)
 
 
-class ImageStorageError(Exception):
-    """The media storage refused to write an image (disk full or read-only, a lost mount).
+class MediaStorageError(Exception):
+    """The media storage refused to write an upload (disk full or read-only, a lost mount).
 
     ``str(err)`` is fit to show to a person; the underlying OSError (with paths) is logged.
     """
 
 
 STORAGE_UNAVAILABLE = (
-    "the image could not be stored: the media storage is not writable right now. "
+    "the file could not be stored: the media storage is not writable right now. "
     "Nothing was saved; try again later."
 )
 
@@ -119,7 +119,7 @@ def store_garment_image(*, garment: Garment, source, name: str | None = None) ->
     so never the client's bytes, file name or extension (see retrieval.images.reencode_jpeg).
 
     Returns the stored name. Raises ``images.ImageError`` (not a usable image, nothing
-    written) or :class:`ImageStorageError` (the storage refused the write, nothing left).
+    written) or :class:`MediaStorageError` (the storage refused the write, nothing left).
     """
     from retrieval import images
 
@@ -131,7 +131,7 @@ def store_garment_image(*, garment: Garment, source, name: str | None = None) ->
     except OSError as exc:
         log.error("media storage refused %s: %s", target, exc)
         delete_stored_image(target)  # a partial file, e.g. the disk filled up mid-write
-        raise ImageStorageError(STORAGE_UNAVAILABLE) from exc
+        raise MediaStorageError(STORAGE_UNAVAILABLE) from exc
     garment.image = stored
     return stored
 
@@ -160,7 +160,7 @@ def save_garment(*, garment: Garment, image_changed: bool) -> Garment:
     indexed after commit.
 
     Nothing is half-saved: a new upload is stored first (:func:`store_garment_image`), so
-    when the storage refuses it (:class:`ImageStorageError`) no row is written and nothing
+    when the storage refuses it (:class:`MediaStorageError`) no row is written and nothing
     is queued; when the database write then fails, the stored file is removed again.
     """
     from django.core.exceptions import ValidationError
@@ -498,7 +498,7 @@ def import_catalog(
                         progress(job)
             if batch:
                 _import_batch(job=job, catalog=catalog, rows=batch, problems=problems)
-    except (CatalogError, ImageStorageError) as exc:
+    except (CatalogError, MediaStorageError) as exc:
         job.status = ImportJob.Status.FAILED
         job.error = str(exc)
     else:
@@ -508,6 +508,20 @@ def import_catalog(
     job.save()
     if progress is not None:
         progress(job)
+    return job
+
+
+def save_import_job(*, job: ImportJob) -> ImportJob:
+    """Save an uploaded import (admin): its row and its zip, then queue it after commit.
+
+    Raises :class:`MediaStorageError` when the media storage refuses the zip (no row then).
+    """
+    try:
+        job.save()
+    except OSError as exc:
+        log.error("media storage refused the import upload %s: %s", job.upload.name, exc)
+        raise MediaStorageError(STORAGE_UNAVAILABLE) from exc
+    start_import(job=job)
     return job
 
 

@@ -259,6 +259,22 @@ def test_import_on_an_unwritable_disk_fails_the_job_clearly(unwritable_media, tm
     assert job.created == 0 and not Garment.objects.exists()
 
 
+def test_an_import_upload_to_an_unwritable_disk_explains_and_saves_nothing(
+    admin_client, unwritable_media, django_capture_on_commit_callbacks
+):
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("styles.csv", "id,articleType\n")
+    upload = SimpleUploadedFile("c.zip", archive.getvalue(), content_type="application/zip")
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = admin_client.post(
+            "/admin/retrieval/importjob/add/", {"upload": upload, "category_field": "articleType"}
+        )
+    assert response.status_code == 400
+    assert STORAGE_MESSAGE in response.content.decode()
+    assert not ImportJob.objects.exists() and callbacks == []  # no job, no import queued
+
+
 @pytest.fixture
 def refuse_sku_boom():
     """A real database failure after the image is stored: a trigger refusing one sku (rolled
