@@ -511,20 +511,6 @@ def import_catalog(
     return job
 
 
-def save_import_job(*, job: ImportJob) -> ImportJob:
-    """Save an uploaded import (admin): its row and its zip, then queue it after commit.
-
-    Raises :class:`MediaStorageError` when the media storage refuses the zip (no row then).
-    """
-    try:
-        job.save()
-    except OSError as exc:
-        log.error("media storage refused the import upload %s: %s", job.upload.name, exc)
-        raise MediaStorageError(STORAGE_UNAVAILABLE) from exc
-    start_import(job=job)
-    return job
-
-
 def start_import(*, job: ImportJob) -> None:
     """Queue an uploaded import (admin) for a worker, after the job row is committed."""
 
@@ -624,6 +610,20 @@ def _import_batch(*, job: ImportJob, catalog, rows: list, problems: list[dict]) 
         for name in stored:
             delete_stored_image(name)
         raise
+
+
+def save_import_job(*, job: ImportJob) -> ImportJob:
+    """Save an uploaded import (admin): its row and its zip, then queue it after commit.
+
+    Raises :class:`MediaStorageError` when the media storage refuses the zip (no row then).
+    """
+    try:
+        job.save()
+    except OSError as exc:
+        log.error("media storage refused the import upload %s: %s", job.upload.name, exc)
+        raise MediaStorageError(STORAGE_UNAVAILABLE) from exc
+    start_import(job=job)
+    return job
 
 
 def import_progress(*, job: ImportJob) -> dict:
