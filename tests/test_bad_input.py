@@ -156,4 +156,5 @@ def test_a_catalogue_row_with_binary_junk_is_reported_and_the_rest_imported(tmp_
     assert [(p["sku"], p["reason"]) for p in job.problems] == [
         ("940", "a NUL character in the row (binary data in the CSV?)")
     ]
-    assert list(Garment.objects.values_list("sku", flat=True)) == ["941"]
+    imported = Garment.objects.filter(sku__in=["940", "941"]).values_list("sku", flat=True)
+    assert list(imported) == ["941"]
