@@ -2,8 +2,7 @@
 
 from django.conf import settings
 from django.contrib import admin
-from django.urls import include, path, re_path
-from django.views.static import serve
+from django.urls import include, path
 
 from retrieval import api, views
 
@@ -17,10 +16,9 @@ urlpatterns = [
     path("api/v1/", include((api.urlpatterns, "api"), namespace="api")),
 ]
 
-if settings.DEBUG:
-    urlpatterns += [
-        re_path(r"^media/(?P<path>.*)$", serve, {"document_root": settings.MEDIA_ROOT}),
-    ]
+if settings.SERVE_MEDIA:
+    # Garment photos only, through a view that refuses anything else (retrieval.views).
+    urlpatterns += [path("media/<path:path>", views.media_file, name="media")]
 
 # JSON errors under /api/, the shop's pages elsewhere.
 handler404 = "retrieval.views.page_not_found"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
+import zipfile
+
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
@@ -60,6 +63,49 @@ class CategoryAdmin(admin.ModelAdmin):
         return obj._garments
 
 
+class UploadAdminMixin:
+    """Change forms that take a file upload.
+
+    A form posted with errors is answered 400 (the form with its messages, as the admin
+    renders it), not 200: a refused upload is a client error, for browsers and tools alike.
+
+    When the media storage refuses the file at save time (services.MediaStorageError),
+    nothing was saved (the view's transaction rolled back, the service left no file) and the
+    posted form is shown again, refused with the reason on ``upload_field``. The admin has no
+    hook for an error at save time, so that is a second pass through the view, whose form
+    then carries the error.
+    """
+
+    upload_field = "image"
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        response = super().render_change_form(request, context, add, change, form_url, obj)
+        if request.method == "POST" and context.get("errors"):
+            response.status_code = 400
+        return response
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except services.MediaStorageError as exc:
+            request.media_storage_error = str(exc)
+            return super().changeform_view(request, object_id, form_url, extra_context)
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change, **kwargs)
+        error = getattr(request, "media_storage_error", "")
+        if not error:
+            return form
+        field = self.upload_field
+
+        def clean(self_form):
+            cleaned = form.clean(self_form)
+            self_form.add_error(field, error)
+            return cleaned
+
+        return type(form.__name__, (form,), {"clean": clean})
+
+
 class GarmentForm(forms.ModelForm):
     class Meta:
         model = Garment
@@ -73,7 +119,7 @@ class GarmentForm(forms.ModelForm):
 
 
 @admin.register(Garment)
-class GarmentAdmin(admin.ModelAdmin):
+class GarmentAdmin(UploadAdminMixin, admin.ModelAdmin):
     form = GarmentForm
     action_form = CategoryActionForm
     list_display = ("thumbnail", "sku", "title", "category", "colour", "status_badge", "updated_at")
@@ -360,12 +406,20 @@ class ImportJobForm(forms.ModelForm):
             raise forms.ValidationError(
                 f"the file is over the import limit ({settings.RETRIEVAL_MAX_IMPORT_BYTES} bytes)"
             )
+        if not zipfile.is_zipfile(upload):
+            raise forms.ValidationError("that file is not a zip archive")
+        upload.seek(0)
+        # The upload lands in media storage: under a name of ours, never the client's (an
+        # "import.html" must not become a page). The client's name is kept as the source.
+        self.client_name = upload.name
+        upload.name = f"{uuid.uuid4().hex}.zip"
         return upload
 
 
 @admin.register(ImportJob)
-class ImportJobAdmin(admin.ModelAdmin):
+class ImportJobAdmin(UploadAdminMixin, admin.ModelAdmin):
     form = ImportJobForm
+    upload_field = "upload"
     list_display = ("id", "source", "status", "rows", "created", "updated", "problem_count")
     list_filter = ("status",)
     readonly_fields = (
@@ -401,10 +455,9 @@ class ImportJobAdmin(admin.ModelAdmin):
         )  # fmt: skip
 
     def save_model(self, request, obj: ImportJob, form, change: bool) -> None:
-        obj.source = obj.upload.name if obj.upload else ""
+        obj.source = getattr(form, "client_name", "") or (obj.upload.name if obj.upload else "")
         obj.created_by = request.user
-        super().save_model(request, obj, form, change)
-        services.start_import(job=obj)
+        services.save_import_job(job=obj)
 
     def get_urls(self):
         urls = super().get_urls()

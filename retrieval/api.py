@@ -44,7 +44,7 @@ from rest_framework.throttling import AnonRateThrottle
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from retrieval import search
+from retrieval import search, services
 from retrieval.middleware import (
     DATABASE_UNAVAILABLE_ERRORS,
     DATABASE_UNAVAILABLE_MESSAGE,
@@ -85,6 +85,12 @@ class Protected(exceptions.APIException):
     status_code = status.HTTP_409_CONFLICT
     default_code = "protected"
     default_detail = "still in use"
+
+
+class StorageUnavailable(exceptions.APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "storage_unavailable"
+    default_detail = "the image could not be stored; nothing was saved, try again later"
 
 
 class PayloadTooLarge(exceptions.APIException):
@@ -196,6 +202,15 @@ ERRORS = {
 
 def errors(*codes: int) -> dict:
     return {code: ERRORS[code] for code in codes}
+
+
+STORAGE_ERROR = {
+    503: OpenApiResponse(
+        ErrorSerializer,
+        description="The image could not be stored (code storage_unavailable); nothing was "
+        "saved, retry later.",
+    )
+}
 
 
 # --------------------------------------------------------------------------- throttling
@@ -370,12 +385,16 @@ class SearchView(APIView):
         description="The image is validated like every upload and queued for indexing: the "
         "answer's status is `pending` until a worker has indexed it.",
         request={"multipart/form-data": GarmentWriteSerializer},
-        responses={201: GarmentSerializer, **errors(400, 401, 403, 413, 415)},
+        responses={201: GarmentSerializer, **errors(400, 401, 403, 413, 415), **STORAGE_ERROR},
     ),
     update=extend_schema(
         summary="Replace a garment (staff)",
         request={"multipart/form-data": GarmentWriteSerializer},
-        responses={200: GarmentSerializer, **errors(400, 401, 403, 404, 413, 415)},
+        responses={
+            200: GarmentSerializer,
+            **errors(400, 401, 403, 404, 413, 415),
+            **STORAGE_ERROR,
+        },
     ),
     partial_update=extend_schema(
         summary="Change some fields of a garment (staff)",
@@ -384,7 +403,11 @@ class SearchView(APIView):
             "multipart/form-data": GarmentWriteSerializer,
             "application/json": GarmentWriteSerializer,
         },
-        responses={200: GarmentSerializer, **errors(400, 401, 403, 404, 413, 415)},
+        responses={
+            200: GarmentSerializer,
+            **errors(400, 401, 403, 404, 413, 415),
+            **STORAGE_ERROR,
+        },
     ),
     destroy=extend_schema(
         summary="Delete a garment (staff)", responses={204: None, **errors(401, 403, 404)}
@@ -413,6 +436,18 @@ class GarmentViewSet(viewsets.ModelViewSet):
         if self.action in {"create", "update", "partial_update"}:
             return GarmentWriteSerializer
         return GarmentSerializer
+
+    def perform_create(self, serializer) -> None:
+        self._save(serializer)
+
+    def perform_update(self, serializer) -> None:
+        self._save(serializer)
+
+    def _save(self, serializer) -> None:
+        try:
+            serializer.save()
+        except services.MediaStorageError as exc:  # nothing was saved (see save_garment)
+            raise StorageUnavailable(str(exc)) from None
 
     @extend_schema(
         summary="Similar garments (more like this)",

@@ -214,6 +214,14 @@ def read_rows(
             values = [*values[: len(header) - 1], ",".join(values[len(header) - 1 :])]
         record = {h: v.strip() for h, v in zip(header, values, strict=False)}
         sku = record.get("id", "")
+        if any("\x00" in v for v in record.values()):
+            # PostgreSQL text cannot hold NUL: one such row would fail its whole batch.
+            yield Problem(
+                row=number,
+                sku=sku.replace("\x00", "")[:64],
+                reason="a NUL character in the row (binary data in the CSV?)",
+            )
+            continue
         if not sku:
             yield Problem(row=number, reason="empty id")
             continue

@@ -98,20 +98,102 @@ def validate_upload(*, upload) -> None:
         upload.seek(0)
 
 
+class MediaStorageError(Exception):
+    """The media storage refused to write an upload (disk full or read-only, a lost mount).
+
+    ``str(err)`` is fit to show to a person; the underlying OSError (with paths) is logged.
+    """
+
+
+STORAGE_UNAVAILABLE = (
+    "the file could not be stored: the media storage is not writable right now. "
+    "Nothing was saved; try again later."
+)
+
+
+def store_garment_image(*, garment: Garment, source, name: str | None = None) -> str:
+    """Re-encode an untrusted image as a fresh JPEG and write it to the media storage under a
+    server-chosen name; ``garment.image`` then names the file (the row is not saved here).
+
+    Every stored image comes through here (admin, API, imports): the site serves these bytes,
+    so never the client's bytes, file name or extension (see retrieval.images.reencode_jpeg).
+
+    Returns the stored name. Raises ``images.ImageError`` (not a usable image, nothing
+    written) or :class:`MediaStorageError` (the storage refused the write, nothing left).
+    """
+    from retrieval import images
+
+    jpeg = images.reencode_jpeg(source, max_pixels=settings.RETRIEVAL_MAX_PIXELS, name=name)
+    field = Garment._meta.get_field("image")
+    target = field.generate_filename(garment, f"{uuid.uuid4().hex}.jpg")
+    try:
+        stored = field.storage.save(target, ContentFile(jpeg), max_length=field.max_length)
+    except OSError as exc:
+        log.error("media storage refused %s: %s", target, exc)
+        delete_stored_image(target)  # a partial file, e.g. the disk filled up mid-write
+        raise MediaStorageError(STORAGE_UNAVAILABLE) from exc
+    garment.image = stored
+    return stored
+
+
+def delete_stored_image(name: str) -> None:
+    """Remove a file stored for a row that was then not saved (best effort: logged)."""
+    try:
+        Garment._meta.get_field("image").storage.delete(name)
+    except OSError as exc:
+        log.warning("could not remove the unsaved image %s: %s", name, exc)
+
+
+def _upload_bytes(upload) -> bytes:
+    from django.core.exceptions import ValidationError
+
+    limit = settings.RETRIEVAL_MAX_UPLOAD_BYTES
+    upload.seek(0)
+    data = upload.read(limit + 1)
+    if len(data) > limit:
+        raise ValidationError(f"image too large: over {limit} bytes, the limit is {limit}")
+    return data
+
+
 def save_garment(*, garment: Garment, image_changed: bool) -> Garment:
-    """Create or update a garment (admin, API); a new image is indexed after commit."""
-    with transaction.atomic():
-        reindex = image_changed or garment.pk is None
-        if reindex:
-            garment.status = Garment.Status.PENDING
-            garment.error = ""
-            garment.claimed_by = ""
-        garment.save()
-        if reindex:
-            # Vectors of the previous image would match the wrong picture: drop them now.
-            GarmentFeature.objects.filter(garment=garment).delete()
-            BackboneFeature.objects.filter(garment=garment).delete()
-            enqueue_indexing(garment_ids=[garment.pk])
+    """Create or update a garment (admin, API); a new image is re-encoded, stored, and
+    indexed after commit.
+
+    Nothing is half-saved: a new upload is stored first (:func:`store_garment_image`), so
+    when the storage refuses it (:class:`MediaStorageError`) no row is written and nothing
+    is queued; when the database write then fails, the stored file is removed again.
+    """
+    from django.core.exceptions import ValidationError
+
+    from retrieval import images
+
+    stored = None
+    # An upload assigned but not stored yet (the check FileField.pre_save itself makes).
+    if image_changed and garment.image and not garment.image._committed:
+        upload = garment.image.file
+        try:
+            stored = store_garment_image(
+                garment=garment, source=_upload_bytes(upload), name=upload.name
+            )
+        except images.ImageError as exc:  # callers validate first; this is the backstop
+            raise ValidationError({"image": str(exc)}) from exc
+    try:
+        with transaction.atomic():
+            reindex = image_changed or garment.pk is None
+            if reindex:
+                garment.status = Garment.Status.PENDING
+                garment.error = ""
+                garment.claimed_by = ""
+            garment.save()
+            if reindex:
+                # Vectors of the previous image would match the wrong picture: drop them now.
+                GarmentFeature.objects.filter(garment=garment).delete()
+                BackboneFeature.objects.filter(garment=garment).delete()
+                enqueue_indexing(garment_ids=[garment.pk])
+    except Exception:
+        if stored is not None:
+            delete_stored_image(stored)
+        raise
     return garment
 
 
@@ -469,7 +551,7 @@ def import_catalog(
                         progress(job)
             if batch:
                 _import_batch(job=job, catalog=catalog, rows=batch, problems=problems)
-    except CatalogError as exc:
+    except (CatalogError, MediaStorageError) as exc:
         job.status = ImportJob.Status.FAILED
         job.error = str(exc)
     else:
@@ -523,68 +605,102 @@ def requeue_unqueued_imports() -> int:
 
 
 def _import_batch(*, job: ImportJob, catalog, rows: list, problems: list[dict]) -> None:
+    """One transaction of rows. Images are re-encoded and stored (:func:`store_garment_image`)
+    before their rows are written; if the batch fails, the files it stored are removed."""
+    from retrieval import images
     from retrieval.catalog import CatalogError
 
     categories: dict[str, Category] = {}
     existing = {g.sku: g for g in Garment.objects.filter(sku__in=[r.sku for r in rows])}
     to_index: list[int] = []
     unchanged: list[int] = []
-    with transaction.atomic():
-        for row in rows:
-            try:
-                data = catalog.read(row.image)
-            except (CatalogError, OSError, KeyError) as exc:
-                problems.append(
-                    {"row": row.row, "sku": row.sku, "file": row.image, "reason": str(exc)}
-                )
-                continue
-            if not data:
-                problems.append(
-                    {"row": row.row, "sku": row.sku, "file": row.image, "reason": "empty file"}
-                )
-                continue
-            key = row.category.lower()
-            if key not in categories:
-                categories[key] = get_or_create_category(name=row.category)
-            category = categories[key]
-            digest = image_digest(data)
-            garment = existing.get(row.sku)
-            fields = {
-                "title": row.title,
-                "category_id": category.pk,
-                "colour": row.colour,
-                "attributes": {**row.attributes, "image_sha256": digest},
-            }
-            job.rows += 1
-            if garment is None:
-                garment = Garment(sku=row.sku, import_job=job, **fields)
-                garment.image.save(Path(row.image).name, ContentFile(data), save=False)
+    stored: list[str] = []
+    counts = (job.rows, job.created, job.updated, job.unchanged)
+    try:
+        with transaction.atomic():
+            for row in rows:
+
+                def problem(reason: str, row=row) -> None:
+                    problems.append(
+                        {"row": row.row, "sku": row.sku, "file": row.image, "reason": reason}
+                    )
+
+                try:
+                    data = catalog.read(row.image)
+                except (CatalogError, OSError, KeyError) as exc:
+                    problem(str(exc))
+                    continue
+                if not data:
+                    problem("empty file")
+                    continue
+                key = row.category.lower()
+                if key not in categories:
+                    categories[key] = get_or_create_category(name=row.category)
+                category = categories[key]
+                # Of the catalogue's bytes, not the stored JPEG's: a re-import compares sources.
+                digest = image_digest(data)
+                garment = existing.get(row.sku)
+                fields = {
+                    "title": row.title,
+                    "category_id": category.pk,
+                    "colour": row.colour,
+                    "attributes": {**row.attributes, "image_sha256": digest},
+                }
+                created = garment is None
+                image_changed = created or garment.attributes.get("image_sha256") != digest
+                if not image_changed and all(
+                    getattr(garment, name) == value for name, value in fields.items()
+                ):
+                    job.rows += 1
+                    job.unchanged += 1
+                    unchanged.append(garment.pk)
+                    continue
+                if created:
+                    garment = Garment(sku=row.sku)
+                if image_changed:
+                    try:
+                        stored.append(
+                            store_garment_image(garment=garment, source=data, name=row.image)
+                        )
+                    except images.ImageError as exc:  # the row is refused, the garment kept
+                        problem(exc.reason)
+                        continue
+                    garment.status = Garment.Status.PENDING
+                    garment.error = ""
+                for name, value in fields.items():
+                    setattr(garment, name, value)
+                garment.import_job = job
                 garment.save()
-                job.created += 1
-                to_index.append(garment.pk)
-                continue
-            image_changed = garment.attributes.get("image_sha256") != digest
-            changed = image_changed or any(
-                getattr(garment, name) != value for name, value in fields.items()
-            )
-            if not changed:
-                job.unchanged += 1
-                unchanged.append(garment.pk)
-                continue
-            for name, value in fields.items():
-                setattr(garment, name, value)
-            garment.import_job = job
-            if image_changed:
-                garment.image.save(Path(row.image).name, ContentFile(data), save=False)
-                garment.status = Garment.Status.PENDING
-                garment.error = ""
-                to_index.append(garment.pk)
-            garment.save()
-            job.updated += 1
-        # Unchanged garments still belong to this import: its progress and --wait cover them.
-        Garment.objects.filter(id__in=unchanged).update(import_job=job)
-        job.save(update_fields=["rows", "created", "updated", "unchanged"])
-        enqueue_indexing(garment_ids=to_index)
+                job.rows += 1
+                if created:
+                    job.created += 1
+                else:
+                    job.updated += 1
+                if image_changed:
+                    to_index.append(garment.pk)
+            # Unchanged garments still belong to this import: its progress and --wait cover them.
+            Garment.objects.filter(id__in=unchanged).update(import_job=job)
+            job.save(update_fields=["rows", "created", "updated", "unchanged"])
+            enqueue_indexing(garment_ids=to_index)
+    except Exception:
+        job.rows, job.created, job.updated, job.unchanged = counts  # the batch's rows are gone
+        for name in stored:
+            delete_stored_image(name)
+        raise
+
+
+def save_import_job(*, job: ImportJob) -> ImportJob:
+    """Save an uploaded import (admin): its row and its zip, then queue it after commit.
+
+    Raises :class:`MediaStorageError` when the media storage refuses the zip (no row then).
+    """
+    try:
+        job.save()
+    except OSError as exc:
+        log.error("media storage refused the import upload %s: %s", job.upload.name, exc)
+        raise MediaStorageError(STORAGE_UNAVAILABLE) from exc
+    start_import(job=job)
+    return job
 
 
 def import_progress(*, job: ImportJob) -> dict:

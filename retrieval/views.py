@@ -9,6 +9,7 @@ the results fragment the server rendered (so every text is escaped by Django, in
 from __future__ import annotations
 
 import logging
+import posixpath
 import re
 import sys
 
@@ -16,11 +17,12 @@ from django import forms
 from django.conf import settings
 from django.core.paginator import Paginator
 from django.db.models import Count, Q
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
 from django.template import loader
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods, require_safe
+from django.views.static import serve
 from rest_framework.exceptions import APIException
 
 from retrieval import search
@@ -223,6 +225,29 @@ def _int_choice(raw: str | None, choices, *, default: int) -> int:
     except ValueError:
         return default
     return value if value in choices else default
+
+
+# --------------------------------------------------------------------------- media
+
+
+@require_safe
+def media_file(request: HttpRequest, path: str) -> HttpResponse:
+    """Garment photos from MEDIA_ROOT, where Django serves media (DJANGO_SERVE_MEDIA).
+
+    Only ``garments/**.jpg``: the JPEGs the site re-encoded itself (services.store_garment_image),
+    never import archives or anything else in media storage, never a path out of MEDIA_ROOT
+    (``..`` is resolved first; serve() refuses what still climbs out). Sent as image/jpeg with
+    nosniff and a sandboxing CSP, so even a file that slipped in some other way is never run
+    as a page.
+    """
+    name = posixpath.normpath(path)
+    if not (name.startswith("garments/") and name.lower().endswith((".jpg", ".jpeg"))):
+        raise Http404("no such image")
+    response = serve(request, name, document_root=settings.MEDIA_ROOT)
+    response["Content-Type"] = "image/jpeg"
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    return response
 
 
 # --------------------------------------------------------------------------- error pages

@@ -95,15 +95,37 @@ def test_import_reports_each_bad_row_and_keeps_the_rest(bad_catalogue, settings)
     assert "unsafe" in reasons["106"]
     assert "limit" in reasons["107"]
     assert "unsafe" in reasons["../../escape.txt"]
+    # Images are decoded (and re-encoded) as they are imported: what does not decode is
+    # refused with its reason, like any other bad row.
+    assert "not an image" in reasons["101"]
+    assert "truncated" in reasons["102"]
+    assert "too large" in reasons["103"]
     # Refused rows are not stored; the rest are, pending indexing.
-    assert set(Garment.objects.values_list("sku", flat=True)) == {"100", "101", "102", "103"}
-    assert job.created == 4
+    assert set(Garment.objects.values_list("sku", flat=True)) == {"100"}
+    assert job.created == 1
 
 
 @pytest.mark.django_db
 @pytest.mark.slow
 def test_indexing_fails_bad_images_with_their_reason_and_indexes_the_rest(bad_catalogue):
+    """Imports refuse images that do not decode, but a stored file can still go bad (a disk
+    error, a file replaced behind the site's back): indexing fails that garment with the
+    reason, never the batch."""
     services.import_catalog(source=bad_catalogue)
+    # 107 (trailing bytes after a valid JPEG, under the default size limit) is fine.
+    assert set(Garment.objects.values_list("sku", flat=True)) == {"100", "107"}
+    category = Garment.objects.get(sku="100").category
+    for sku, data in {
+        "101": b"<html>not an image</html>",
+        "102": jpeg_bytes()[:300],
+        "103": png_bomb(),
+    }.items():
+        GarmentFactory(
+            sku=sku,
+            category=category,
+            status=Garment.Status.PENDING,
+            image=ContentFile(data, name=f"{sku}.jpg"),
+        )
     ids = list(Garment.objects.values_list("id", flat=True))
     result = services.index_garments(garment_ids=ids)
     status = {g.sku: (g.status, g.error) for g in Garment.objects.all()}
@@ -112,7 +134,6 @@ def test_indexing_fails_bad_images_with_their_reason_and_indexes_the_rest(bad_ca
     assert "not an image" in status["101"][1]
     assert status["102"][0] == Garment.Status.FAILED and status["102"][1]
     assert status["103"][0] == Garment.Status.FAILED and "too large" in status["103"][1]
-    # 107 (trailing bytes after a valid JPEG, under the default size limit) is fine.
     ready = set(Garment.objects.filter(id__in=result.ready).values_list("sku", flat=True))
     assert ready == {"100", "107"} and len(result.failed) == 3
     assert BackboneFeature.objects.count() == 2

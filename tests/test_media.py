@@ -1,0 +1,339 @@
+"""What reaches media storage, and what media serves: every stored image is a JPEG the site
+re-encoded itself (admin, API, imports), under a name of ours; media answers only those, with
+nosniff, never a path out of MEDIA_ROOT; an unwritable media disk gives a clear error and
+nothing half-saved (no row, no file, no task), and a database failure after the file was
+written removes the file again. Real PostgreSQL, real files; nothing mocked."""
+
+from __future__ import annotations
+
+import io
+import re
+import zipfile
+from pathlib import Path
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import DatabaseError, connection
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from retrieval import services
+from retrieval.models import Garment, ImportJob
+from tests.factories import CategoryFactory, GarmentFactory, jpeg_bytes
+from tests.images_corpus import SCRIPT, assert_clean_jpeg, catalogue_zip, jpeg_with_script
+
+pytestmark = pytest.mark.django_db
+
+GARMENTS = "/api/v1/garments/"
+OURS = re.compile(r"garments/\d{4}/\d{2}/[0-9a-f]{32}\.jpg")  # the only names we store
+STORAGE_MESSAGE = "the media storage is not writable"
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    """admin_client's login hashes a password per test; these tests are not about hashing."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def media_root(settings, tmp_path) -> Path:
+    settings.MEDIA_ROOT = tmp_path / "media"
+    return settings.MEDIA_ROOT
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def staff_api(django_user_model) -> APIClient:
+    user = django_user_model.objects.create_user("media-staff", password="pw-x", is_staff=True)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    return client
+
+
+def upload(data: bytes, name: str = "photo.jpg", content_type: str = "image/jpeg"):
+    return SimpleUploadedFile(name, data, content_type=content_type)
+
+
+def admin_add(client, *, sku: str, image, category=None):
+    category = category or CategoryFactory(name="Media Tees")
+    data = {"sku": sku, "title": "Tee", "description": "", "category": category.pk}
+    data.update(colour="Red", attributes="{}", image=image)
+    return client.post("/admin/retrieval/garment/add/", data)
+
+
+def stored_bytes(garment: Garment) -> bytes:
+    with garment.image.open("rb") as handle:
+        return handle.read()
+
+
+def served(client, garment: Garment):
+    response = client.get(garment.image.url)
+    assert response.status_code == 200, garment.image.url
+    return response, b"".join(response.streaming_content)
+
+
+# --------------------------------------------------------------------------- re-encoding
+
+
+def test_admin_upload_is_stored_and_served_as_a_fresh_jpeg(admin_client, media_root, client):
+    """A JPEG with script in its comment and an HTML page appended: accepted (it is a photo),
+    but what is stored and served is a new JPEG of its pixels, under a name of ours."""
+    response = admin_add(admin_client, sku="M1", image=upload(jpeg_with_script(), "tee.html"))
+    assert response.status_code == 302, response.content[:2000]
+    garment = Garment.objects.get(sku="M1")
+    assert OURS.fullmatch(garment.image.name) and "tee" not in garment.image.name
+    assert_clean_jpeg(stored_bytes(garment), colour=(200, 30, 30))
+    response, body = served(client, garment)
+    assert body == stored_bytes(garment)
+    assert_clean_jpeg(body)
+    assert response["Content-Type"] == "image/jpeg"
+    assert response["X-Content-Type-Options"] == "nosniff"
+    assert "sandbox" in response["Content-Security-Policy"]
+    assert files_under(media_root) == [garment.image.name]
+
+
+def test_api_create_and_update_store_fresh_jpegs(staff_api, media_root, client):
+    category = CategoryFactory(name="Media Coats")
+    data = {"sku": "M2", "title": "Coat", "category": category.slug}
+    response = staff_api.post(
+        GARMENTS, {**data, "image": upload(jpeg_with_script(), "coat.svg")}, format="multipart"
+    )
+    assert response.status_code == 201, response.content
+    garment = Garment.objects.get(sku="M2")
+    first = garment.image.name
+    assert OURS.fullmatch(first)
+    assert response.json()["image_url"] == f"http://testserver/media/{first}"
+    assert_clean_jpeg(served(client, garment)[1], colour=(200, 30, 30))
+
+    replacement = upload(jpeg_bytes((20, 20, 200), size=(60, 80)), "blue.jpeg")
+    response = staff_api.patch(
+        f"{GARMENTS}{garment.pk}/", {"image": replacement}, format="multipart"
+    )
+    assert response.status_code == 200, response.content
+    garment.refresh_from_db()
+    assert OURS.fullmatch(garment.image.name) and garment.image.name != first
+    assert_clean_jpeg(served(client, garment)[1])
+
+
+def test_import_stores_fresh_jpegs_and_a_reimport_changes_nothing(media_root, tmp_path):
+    images = {"900": jpeg_with_script(), "901": jpeg_bytes((10, 200, 10))}
+    rows = [("900", "Tshirts", "Tee 900"), ("901", "Tshirts", "Tee 901")]
+    source = catalogue_zip(tmp_path / "c.zip", rows, images)
+    job = services.import_catalog(source=source)
+    assert (job.status, job.created, job.problems) == (ImportJob.Status.DONE, 2, [])
+    stored = dict(Garment.objects.values_list("sku", "image"))
+    assert all(OURS.fullmatch(name) for name in stored.values())
+    for garment in Garment.objects.all():
+        assert_clean_jpeg(stored_bytes(garment))
+        # The catalogue's own bytes decide whether a re-import changed the image.
+        assert garment.attributes["image_sha256"] == services.image_digest(images[garment.sku])
+    before = files_under(media_root)
+    again = services.import_catalog(source=source)
+    assert (again.created, again.updated, again.unchanged) == (0, 0, 2)
+    assert dict(Garment.objects.values_list("sku", "image")) == stored
+    assert files_under(media_root) == before
+
+
+def test_import_refuses_rows_whose_image_is_not_a_photo(media_root, tmp_path):
+    images = {"910": b"<html>" + SCRIPT, "911": jpeg_bytes()}
+    rows = [("910", "Tshirts", "Bad"), ("911", "Tshirts", "Good")]
+    job = services.import_catalog(source=catalogue_zip(tmp_path / "c.zip", rows, images))
+    assert job.status == ImportJob.Status.DONE and job.created == 1
+    [problem] = job.problems
+    assert problem["sku"] == "910" and "not an image" in problem["reason"]
+    assert list(Garment.objects.values_list("sku", flat=True)) == ["911"]
+    assert len(files_under(media_root)) == 1
+
+
+# --------------------------------------------------------------------------- serving
+
+
+def test_media_serves_only_our_jpegs_and_never_leaves_media_root(client, media_root):
+    garment = GarmentFactory()
+    assert client.get(garment.image.url).status_code == 200
+    outside = media_root.parent / "secret.jpg"
+    outside.write_bytes(b"SECRET " + jpeg_bytes())
+    for name, data in {
+        "imports/2026/01/catalogue.zip": b"PK\x03\x04 staff upload",
+        "garments/2026/01/page.html": b"<html>" + SCRIPT,
+        "garments/2026/01/logo.svg": b"<svg>" + SCRIPT,
+    }.items():
+        (media_root / name).parent.mkdir(parents=True, exist_ok=True)
+        (media_root / name).write_bytes(data)
+    for url in (
+        "/media/../secret.jpg",
+        "/media/garments/../../secret.jpg",
+        "/media/%2e%2e/secret.jpg",
+        "/media/garments/%2e%2e/%2E%2E/secret.jpg",
+        "/media/garments/..%2f..%2fsecret.jpg",
+        f"/media/{media_root.parent}/secret.jpg",
+        "/media//etc/passwd",
+        "/media/imports/2026/01/catalogue.zip",
+        "/media/garments/2026/01/page.html",
+        "/media/garments/2026/01/logo.svg",
+        "/media/garments/2026/01/",
+        "/media/garments/2026/01/missing.jpg",
+    ):
+        response = client.get(url)
+        assert response.status_code in (400, 404), url
+        body = b"".join(response.streaming_content) if response.streaming else response.content
+        assert b"SECRET" not in body and b"<script" not in body and b"PK" not in body[:2], url
+    assert client.post(garment.image.url).status_code == 405
+
+
+# --------------------------------------------------------------------------- storage faults
+
+
+@pytest.fixture
+def unwritable_media(settings, tmp_path) -> Path:
+    """A media disk that refuses every write for real: MEDIA_ROOT's parent is a regular file
+    (tests run as root, so permission bits would not stop anything). Afterwards, the test's
+    temporary folder must hold nothing but that file: no image was left anywhere."""
+    blocker = tmp_path / "media-disk"
+    blocker.write_text("a file, where the media disk should be mounted")
+    settings.MEDIA_ROOT = blocker / "media"
+    yield blocker
+    assert [p.name for p in tmp_path.iterdir()] == ["media-disk"]
+
+
+def test_admin_upload_to_an_unwritable_disk_explains_and_saves_nothing(
+    admin_client, unwritable_media, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = admin_add(admin_client, sku="F1", image=upload(jpeg_bytes()))
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert STORAGE_MESSAGE in html and "Nothing was saved" in html
+    assert 'name="sku"' in html and 'value="F1"' in html  # the posted form, shown again
+    assert not Garment.objects.filter(sku="F1").exists()
+    assert callbacks == []  # nothing queued for indexing
+
+
+def test_admin_image_change_to_an_unwritable_disk_keeps_the_garment_as_it_was(
+    admin_client, settings, tmp_path, django_capture_on_commit_callbacks
+):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    garment = GarmentFactory(title="Kept")
+    before = (garment.image.name, garment.status, garment.title)
+    (tmp_path / "disk").write_text("not a directory")
+    settings.MEDIA_ROOT = tmp_path / "disk" / "media"
+    data = {"sku": garment.sku, "title": "Changed", "description": "", "colour": "Red"}
+    data.update(category=garment.category_id, attributes="{}", image=upload(jpeg_bytes()))
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = admin_client.post(f"/admin/retrieval/garment/{garment.pk}/change/", data)
+    assert response.status_code == 400
+    assert STORAGE_MESSAGE in response.content.decode()
+    garment.refresh_from_db()
+    assert (garment.image.name, garment.status, garment.title) == before
+    assert callbacks == []
+
+
+def test_api_create_on_an_unwritable_disk_is_503_and_saves_nothing(
+    staff_api, unwritable_media, django_capture_on_commit_callbacks
+):
+    category = CategoryFactory(name="Media Faults")
+    data = {"sku": "F2", "title": "Tee", "category": category.pk, "image": upload(jpeg_bytes())}
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = staff_api.post(GARMENTS, data, format="multipart")
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert error["code"] == "storage_unavailable"
+    assert STORAGE_MESSAGE in error["message"] and "Nothing was saved" in error["message"]
+    assert str(unwritable_media) not in error["message"]  # no server paths to clients
+    assert not Garment.objects.filter(sku="F2").exists()
+    assert callbacks == []
+
+
+def test_import_on_an_unwritable_disk_fails_the_job_clearly(unwritable_media, tmp_path):
+    rows = [("920", "Tshirts", "Tee"), ("921", "Tshirts", "Tee")]
+    source = catalogue_zip(tmp_path / "c.zip", rows, {"920": jpeg_bytes(), "921": jpeg_bytes()})
+    try:
+        job = services.import_catalog(source=source)
+    finally:
+        source.unlink()  # the fixture checks that nothing else is left in tmp_path
+    assert job.status == ImportJob.Status.FAILED
+    assert STORAGE_MESSAGE in job.error
+    assert job.created == 0 and not Garment.objects.exists()
+
+
+def test_an_import_upload_to_an_unwritable_disk_explains_and_saves_nothing(
+    admin_client, unwritable_media, django_capture_on_commit_callbacks
+):
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("styles.csv", "id,articleType\n")
+    upload = SimpleUploadedFile("c.zip", archive.getvalue(), content_type="application/zip")
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = admin_client.post(
+            "/admin/retrieval/importjob/add/", {"upload": upload, "category_field": "articleType"}
+        )
+    assert response.status_code == 400
+    assert STORAGE_MESSAGE in response.content.decode()
+    assert not ImportJob.objects.exists() and callbacks == []  # no job, no import queued
+
+
+@pytest.fixture
+def refuse_sku_boom():
+    """A real database failure after the image is stored: a trigger refusing one sku (rolled
+    back with the test's transaction)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION test_refuse_boom() RETURNS trigger AS $$ BEGIN "
+            "IF NEW.sku = 'BOOM' THEN RAISE EXCEPTION 'refused by the test trigger'; END IF; "
+            "RETURN NEW; END $$ LANGUAGE plpgsql"
+        )
+        cursor.execute(
+            "CREATE TRIGGER test_refuse_boom BEFORE INSERT OR UPDATE ON retrieval_garment "
+            "FOR EACH ROW EXECUTE FUNCTION test_refuse_boom()"
+        )
+
+
+def test_a_database_failure_after_storing_removes_the_file(
+    media_root, refuse_sku_boom, django_capture_on_commit_callbacks
+):
+    category = CategoryFactory(name="Media Boom")
+    garment = Garment(sku="BOOM", title="x", category=category, image=upload(jpeg_bytes()))
+    with django_capture_on_commit_callbacks() as callbacks, pytest.raises(DatabaseError):
+        services.save_garment(garment=garment, image_changed=True)
+    assert files_under(media_root) == []
+    assert not Garment.objects.filter(sku="BOOM").exists() and callbacks == []
+
+
+def test_a_database_failure_in_an_import_batch_removes_its_files(
+    media_root, refuse_sku_boom, tmp_path
+):
+    rows = [("930", "Tshirts", "Tee"), ("BOOM", "Tshirts", "Tee")]
+    images = {"930": jpeg_bytes(), "BOOM": jpeg_bytes()}
+    with pytest.raises(DatabaseError):
+        services.import_catalog(source=catalogue_zip(tmp_path / "c.zip", rows, images))
+    assert files_under(media_root) == []
+    assert not Garment.objects.exists()
+
+
+def test_import_uploads_must_be_zips_and_are_stored_under_a_name_of_ours(
+    admin_client, media_root, django_capture_on_commit_callbacks
+):
+    def post(name: str, data: bytes):
+        upload = SimpleUploadedFile(name, data, content_type="application/zip")
+        with django_capture_on_commit_callbacks():  # the import is queued after commit: not run
+            return admin_client.post(
+                "/admin/retrieval/importjob/add/",
+                {"upload": upload, "category_field": "articleType"},
+            )
+
+    refused = post("catalogue.zip", b"<html>" + SCRIPT)
+    assert refused.status_code == 400 and "not a zip archive" in refused.content.decode()
+    assert not ImportJob.objects.exists() and files_under(media_root) == []
+
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("styles.csv", "id,articleType\n")
+    assert post("page.html", archive.getvalue()).status_code == 302
+    job = ImportJob.objects.get()
+    assert re.fullmatch(r"imports/\d{4}/\d{2}/[0-9a-f]{32}\.zip", job.upload.name)
+    assert job.source == "page.html"  # the client's name is shown, never used for the file
+    assert files_under(media_root) == [job.upload.name]
+    assert admin_client.get(f"/media/{job.upload.name}").status_code == 404  # never served
