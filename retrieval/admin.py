@@ -9,7 +9,6 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
-from django.db import transaction
 from django.db.models import Count
 from django.http import HttpResponse, HttpResponseNotAllowed, JsonResponse
 from django.shortcuts import redirect
@@ -221,7 +220,6 @@ class FeatureModelAdmin(admin.ModelAdmin):
 
     @admin.action(description="Activate the selected model (re-indexes in the background)")
     def activate_selected(self, request, queryset) -> None:
-        from retrieval import tasks
 
         if queryset.count() != 1:
             self.message_user(request, "Select exactly one model.", messages.ERROR)
@@ -230,7 +228,11 @@ class FeatureModelAdmin(admin.ModelAdmin):
         if not model.head_file:
             self.message_user(request, f"{model} has no trained head.", messages.ERROR)
             return
-        tasks.reindex_model.delay(model.pk)
+        try:
+            services.queue_activation(model=model)
+        except services.QueueUnavailable as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return
         self.message_user(request, f"Re-indexing for {model}; it becomes active when done.")
 
     def get_urls(self):
@@ -303,7 +305,7 @@ class EvaluationReportAdmin(admin.ModelAdmin):
         return extra + super().get_urls()
 
     def run_view(self, request):
-        from retrieval import search, tasks
+        from retrieval import search
 
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
@@ -312,8 +314,7 @@ class EvaluationReportAdmin(admin.ModelAdmin):
         except search.SearchUnavailable as exc:
             self.message_user(request, str(exc), messages.ERROR)
             return redirect("admin:retrieval_evaluationreport_changelist")
-        report = EvaluationReport.objects.create(model=model, parameters={"model": model.name})
-        transaction.on_commit(lambda: tasks.evaluate.delay(report.pk))
+        report = services.queue_evaluation(model=model)
         self.message_user(request, f"Evaluation {report.pk} started; refresh to see it finish.")
         return redirect("admin:retrieval_evaluationreport_changelist")
 

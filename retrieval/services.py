@@ -28,6 +28,7 @@ from retrieval.models import (
     FEATURE_VERSION,
     BackboneFeature,
     Category,
+    EvaluationReport,
     FeatureModel,
     Garment,
     GarmentFeature,
@@ -1079,6 +1080,47 @@ def _send_training(*, model_id: int, epochs: int | None) -> None:
             )
 
     transaction.on_commit(send)
+
+
+class QueueUnavailable(RuntimeError):
+    """The task broker (Redis) refused a publish: the work was not started."""
+
+
+def queue_activation(*, model: FeatureModel) -> None:
+    """Queue re-indexing the catalogue for ``model`` and activating it (an admin action).
+
+    Published at once (no row to wait for); with the broker down the staff member is told to
+    retry (QueueUnavailable) rather than shown an error page: nothing changed yet.
+    """
+    from retrieval import tasks
+
+    error = _publish(tasks.reindex_model, args=[model.pk])
+    if error is not None:
+        raise QueueUnavailable(
+            f"Redis (the task queue) is unavailable, so {model} was not queued: try again "
+            f"once /healthz shows redis up ({error.__class__.__name__})"
+        )
+
+
+def queue_evaluation(*, model: FeatureModel) -> EvaluationReport:
+    """Create a running EvaluationReport for ``model`` and queue its evaluation after commit;
+    with the broker down the report is marked failed with the reason (start it again later)."""
+    from retrieval import tasks
+
+    report = EvaluationReport.objects.create(model=model, parameters={"model": model.name})
+
+    def send() -> None:
+        error = _publish(tasks.evaluate, args=[report.pk])
+        if error is not None:
+            log.warning("broker unavailable, evaluation %s not started: %s", report.pk, error)
+            EvaluationReport.objects.filter(pk=report.pk).update(
+                status=EvaluationReport.Status.FAILED,
+                error="not started: Redis (the task queue) was unavailable; start it again",
+                finished_at=timezone.now(),
+            )
+
+    transaction.on_commit(send)
+    return report
 
 
 def requeue_unqueued_trainings() -> int:

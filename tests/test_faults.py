@@ -199,6 +199,37 @@ def test_training_asked_for_while_redis_is_down_waits_and_runs_once_it_is_back(
 
 
 @pytest.mark.slow
+def test_activate_and_evaluate_while_redis_is_down_say_so_and_change_nothing(
+    trained_catalogue, admin_client
+):
+    """The admin's other background jobs: a clear message, no error page, nothing half-done."""
+    from retrieval.models import EvaluationReport
+
+    model = FeatureModel.objects.get(active=True)
+    with redis_stopped():
+        response = within(
+            HANG_SECONDS,
+            lambda: admin_client.post(
+                "/admin/retrieval/featuremodel/",
+                {"action": "activate_selected", "_selected_action": [model.pk]},
+                follow=True,
+            ),
+        )
+        assert response.status_code == 200
+        assert "Redis (the task queue) is unavailable" in response.content.decode()
+        response = within(
+            HANG_SECONDS,
+            lambda: admin_client.post("/admin/retrieval/evaluationreport/run/", follow=True),
+        )
+        assert response.status_code == 200
+    report = EvaluationReport.objects.get()
+    assert report.status == EvaluationReport.Status.FAILED
+    assert "Redis (the task queue) was unavailable" in report.error
+    model.refresh_from_db()
+    assert model.active and model.status == FeatureModel.Status.READY
+
+
+@pytest.mark.slow
 def test_search_by_photo_works_while_redis_is_down(trained_catalogue, client, settings):
     settings.REST_FRAMEWORK = {
         **settings.REST_FRAMEWORK,
