@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 import numpy as np
 from django.conf import settings
-from django.db import OperationalError, connection, transaction
+from django.db import DatabaseError, OperationalError, connection, transaction
 
 from retrieval import searchtable
 from retrieval.models import (
@@ -163,18 +163,29 @@ def switch_run(*, run: ClusterRun, feature_ids: np.ndarray, labels: np.ndarray) 
 
 
 def drop_partitions(*, run_ids: Iterable[int], attempts: int = 5) -> list[int]:
-    """Drop the search partitions of these runs; returns the run ids that could not be dropped.
+    """Drop the search partitions of these runs; returns the run ids that could not be dropped
+    (those stay, unused: searches read the active run's partition only, until the next switch
+    tries again).
 
-    Dropping a partition takes an ACCESS EXCLUSIVE lock on the parent table: it waits for the
-    searches in flight (milliseconds each) and new searches queue behind it until it commits.
-    Each drop is its own short transaction, with a lock timeout so that a long reader (an
-    exact scan, an evaluation) delays the drop, never the shoppers; a partition that cannot be
-    dropped now stays (unused: searches read the active run's partition only) until the next
-    switch tries again.
+    Outside a transaction block (workers, manage.py): ``DETACH PARTITION ... CONCURRENTLY``,
+    which waits for the searches that may still read the partition without blocking new
+    ones, then a DROP of the detached table, which locks that table only. Searches never wait.
+    Inside a transaction block (tests, a caller's atomic block), where CONCURRENTLY is not
+    allowed: the drop takes an ACCESS EXCLUSIVE lock on the parent (it waits for the searches
+    in flight and new searches queue behind it until commit), with a short lock timeout so a
+    long reader delays the drop, never the shoppers, retried a few times.
     """
     failed = []
     for run_id in run_ids:
         part = partition_name(run_id)
+        if not connection.in_atomic_block:
+            try:
+                with connection.cursor() as cursor:
+                    searchtable.detach_and_drop(cursor, run_id=run_id)
+            except DatabaseError as exc:
+                failed.append(run_id)
+                log.warning("search partition %s not dropped yet: %s", part, exc)
+            continue
         for attempt in range(attempts):
             try:
                 with transaction.atomic(), connection.cursor() as cursor:

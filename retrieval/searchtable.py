@@ -120,6 +120,27 @@ DO UPDATE SET cluster = EXCLUDED.cluster, scan_vector = EXCLUDED.scan_vector
 """
 
 
+def detach_and_drop(cursor, *, run_id: int) -> None:
+    """Drop a run's partition without blocking searches; not in a transaction block.
+
+    ``DETACH ... CONCURRENTLY`` takes SHARE UPDATE EXCLUSIVE on the parent (searches and
+    inserts go on), marks the partition as being detached, then waits for the transactions
+    that may still read it (searches hold the parent from before their snapshot); the DROP
+    then locks only the detached table. A detach interrupted half-way is finished with
+    ``FINALIZE`` on the next call.
+    """
+    part = partition_name(run_id)
+    cursor.execute(
+        "SELECT i.inhdetachpending FROM pg_inherits AS i WHERE i.inhrelid = to_regclass(%s)",
+        [part],
+    )
+    row = cursor.fetchone()
+    if row is not None:
+        mode = "FINALIZE" if row[0] else "CONCURRENTLY"
+        cursor.execute(f"ALTER TABLE {SEARCH_TABLE} DETACH PARTITION {part} {mode}")
+    cursor.execute(f"DROP TABLE IF EXISTS {part}")
+
+
 # --------------------------------------------------------------------------- searching a run
 
 
@@ -186,10 +207,12 @@ ORDER BY c.centroid <-> %s::vector
 
 # Taken before the snapshot of a clustered search: while the search holds the search table,
 # the partition of the run it may read (the active one as of its snapshot) cannot be dropped
-# (drops lock the table exclusively first, see LOCK_FOR_DROP_SQL).
+# (DETACH ... CONCURRENTLY waits for it; a drop in a transaction block locks the table
+# exclusively first, see LOCK_FOR_DROP_SQL).
 LOCK_FOR_SEARCH_SQL = f"LOCK TABLE ONLY {SEARCH_TABLE} IN ACCESS SHARE MODE"
-# Before dropping a partition: the parent first, as searches lock it (DROP alone would lock
-# the partition first and could deadlock with a search that holds the parent and reads it).
+# Before dropping a partition inside a transaction block (no CONCURRENTLY there): the parent
+# first, as searches lock it (DROP alone would lock the partition first and could deadlock
+# with a search that holds the parent and reads it).
 LOCK_FOR_DROP_SQL = f"LOCK TABLE ONLY {SEARCH_TABLE} IN ACCESS EXCLUSIVE MODE"
 
 
