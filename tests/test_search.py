@@ -387,3 +387,68 @@ def test_the_search_table_sql_names_the_models_tables():
     assert ClusterRun._meta.db_table == searchtable.RUN_TABLE
     assert Garment._meta.db_table == searchtable.GARMENT_TABLE
     assert Category._meta.db_table == searchtable.CATEGORY_TABLE
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+def test_migration_0003_fills_the_active_runs_partitions_from_the_old_labels():
+    """An install at 0002 (labels on GarmentFeature) migrates to the search table: the active
+    runs' partitions hold every vector with its old label (nearest centroid where it had
+    none), in cluster order, and clustered search works right after."""
+    from django.db.migrations.executor import MigrationExecutor
+
+    before = [("retrieval", "0002_fused_storage_plain")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    try:
+        old = MigrationExecutor(connection).loader.project_state(before).apps
+        category = old.get_model("retrieval", "Category").objects.create(name="Tops", slug="tops")
+        model = old.get_model("retrieval", "FeatureModel").objects.create(
+            name="m", backbone="efficientnet_lite0", backbone_dim=1280, active=True
+        )
+        runs = {
+            space: old.get_model("retrieval", "ClusterRun").objects.create(
+                model=model, space=space, k=3, active=True
+            )
+            for space in ("fused", "deep")
+        }
+        centres = np.eye(3, DIM, dtype=np.float32)
+        for space, dims in (("fused", DIM), ("deep", 512)):
+            for label in range(3):
+                old.get_model("retrieval", "ClusterCentroid").objects.create(
+                    run=runs[space], label=label, centroid=centres[label, :dims]
+                )
+        rng = np.random.default_rng(3)
+        garments, labels = [], []
+        for i in range(12):
+            garment = old.get_model("retrieval", "Garment").objects.create(
+                sku=f"M{i}", title="t", category=category, image="x.jpg", status="ready"
+            )
+            vector = centres[i % 3] + rng.normal(0, 0.01, DIM).astype(np.float32)
+            label = None if i == 11 else i % 3  # indexed after the last K-means: no label
+            old.get_model("retrieval", "GarmentFeature").objects.create(
+                garment=garment, model=model, deep=vector[:512], fused=vector,
+                cluster=label, deep_cluster=label,
+            )  # fmt: skip
+            garments.append(garment.pk)
+            labels.append(i % 3)
+        MigrationExecutor(connection).migrate([("retrieval", "0003_searchrow")])
+
+        from retrieval.models import FeatureModel
+
+        for space in ("fused", "deep"):
+            rows = partition_rows(runs[space])
+            assert len(rows) == 12
+            assert [cluster for _, cluster in rows] == sorted(cluster for _, cluster in rows)
+            by_garment = dict(
+                GarmentFeature.objects.filter(model_id=model.pk).values_list("id", "garment_id")
+            )
+            assert {by_garment[f]: c for f, c in rows} == dict(zip(garments, labels, strict=True))
+        result = search.search_vectors(
+            fused=centres[2], model=FeatureModel.objects.get(pk=model.pk), top=4
+        )
+        assert result.clusters == [2]
+        assert {h.garment_id for h in result.hits} == {garments[i] for i in (2, 5, 8, 11)}
+    finally:
+        executor = MigrationExecutor(connection)
+        executor.migrate(executor.loader.graph.leaf_nodes())
