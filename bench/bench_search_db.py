@@ -8,6 +8,8 @@ and the probed cluster ids are computed beforehand, as the app does from the cen
     .venv/bin/python bench/bench_search_db.py --rows 100000 --clusters 141 --queries 300
     .venv/bin/python bench/bench_search_db.py --rows 1000000 --clusters 141 \
         --designs slim,half,part,hnsw,switch
+    # the product's own statements (retrieval/searchtable.py), shipped design vs run partitions
+    .venv/bin/python bench/bench_search_db.py --rows 1000000 --designs product --reuse
 
 Results are appended, one JSON object per line, to var/bench/results/search.jsonl and
 printed as a markdown table. Tables are dropped and recreated for every run.
@@ -27,6 +29,8 @@ import numpy as np
 import psycopg
 from pgvector import HalfVector
 
+from retrieval import searchtable  # Django-free: the product's search-table SQL
+
 TOP = 20
 MODEL_ID = 1
 RESULTS = _pg.BENCH_DIR / "results" / "search.jsonl"
@@ -41,6 +45,17 @@ WITH r AS MATERIALIZED (
 SELECT garment_id, d FROM r ORDER BY d
 """
 GLOBAL_SQL = "SELECT garment_id, {col} <-> %(q)b AS d FROM {table} ORDER BY d LIMIT {top}"
+
+# The shipped clustered statement (retrieval/search.py at commit 0adf4e3, before the search
+# table): labels on retrieval_garmentfeature, shopper filters joined in. Parameters: query,
+# model id, clusters, N.
+OLD_PRODUCT_SQL = """
+SELECT f.garment_id, f.fused <-> %s::vector AS d FROM retrieval_garmentfeature AS f
+JOIN retrieval_garment AS g ON g.id = f.garment_id
+JOIN retrieval_category AS c ON c.id = g.category_id
+WHERE f.model_id = %s AND f.cluster = ANY(%s) AND c.active AND g.status = 'ready'
+ORDER BY d LIMIT %s
+"""
 
 # The completeness fallback in one statement: walk the clusters in centroid-distance order
 # (%(order)s, computed by the app), counting at most TOP rows of each through the btree, and
@@ -872,6 +887,334 @@ class Bench:
         self.measure("after UPDATE + VACUUM", "slim", 1, {"enable_indexscan": "off"}, nq=100)
         c.execute("DROP TABLE newlab")
 
+    # ----------------------------------------------------------------- the product's SQL
+
+    def product_tables(self) -> None:
+        """The product's tables as of the shipped design (migration 0002: labels on
+        retrieval_garmentfeature, fused PLAIN, rows in arrival order) plus the search table
+        of migration 0003, same names, so retrieval.searchtable's statements run unchanged.
+        Kept between runs with --reuse (the 1M load takes minutes)."""
+        c = self.conn
+        meta = f"{self.n}:{self.k}:{self.args.seed}"
+        if self.args.reuse:
+            c.execute("CREATE TABLE IF NOT EXISTS bench_meta (what text PRIMARY KEY, v text)")
+            row = c.execute("SELECT v FROM bench_meta WHERE what = 'product'").fetchone()
+            if row and row[0] == meta:
+                log("product tables reused")
+                self.product_reset_runs()
+                return
+        for t in (
+            searchtable.SEARCH_TABLE,
+            searchtable.CENTROID_TABLE,
+            searchtable.RUN_TABLE,
+            searchtable.FEATURE_TABLE,
+            searchtable.GARMENT_TABLE,
+            searchtable.CATEGORY_TABLE,
+        ):
+            c.execute(f"DROP TABLE IF EXISTS {t} CASCADE")
+        c.execute(
+            "CREATE TABLE retrieval_category (id bigint PRIMARY KEY, active boolean NOT NULL)"
+        )
+        # Garment rows carry ~300 bytes of other columns (sku, title, image, attributes ...).
+        c.execute(
+            """CREATE TABLE retrieval_garment (id bigint PRIMARY KEY, category_id bigint NOT NULL,
+               status varchar(12) NOT NULL DEFAULT 'ready',
+               other text NOT NULL DEFAULT repeat('x', 300))"""
+        )
+        c.execute(
+            """CREATE TABLE retrieval_garmentfeature (id bigint PRIMARY KEY,
+               garment_id bigint NOT NULL, model_id bigint NOT NULL, deep vector(512) NOT NULL,
+               fused vector(542) NOT NULL, cluster integer, deep_cluster integer,
+               created_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        c.execute("ALTER TABLE retrieval_garmentfeature ALTER COLUMN fused SET STORAGE PLAIN")
+        c.execute(
+            """CREATE TABLE retrieval_clusterrun (id bigint PRIMARY KEY, model_id bigint NOT NULL,
+               space varchar(8) NOT NULL, active boolean NOT NULL)"""
+        )
+        c.execute(
+            """CREATE TABLE retrieval_clustercentroid (id bigserial PRIMARY KEY,
+               run_id bigint NOT NULL, label integer NOT NULL, centroid vector NOT NULL)"""
+        )
+        # retrieval/migrations/0003_searchrow.py
+        c.execute(
+            """CREATE TABLE retrieval_searchrow (feature_id bigint NOT NULL,
+               run_id bigint NOT NULL, cluster integer NOT NULL, scan_vector halfvec NOT NULL,
+               CONSTRAINT retrieval_searchrow_pkey PRIMARY KEY (feature_id, run_id))
+               PARTITION BY LIST (run_id)"""
+        )
+        c.execute("ALTER TABLE retrieval_searchrow ALTER COLUMN scan_vector SET STORAGE PLAIN")
+        c.execute("CREATE INDEX retrieval_searchrow_cluster ON retrieval_searchrow (cluster)")
+        ids = np.arange(self.n, dtype=np.int64)
+        cats = np.arange(self.k, dtype=np.int64)
+        with c.cursor().copy("COPY retrieval_category (id, active) FROM STDIN") as copy:
+            for cat in cats.tolist():
+                copy.write_row((cat, True))
+        t = time.perf_counter()
+        _pg.copy_binary(
+            c,
+            "retrieval_garment",
+            [("id", "int8", ids), ("category_id", "int8", self.ds.gen_cluster.astype(np.int64))],
+        )
+        for s in range(0, self.n, 100_000):
+            e = min(self.n, s + 100_000)
+            _pg.copy_binary(
+                c,
+                "retrieval_garmentfeature",
+                [
+                    ("id", "int8", ids[s:e]),
+                    ("garment_id", "int8", ids[s:e]),
+                    ("model_id", "int8", np.full(e - s, MODEL_ID, dtype=np.int64)),
+                    ("cluster", "int4", self.ds.labels[s:e]),
+                    ("fused", "vector", self.ds.fused[s:e]),
+                    ("deep", "vector", self.ds.fused[s:e, :512]),
+                ],
+            )
+        copy_s = time.perf_counter() - t
+        # The shipped indexes (0001): unique (garment, model), FK model, (model, cluster) ...
+        c.execute("CREATE UNIQUE INDEX ON retrieval_garmentfeature (garment_id, model_id)")
+        c.execute("CREATE INDEX ON retrieval_garmentfeature (model_id)")
+        c.execute(
+            "CREATE INDEX retrieval_gf_model_cluster ON retrieval_garmentfeature "
+            "(model_id, cluster)"
+        )
+        c.execute("CREATE INDEX ON retrieval_garment (category_id)")
+        c.execute("VACUUM (ANALYZE) retrieval_garment, retrieval_category")
+        c.execute("VACUUM (ANALYZE) retrieval_garmentfeature")
+        self.record(
+            kind="load",
+            design="product tables (shipped GarmentFeature, arrival order)",
+            copy_s=round(copy_s, 1),
+            garmentfeature=self.sizes_of("retrieval_garmentfeature"),
+            garment=self.sizes_of("retrieval_garment"),
+        )
+        if self.args.reuse:
+            c.execute(
+                "INSERT INTO bench_meta VALUES ('product', %s) "
+                "ON CONFLICT (what) DO UPDATE SET v = EXCLUDED.v",
+                (meta,),
+            )
+
+    def product_reset_runs(self) -> None:
+        c = self.conn
+        for run_id in c.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'retrieval_searchrow'::regclass"
+        ).fetchall():
+            c.execute(f"DROP TABLE {run_id[0]}")
+        c.execute("DELETE FROM retrieval_clustercentroid")
+        c.execute("DELETE FROM retrieval_clusterrun")
+
+    def product_add_run(self, run_id: int, centroids: np.ndarray) -> None:
+        c = self.conn
+        c.execute(
+            "INSERT INTO retrieval_clusterrun VALUES (%s, %s, 'fused', false)", (run_id, MODEL_ID)
+        )
+        _pg.copy_binary(
+            c,
+            "retrieval_clustercentroid",
+            [
+                ("run_id", "int8", np.full(len(centroids), run_id, dtype=np.int64)),
+                ("label", "int4", np.arange(len(centroids), dtype=np.int32)),
+                ("centroid", "vector", centroids.astype(np.float32)),
+            ],
+        )
+
+    def product_switch(self, run_id: int, labels: np.ndarray) -> dict:
+        """clustering.switch_run's statements: one transaction (EXCLUSIVE on the vectors,
+        write the partition in cluster order, attach, flip the active run), then VACUUM."""
+        c = self.conn
+        ids = np.arange(self.n, dtype=np.int64)
+        t0 = time.perf_counter()
+        with c.transaction():
+            cur = c.cursor()
+            cur.execute(f"LOCK TABLE {searchtable.FEATURE_TABLE} IN EXCLUSIVE MODE")
+            searchtable.write_partition(
+                cur, run_id=run_id, model_id=MODEL_ID, column="fused", feature_ids=ids,
+                labels=labels,
+            )  # fmt: skip
+            t1 = time.perf_counter()
+            searchtable.attach_partition(cur, run_id=run_id)
+            t2 = time.perf_counter()
+            cur.execute(
+                "UPDATE retrieval_clusterrun SET active = false WHERE model_id = %s AND active",
+                (MODEL_ID,),
+            )
+            cur.execute("UPDATE retrieval_clusterrun SET active = true WHERE id = %s", (run_id,))
+        t3 = time.perf_counter()
+        c.execute(f"VACUUM {searchtable.partition_name(run_id)}")
+        t4 = time.perf_counter()
+        return {
+            "write_partition_s": round(t1 - t0, 1),
+            "attach_ms": round((t2 - t1) * 1000, 1),
+            "switch_transaction_s": round(t3 - t0, 1),
+            "vacuum_s": round(t4 - t3, 1),
+            "partition": self.sizes_of(searchtable.partition_name(run_id)),
+        }
+
+    def product_search(self, conn, design: str, qi: int) -> tuple[list[int], int]:
+        """The database part of one search as search.search_vectors runs it: one REPEATABLE
+        READ transaction; returns (garment ids, statements). ``design``: "new" (run
+        partition, retrieval.searchtable) or "old" (the shipped statement, search.py at
+        0adf4e3: labels on retrieval_garmentfeature, completeness by doubling the probes)."""
+        query, norm = self.literals[qi]
+        with conn.transaction():
+            cur = conn.cursor()
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            if design == "new":
+                cur.execute(searchtable.LOCK_FOR_SEARCH_SQL)
+            cur.execute(searchtable.CLUSTERS_SQL, [MODEL_ID, "fused", query])
+            rows = cur.fetchall()
+            run_id, labels = rows[0][0], [label for _, label in rows]
+            if design == "new":
+                hits, _, statements = searchtable.clustered_search(
+                    cur, query=query, query_norm=norm, column="fused", run_id=run_id,
+                    labels=labels, probes=1, top=TOP, filters=self.filters,
+                )  # fmt: skip
+                return [int(h[0]) for h in hits], statements
+            n_probe, statements = 1, 0
+            while True:
+                cur.execute(OLD_PRODUCT_SQL, [query, MODEL_ID, labels[:n_probe], TOP])
+                hits = cur.fetchall()
+                statements += 1
+                if len(hits) >= TOP or n_probe >= len(labels):
+                    return [int(h[0]) for h in hits], statements
+                n_probe = min(len(labels), max(n_probe * 2, n_probe + 1))
+
+    def product_measure(self, design: str, label: str, nq: int | None = None) -> dict:
+        conn = self.product_conn
+        nq = min(nq or self.args.queries, self.args.queries)
+        for i in range(min(self.args.warmup, nq)):
+            self.product_search(conn, design, i)
+        lat, found, stmts = [], [], []
+        load_before = os.getloadavg()[0]
+        for i in range(nq):
+            t = time.perf_counter()
+            ids, n = self.product_search(conn, design, i)
+            lat.append((time.perf_counter() - t) * 1000)
+            found.append(ids)
+            stmts.append(n)
+        x, q = self.ds.fused, self.queries[:nq]
+        gi, gd = self.gt_global
+        ci, cd = self.gt_cluster[1]
+        row = {
+            "design": label,
+            "queries": nq,
+            "p50_ms": round(_pg.pct(lat, 50), 2),
+            "p95_ms": round(_pg.pct(lat, 95), 2),
+            "p99_ms": round(_pg.pct(lat, 99), 2),
+            "mean_ms": round(float(np.mean(lat)), 2),
+            "recall_global": round(_pg.recall(found, gi[:nq], gd[:nq], TOP, x, q), 4),
+            "min_rows": min(len(f) for f in found),
+            "statements_mean": round(float(np.mean(stmts)), 3),
+            "statements_max": int(max(stmts)),
+            "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        }
+        if self.labels_are_original:
+            row["recall_cluster"] = round(_pg.recall(found, ci[:nq], cd[:nq], TOP, x, q), 4)
+        self.record(kind="product_search", **row)
+        return row
+
+    def product_searcher(self, stop: threading.Event, out: list) -> None:
+        conn = _pg.connect(self.url)
+        conn.cursor_factory = psycopg.ClientCursor
+        i = 0
+        while not stop.is_set():
+            qi = i % self.args.queries
+            t = time.perf_counter()
+            try:
+                ids, _ = self.product_search(conn, "new", qi)
+                err = None
+            except psycopg.Error as exc:  # would be a failed search for a shopper
+                ids, err = [], f"{type(exc).__name__}: {exc}"
+            e = time.perf_counter()
+            out.append((t, e, (e - t) * 1000, qi, ids, err))
+            i += 1
+        conn.close()
+
+    def run_product(self) -> None:
+        """Shipped design vs per-run partitions, through the product's statements."""
+        self.product_tables()
+        self.product_reset_runs()
+        self.product_conn = _pg.connect(self.url)
+        self.product_conn.cursor_factory = psycopg.ClientCursor  # Django's client-side binding
+        self.filters, _ = searchtable.shopper_filters(
+            include_hidden=False, category_id=None, exclude_garment_ids=()
+        )
+        self.literals = [
+            ("[" + ",".join(f"{float(v):.7g}" for v in q) + "]", float(np.linalg.norm(q)))
+            for q in self.queries.astype(np.float64)
+        ]
+        self.labels_are_original = True
+        self.product_add_run(1, self.ds.centroids)
+        # Shipped design: run 1 active, labels on the vectors table (arrival order).
+        self.conn.execute("UPDATE retrieval_clusterrun SET active = true WHERE id = 1")
+        self.product_measure("old", "shipped: labels on garmentfeature, arrival order")
+        # New design: run 1's partition, then the same queries.
+        self.conn.execute("UPDATE retrieval_clusterrun SET active = false WHERE id = 1")
+        build = self.product_switch(1, self.ds.labels)
+        self.record(kind="product_switch", run=1, searches_running=False, **build)
+        self.product_measure("new", "run partition (halfvec scan, cluster order, exact rerank)")
+        self.product_measure("old", "shipped: labels on garmentfeature, arrival order (again)")
+        self.product_measure("new", "run partition (again)")
+        # A new K-means run switched in while searches run on another connection.
+        new_labels, new_centroids = self.new_labels()
+        self.product_add_run(2, new_centroids)
+        stop, out = threading.Event(), []
+        th = threading.Thread(target=self.product_searcher, args=(stop, out))
+        th.start()
+        time.sleep(2)
+        t_start = time.perf_counter()
+        build = self.product_switch(2, new_labels)
+        # clustering.drop_partitions outside a transaction block: DETACH ... CONCURRENTLY
+        # (waits for the searches that may read it, blocks none), then DROP.
+        t, drop_attempts = time.perf_counter(), 1
+        searchtable.detach_and_drop(self.conn.cursor(), run_id=1)
+        drop_ms = (time.perf_counter() - t) * 1000
+        time.sleep(2)
+        stop.set()
+        th.join()
+        during = [r for r in out if r[0] >= t_start]
+        errors = [r[5] for r in during if r[5]]
+        gi, gd = self.gt_global
+        idx = [r[3] for r in during if not r[5]]
+        ms = [r[2] for r in during]
+        self.record(
+            kind="product_switch",
+            run=2,
+            searches_running=True,
+            **build,
+            drop_old_partition_ms=round(drop_ms, 1),
+            drop_attempts=drop_attempts,
+            searches_during=len(during),
+            search_errors=len(errors),
+            first_error=errors[0] if errors else None,
+            short_results=sum(1 for r in during if len(r[4]) < TOP),
+            search_p50_during_ms=round(_pg.pct(ms, 50), 2),
+            search_p99_during_ms=round(_pg.pct(ms, 99), 2),
+            search_max_during_ms=round(max(ms), 1) if ms else None,
+            recall_global_during=round(
+                _pg.recall(
+                    [r[4] for r in during if not r[5]], gi[idx], gd[idx], TOP, self.ds.fused,
+                    self.queries[idx],
+                ),
+                4,
+            ) if idx else None,
+        )  # fmt: skip
+        self.labels_are_original = False  # in-cluster truth was computed for run 1's labels
+        self.product_measure("new", "run partition, run 2 (after a switch under load)")
+        if self.args.old_cluster:
+            t = time.perf_counter()
+            self.conn.execute("CLUSTER retrieval_garmentfeature USING retrieval_gf_model_cluster")
+            self.conn.execute("VACUUM (ANALYZE) retrieval_garmentfeature")
+            self.record(kind="cluster", table="retrieval_garmentfeature",
+                        seconds=round(time.perf_counter() - t, 1))  # fmt: skip
+            self.conn.execute("UPDATE retrieval_clusterrun SET active = (id = 1)")
+            self.labels_are_original = True
+            self.product_measure("old", "shipped, after CLUSTER (ACCESS EXCLUSIVE, manual)")
+            self.conn.execute("DELETE FROM bench_meta WHERE what = 'product'")  # order changed
+        self.product_conn.close()
+
     # ----------------------------------------------------------------- driver
 
     def run(self) -> None:
@@ -887,6 +1230,7 @@ class Bench:
             ("hnsw", self.run_hnsw),
             ("complete", self.completeness),
             ("switch", self.run_switch),
+            ("product", self.run_product),
         ]
         for name, fn in steps:
             if name in designs:
@@ -908,6 +1252,12 @@ def markdown(rows: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        if r.get("kind") == "product_search":
+            lines.append(
+                f"| {r['rows']} | {r['k']} | {r['design']} | 1 | load {r['load_avg_1m']} |"
+                f" {r['p50_ms']} | {r['p99_ms']} | {r.get('recall_cluster')} |"
+                f" {r['recall_global']} | statements {r['statements_mean']} |"
+            )
         if r.get("kind") != "search":
             continue
         hidden = ("enable", "statement")
@@ -932,7 +1282,18 @@ def main() -> None:
     ap.add_argument(
         "--designs",
         default="wide,wide_tt,slim_toast,slim,half,part,hnsw,complete,switch",
-        help="comma list of: storage wide wide_tt slim_toast slim half part hnsw complete switch",
+        help="comma list of: storage wide wide_tt slim_toast slim half part hnsw complete switch"
+        " product",
+    )
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="product: keep the product tables between runs (same rows/clusters/seed)",
+    )
+    ap.add_argument(
+        "--old-cluster",
+        action="store_true",
+        help="product: finally CLUSTER the shipped table and measure it (then it is reloaded)",
     )
     ap.add_argument("--hnsw", default="16:64", help="m:ef_construction list, e.g. 16:64,32:128")
     ap.add_argument("--ef-search", default="40,100,200")

@@ -173,10 +173,11 @@ class GarmentAdmin(UploadAdminMixin, admin.ModelAdmin):
 
 @admin.register(GarmentFeature)
 class GarmentFeatureAdmin(admin.ModelAdmin):
-    list_display = ("garment", "model", "cluster", "created_at")
+    # K-means labels live per run in SearchRow (not on this row) since migration 0003.
+    list_display = ("garment", "model", "created_at")
     list_filter = ("model",)
     exclude = ("deep", "fused")
-    readonly_fields = ("garment", "model", "cluster", "created_at")
+    readonly_fields = ("garment", "model", "created_at")
 
     def has_add_permission(self, request) -> bool:
         return False  # vectors are written by the feature workers only

@@ -1,21 +1,34 @@
-"""K-means over a feature model's fused vectors (the paper's cluster filter), switched atomically.
+"""K-means over a feature model's vectors (the paper's cluster filter), switched atomically.
 
-A new run is fitted on the side while searches keep using the active one; labels and the
-active flag then change in one transaction that holds an EXCLUSIVE lock on the vectors table:
-readers go on (they see the old run until commit), writers wait, so no search sees
-half-labelled data and no garment is labelled against a run that is no longer active.
+Each run has its own partition of the search table (``SearchRow``, LIST-partitioned by run),
+written in cluster order so that one cluster's rows sit on adjacent pages: a cluster scan
+reads few, contiguous pages without ever running ``CLUSTER`` (which takes an ACCESS
+EXCLUSIVE lock). A new run is fitted on the side while searches keep using the active one;
+then, in one transaction, its partition is written and attached and the run is made active.
+That transaction holds an EXCLUSIVE lock on the vectors table: readers go on (searches see the
+old run until commit), writers (indexing) wait, so every vector is in the new partition and
+no garment is labelled against a run that is no longer active. The old run's partition is
+dropped afterwards (:func:`drop_stale_partitions`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 
 import numpy as np
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, OperationalError, connection, transaction
 
-from retrieval.models import Category, ClusterCentroid, ClusterRun, FeatureModel, GarmentFeature
+from retrieval import searchtable
+from retrieval.models import (
+    Category,
+    ClusterCentroid,
+    ClusterRun,
+    FeatureModel,
+    GarmentFeature,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +79,9 @@ def fit_kmeans(vectors: np.ndarray, *, k: int, seed: int = 0):
     )
 
 
-COLUMNS = {
-    ClusterRun.Space.FUSED: ("fused", "cluster"),
-    ClusterRun.Space.DEEP: ("deep", "deep_cluster"),
-}
+# Which vector of GarmentFeature each space clusters and scans.
+COLUMNS = {ClusterRun.Space.FUSED: "fused", ClusterRun.Space.DEEP: "deep"}
+partition_name = searchtable.partition_name
 
 
 def build_clusters(*, model: FeatureModel | None = None, k: int | None = None) -> ClusterRun:
@@ -88,11 +100,11 @@ def build_clusters(*, model: FeatureModel | None = None, k: int | None = None) -
 def build_run(*, model: FeatureModel, k: int, space: str) -> ClusterRun:
     """Fit one K-means run in one space and switch searches to it."""
     started = time.perf_counter()
-    vector_column, _ = COLUMNS[space]
-    ids, vectors = load_vectors(model=model, column=vector_column)
+    ids, vectors = load_vectors(model=model, column=COLUMNS[space])
     if len(ids) == 0:
         raise ValueError(f"model {model} has no vectors yet: index the catalogue first")
     centroids, labels, inertia, algorithm = fit_kmeans(vectors, k=k)
+    del vectors  # the partition is written from the table, not from this copy
     sizes = np.bincount(labels, minlength=len(centroids)).tolist()
     run = ClusterRun.objects.create(
         model=model,
@@ -118,59 +130,125 @@ def build_run(*, model: FeatureModel, k: int, space: str) -> ClusterRun:
 
 
 def switch_run(*, run: ClusterRun, feature_ids: np.ndarray, labels: np.ndarray) -> None:
-    """Write the run's labels and make it the active run of its space, in one transaction."""
-    table = GarmentFeature._meta.db_table
-    centroid_table = ClusterCentroid._meta.db_table
-    vector_column, label_column = COLUMNS[run.space]
+    """Write the run's search partition (``labels[i]`` for vector ``feature_ids[i]``; vectors
+    not in ``feature_ids``, indexed since the fit read them, get their nearest centroid) and
+    make the run the active one of its model and space, in one transaction; then drop the
+    partitions of runs that are no longer active.
+    """
+    # A partition left by an earlier switch to this same run (tests switch back and forth).
+    drop_partitions(run_ids=[run.pk])
     with transaction.atomic(), connection.cursor() as cursor:
-        # EXCLUSIVE blocks writers (indexing) but not readers (searches) until commit.
-        cursor.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
-        # Inside a caller's transaction (a savepoint) ON COMMIT has not dropped the previous
-        # space's table yet: both spaces are switched in one outer transaction then.
-        cursor.execute("DROP TABLE IF EXISTS pg_temp.new_labels")
-        cursor.execute(
-            "CREATE TEMP TABLE new_labels (id bigint PRIMARY KEY, label int) ON COMMIT DROP"
+        # EXCLUSIVE blocks writers (indexing, deletes) but not readers (searches) until commit.
+        cursor.execute(f"LOCK TABLE {GarmentFeature._meta.db_table} IN EXCLUSIVE MODE")
+        searchtable.write_partition(
+            cursor,
+            run_id=run.pk,
+            model_id=run.model_id,
+            column=COLUMNS[run.space],
+            feature_ids=feature_ids,
+            labels=labels,
         )
-        with cursor.copy("COPY new_labels (id, label) FROM STDIN") as copy:
-            for pk, label in zip(feature_ids.tolist(), labels.tolist(), strict=True):
-                copy.write_row((pk, label))
-        cursor.execute(
-            f"UPDATE {table} AS f SET {label_column} = n.label "
-            "FROM new_labels AS n WHERE f.id = n.id"
-        )
-        # Rows indexed after the fit started: nearest centroid of the new run.
-        cursor.execute(
-            f"""
-            UPDATE {table} AS f SET {label_column} = (
-                SELECT c.label FROM {centroid_table} AS c
-                WHERE c.run_id = %s ORDER BY c.centroid <-> f.{vector_column} LIMIT 1)
-            WHERE f.model_id = %s AND NOT EXISTS (SELECT 1 FROM new_labels n WHERE n.id = f.id)
-            """,
-            [run.pk, run.model_id],
-        )
+        searchtable.attach_partition(cursor, run_id=run.pk)
+        # Two statements: the partial unique index (one active run) is checked per row.
         ClusterRun.objects.filter(model_id=run.model_id, space=run.space, active=True).update(
             active=False
         )
         ClusterRun.objects.filter(pk=run.pk).update(active=True)
+    if not connection.in_atomic_block:
+        with connection.cursor() as cursor:
+            # Sets hint bits and the visibility map once, instead of the first searches
+            # dirtying every page they read. Not in a transaction block (tests): skipped.
+            cursor.execute(f"VACUUM {partition_name(run.pk)}")
+    drop_stale_partitions()
 
 
-def label_with_active_run(*, model: FeatureModel, garment_ids) -> None:
-    """Give these garments' vectors the label of their nearest centroid in the active runs.
+def drop_partitions(*, run_ids: Iterable[int], attempts: int = 5) -> list[int]:
+    """Drop the search partitions of these runs; returns the run ids that could not be dropped
+    (those stay, unused: searches read the active run's partition only, until the next switch
+    tries again).
+
+    Outside a transaction block (workers, manage.py): ``DETACH PARTITION ... CONCURRENTLY``,
+    which waits for the searches that may still read the partition without blocking new
+    ones, then a DROP of the detached table, which locks that table only. Searches never wait.
+    Inside a transaction block (tests, a caller's atomic block), where CONCURRENTLY is not
+    allowed: the drop takes an ACCESS EXCLUSIVE lock on the parent (it waits for the searches
+    in flight and new searches queue behind it until commit), with a short lock timeout so a
+    long reader delays the drop, never the shoppers, retried a few times.
+    """
+    failed = []
+    for run_id in run_ids:
+        part = partition_name(run_id)
+        if not connection.in_atomic_block:
+            try:
+                with connection.cursor() as cursor:
+                    searchtable.detach_and_drop(cursor, run_id=run_id)
+            except DatabaseError as exc:
+                failed.append(run_id)
+                log.warning("search partition %s not dropped yet: %s", part, exc)
+            continue
+        for attempt in range(attempts):
+            try:
+                with transaction.atomic(), connection.cursor() as cursor:
+                    cursor.execute("SELECT to_regclass(%s) IS NULL", [part])
+                    if cursor.fetchone()[0]:
+                        break  # nothing to drop: do not lock the table for nothing
+                    cursor.execute("SET LOCAL lock_timeout = '200ms'")
+                    cursor.execute(searchtable.LOCK_FOR_DROP_SQL)
+                    cursor.execute(f"DROP TABLE IF EXISTS {part}")
+                break
+            except OperationalError as exc:  # lock_timeout: readers hold the parent
+                log.info("drop of %s deferred (%s), attempt %d", part, exc, attempt + 1)
+                time.sleep(0.2 * (attempt + 1))
+        else:
+            failed.append(run_id)
+            log.warning("search partition %s of an inactive run not dropped yet", part)
+    return failed
+
+
+def partition_run_ids() -> list[int]:
+    """Run ids of the search table's partitions."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = %s::regclass",
+            [searchtable.SEARCH_TABLE],
+        )
+        prefix = f"{searchtable.SEARCH_TABLE}_r"
+        return sorted(
+            int(name[len(prefix) :]) for (name,) in cursor.fetchall() if name.startswith(prefix)
+        )
+
+
+def drop_stale_partitions() -> list[int]:
+    """Drop the partitions of runs that are not active (replaced, or deleted); returns the run
+    ids whose partitions remain for now (see :func:`drop_partitions`)."""
+    active = set(ClusterRun.objects.filter(active=True).values_list("id", flat=True))
+    stale = [run_id for run_id in partition_run_ids() if run_id not in active]
+    return drop_partitions(run_ids=stale)
+
+
+def ensure_partition(*, run: ClusterRun) -> None:
+    """Create and attach an empty partition for ``run`` if it has none (rows restored from a
+    dump, e.g. the test suite's catalogue snapshot, need one to land in)."""
+    part = partition_name(run.pk)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [part])
+        if cursor.fetchone()[0]:
+            return
+        cursor.execute(
+            f"CREATE TABLE {part} PARTITION OF {searchtable.SEARCH_TABLE} "
+            f"FOR VALUES IN ({int(run.pk)})"
+        )
+
+
+def add_to_active_runs(*, model: FeatureModel, garment_ids) -> None:
+    """Put these garments' vectors into the partitions of the model's active runs (both
+    spaces), each labelled by its nearest centroid of that run; replaces their earlier rows.
 
     Runs inside the caller's transaction, in SQL, so it reads the runs that are active when
-    the statement runs (see the module docstring for why that cannot be a stale run).
+    the statement runs (see the module docstring for why that cannot be a stale run). New
+    garments are thus searchable at once, between two K-means runs; they are appended to the
+    partition (not in cluster order), which the next run's rewrite puts right.
     """
-    table = GarmentFeature._meta.db_table
     with connection.cursor() as cursor:
-        for space, (vector_column, label_column) in COLUMNS.items():
-            cursor.execute(
-                f"""
-                UPDATE {table} AS f SET {label_column} = (
-                    SELECT c.label FROM {ClusterCentroid._meta.db_table} AS c
-                    JOIN {ClusterRun._meta.db_table} AS r ON r.id = c.run_id
-                    WHERE r.model_id = f.model_id AND r.space = %s AND r.active
-                    ORDER BY c.centroid <-> f.{vector_column} LIMIT 1)
-                WHERE f.model_id = %s AND f.garment_id = ANY(%s)
-                """,
-                [str(space), model.pk, list(garment_ids)],
-            )
+        cursor.execute(searchtable.ADD_TO_ACTIVE_RUNS_SQL, [model.pk, list(garment_ids)])

@@ -2,7 +2,8 @@
 
 Vectors live in :class:`GarmentFeature`, one row per (garment, feature model): a new model
 is indexed on the side while search keeps reading the active model's rows, then the switch
-is one UPDATE of ``FeatureModel.active``.
+is one UPDATE of ``FeatureModel.active``. What a clustered search scans lives in
+:class:`SearchRow`: one partition per K-means run, written in cluster order.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import Q
 from django.utils.text import slugify
-from pgvector.django import VectorField
+from pgvector.django import HalfVectorField, VectorField
 
 DEEP_DIM = 512  # FC1 output, the paper's deep feature
 COLOUR_DIM = 30  # 10 positions x 3 channels, the paper's colour feature
@@ -187,26 +188,20 @@ class BackboneFeature(models.Model):
 class GarmentFeature(models.Model):
     """The searchable vectors of one garment under one feature model (backbone + trained head).
 
-    Kept slim (no CNN cache here) so ranking scans read as few pages as possible.
+    Kept slim (no CNN cache here) so the exact (unclustered) scan and the re-ranking of a
+    clustered search read as few pages as possible. K-means labels are not stored here but in
+    :class:`SearchRow`, per run: a new run writes its own rows instead of updating these.
     """
 
     garment = models.ForeignKey(Garment, on_delete=models.CASCADE, related_name="features")
     model = models.ForeignKey(FeatureModel, on_delete=models.CASCADE, related_name="features")
     deep = VectorField(dimensions=DEEP_DIM)
     fused = VectorField(dimensions=FUSED_DIM)
-    cluster = models.IntegerField(null=True, blank=True, help_text="K-means label, fused space.")
-    deep_cluster = models.IntegerField(
-        null=True, blank=True, help_text="K-means label, deep space (the deep-only baseline)."
-    )
     created_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["garment", "model"], name="one_feature_per_model")
-        ]
-        indexes = [
-            models.Index(fields=["model", "cluster"]),
-            models.Index(fields=["model", "deep_cluster"]),
         ]
 
     def __str__(self) -> str:
@@ -268,6 +263,44 @@ class ClusterCentroid(models.Model):
 
     def __str__(self) -> str:
         return f"centroid {self.label} of run {self.run_id}"
+
+
+class SearchRow(models.Model):
+    """What a clustered search scans: one row per (K-means run, garment vector).
+
+    The table is LIST-partitioned by ``run`` (migration 0003; partitions are created, filled
+    and attached by ``retrieval.clustering``). A run's partition is written in cluster order
+    when the run is built, so the rows of one cluster sit on adjacent pages (the locality a
+    ``CLUSTER`` gave, without its exclusive lock); switching runs flips ``ClusterRun.active``
+    and the old run's partition is dropped afterwards. ``scan_vector`` is the run's space
+    (fused 542-d, or deep 512-d for the deep-only baseline) in half precision: half the pages
+    to read; searches re-rank their candidates with the float32 vectors of
+    :class:`GarmentFeature`, so returned distances and order are exact (docs/benchmarks.md).
+    No database foreign keys (checking them would cost a lookup per row when a run of a
+    million rows is written); Django's delete cascade removes the rows of deleted vectors.
+    """
+
+    pk = models.CompositePrimaryKey("feature_id", "run_id")
+    # The primary key (feature_id first) finds a vector's rows when it is deleted or
+    # re-indexed; run_id is the partition key, so no index of its own.
+    feature = models.ForeignKey(
+        GarmentFeature,
+        on_delete=models.CASCADE,
+        db_constraint=False,
+        db_index=False,
+        related_name="+",
+    )
+    run = models.ForeignKey(
+        ClusterRun, on_delete=models.CASCADE, db_constraint=False, db_index=False, related_name="+"
+    )
+    cluster = models.IntegerField(help_text="K-means label of the vector in this run.")
+    scan_vector = HalfVectorField(help_text="The run's space, half precision, for the scan.")
+
+    class Meta:
+        indexes = [models.Index(fields=["cluster"], name="retrieval_searchrow_cluster")]
+
+    def __str__(self) -> str:
+        return f"vector {self.feature_id} in cluster {self.cluster} of run {self.run_id}"
 
 
 class EvaluationReport(models.Model):

@@ -5,6 +5,14 @@ clusters -> top N with score = -L2 distance (0 = identical), as in the paper. If
 clusters hold fewer than N eligible garments, the next nearest clusters are added until N are
 found or the catalogue is exhausted (completeness). All statements of one search run in one
 REPEATABLE READ snapshot, so a K-means switch committing mid-search is never half seen.
+
+The clustered scan reads the active run's partition of ``SearchRow`` (rows in cluster order,
+vectors in half precision: half the pages of float32) and keeps the nearest candidates; those
+are re-ranked with the float32 vectors of ``GarmentFeature``, so the distances returned and
+their order are exact. Departure from the paper (which ranks a cluster in full precision):
+the half-precision scan only chooses candidates, and a candidate list too short to prove the
+exact top N (``searchtable.provably_complete``) is widened, so the answer equals the exact
+ranking of the probed clusters.
 """
 
 from __future__ import annotations
@@ -16,14 +24,8 @@ import numpy as np
 from django.conf import settings
 from django.db import connection, transaction
 
-from retrieval.models import (
-    Category,
-    ClusterCentroid,
-    ClusterRun,
-    FeatureModel,
-    Garment,
-    GarmentFeature,
-)
+from retrieval import searchtable
+from retrieval.models import FeatureModel, Garment, GarmentFeature
 
 MODES = ("fused", "deep", "exact")
 TOPS = (5, 10, 20)
@@ -102,56 +104,45 @@ def search_vectors(
     started = time.perf_counter()
     deep_dims = len(fused) - 30
     column = "deep" if mode == "deep" else "fused"
-    label_column = "deep_cluster" if mode == "deep" else "cluster"
-    query = _vector_literal(fused[:deep_dims] if mode == "deep" else fused)
-    table = GarmentFeature._meta.db_table
-    # Only garments shoppers may see: indexed (ready) and in an active category.
-    source = (
-        f"{table} AS f JOIN {Garment._meta.db_table} AS g ON g.id = f.garment_id "
-        f"JOIN {Category._meta.db_table} AS c ON c.id = g.category_id"
+    vector = fused[:deep_dims] if mode == "deep" else fused
+    query = _vector_literal(vector)
+    filters, params = searchtable.shopper_filters(
+        include_hidden=include_hidden,
+        category_id=category_id,
+        exclude_garment_ids=exclude_garment_ids,
     )
-    extra_sql = "" if include_hidden else " AND c.active AND g.status = 'ready'"
-    extra_params: list = []
-    if category_id is not None:
-        extra_sql += " AND g.category_id = %s"
-        extra_params.append(category_id)
-    if exclude_garment_ids:
-        extra_sql += " AND NOT (f.garment_id = ANY(%s))"
-        extra_params.append(list(exclude_garment_ids))
 
     outer_transaction = connection.in_atomic_block
     with transaction.atomic(), connection.cursor() as cursor:
         if not outer_transaction:  # one snapshot for all statements of this search
             cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        labels: list[int] = []
+        run_id, labels = None, []
         if clustered:
-            labels = _clusters_by_distance(cursor, model=model, query=query, space=mode)
+            cursor.execute(searchtable.LOCK_FOR_SEARCH_SQL)  # before the snapshot, see there
+            run_id, labels = _clusters_by_distance(cursor, model=model, query=query, space=mode)
+        used: list[int] = []
         if not labels:  # exact mode, or no K-means run yet: rank everything
             cursor.execute(
-                f"SELECT f.garment_id, f.{column} <-> %s::vector AS d FROM {source} "
-                f"WHERE f.model_id = %s{extra_sql} ORDER BY d LIMIT %s",
-                [query, model.pk, *extra_params, top],
+                searchtable.EXACT_SQL.format(column=column, filters=filters),
+                {**params, "q": query, "top": top, "model": model.pk},
             )
-            hits = [Hit(gid, float(d)) for gid, d in cursor.fetchall()]
-            used: list[int] = []
+            rows = cursor.fetchall()
         else:
-            hits, used = [], []
-            n_probe = min(probes, len(labels))
-            while True:
-                used = labels[:n_probe]
-                cursor.execute(
-                    f"SELECT f.garment_id, f.{column} <-> %s::vector AS d FROM {source} "
-                    f"WHERE f.model_id = %s AND f.{label_column} = ANY(%s){extra_sql} "
-                    "ORDER BY d LIMIT %s",
-                    [query, model.pk, used, *extra_params, top],
-                )
-                hits = [Hit(gid, float(d)) for gid, d in cursor.fetchall()]
-                if len(hits) >= top or n_probe >= len(labels):
-                    break
-                # Completeness: the probed clusters hold too few eligible garments.
-                n_probe = min(len(labels), max(n_probe * 2, n_probe + 1))
+            rows, used, _ = searchtable.clustered_search(
+                cursor,
+                query=query,
+                query_norm=float(np.linalg.norm(vector.astype(np.float64))),
+                column=column,
+                run_id=run_id,
+                labels=labels,
+                probes=probes,
+                top=top,
+                filters=filters,
+                params=params,
+                filter_in_scan=category_id is not None,
+            )
     return SearchResult(
-        hits=hits,
+        hits=[Hit(gid, float(d)) for gid, d in rows],
         mode=mode,
         model=model.name,
         clusters=used,
@@ -159,17 +150,16 @@ def search_vectors(
     )
 
 
-def _clusters_by_distance(cursor, *, model: FeatureModel, query: str, space: str) -> list[int]:
-    """Labels of the active run's clusters in a space, nearest centroid first (empty without
-    a run)."""
-    cursor.execute(
-        f"SELECT c.label FROM {ClusterCentroid._meta.db_table} AS c "
-        f"JOIN {ClusterRun._meta.db_table} AS r ON r.id = c.run_id "
-        "WHERE r.model_id = %s AND r.space = %s AND r.active "
-        "ORDER BY c.centroid <-> %s::vector",
-        [model.pk, space, query],
-    )
-    return [row[0] for row in cursor.fetchall()]
+def _clusters_by_distance(
+    cursor, *, model: FeatureModel, query: str, space: str
+) -> tuple[int | None, list[int]]:
+    """The active run of a space and its cluster labels, nearest centroid first
+    ((None, []) without a run)."""
+    cursor.execute(searchtable.CLUSTERS_SQL, [model.pk, space, query])
+    rows = cursor.fetchall()
+    if not rows:
+        return None, []
+    return rows[0][0], [label for _, label in rows]
 
 
 def extractor_for(*, backbone: str, model: FeatureModel | None = None):

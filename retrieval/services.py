@@ -487,8 +487,9 @@ def store_garment_features(*, model: FeatureModel, garment_ids: Sequence[int], f
     """Upsert searchable vectors. fused: (N, 542) float32; its first 512 values (the deep part
     as fused, i.e. L2-normalised where the model says so) are stored as the deep vector.
 
-    Each row gets the label of its nearest centroid in the model's active K-means run, so
-    garments indexed between two runs are found by cluster search right away.
+    Each vector also goes into the search partitions of the model's active K-means runs,
+    labelled by its nearest centroid there, so garments indexed between two runs are found by
+    cluster search right away (in the same transaction: never searchable half-written).
     """
     from retrieval import clustering
 
@@ -503,7 +504,7 @@ def store_garment_features(*, model: FeatureModel, garment_ids: Sequence[int], f
             unique_fields=["garment", "model"],
             update_fields=["deep", "fused", "created_at"],
         )
-        clustering.label_with_active_run(model=model, garment_ids=garment_ids)
+        clustering.add_to_active_runs(model=model, garment_ids=garment_ids)
 
 
 # --------------------------------------------------------------------------- bulk import

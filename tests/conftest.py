@@ -158,7 +158,17 @@ class CatalogueSnapshot:
             m.GarmentFeature,
             m.ClusterRun,
             m.ClusterCentroid,
+            m.SearchRow,
         ]
+
+    def _where(self, model) -> str:
+        """The snapshot's rows of a table (search rows are keyed by run, not by id)."""
+        from retrieval import models as m
+
+        if model is m.SearchRow:
+            runs = ",".join(str(int(pk)) for pk in self.ids[m.ClusterRun]) or "NULL"
+            return f"run_id IN ({runs})"
+        return "id IN (" + (",".join(str(int(pk)) for pk in self.ids[model]) or "NULL") + ")"
 
     @classmethod
     def build(cls, *, source: Path, limit: int) -> CatalogueSnapshot:
@@ -187,6 +197,7 @@ class CatalogueSnapshot:
             m.ClusterCentroid: sorted(
                 m.ClusterCentroid.objects.filter(run__model=model).values_list("id", flat=True)
             ),
+            m.SearchRow: [],  # selected by run (see _where)
         }
         snapshot = cls(
             ids=ids,
@@ -204,8 +215,7 @@ class CatalogueSnapshot:
         with connection.cursor() as cursor:
             for model in self.tables():
                 table = model._meta.db_table
-                id_list = ",".join(str(int(pk)) for pk in self.ids[model]) or "NULL"
-                query = f"COPY (SELECT * FROM {table} WHERE id IN ({id_list})) TO STDOUT"
+                query = f"COPY (SELECT * FROM {table} WHERE {self._where(model)}) TO STDOUT"
                 with cursor.copy(query) as copy:
                     dumps[table] = b"".join(bytes(block) for block in copy)
         return dumps
@@ -222,6 +232,7 @@ class CatalogueSnapshot:
         """Put the catalogue's rows back unless they are all there; make its model active."""
         from django.db import connection, transaction
 
+        from retrieval import clustering
         from retrieval import models as m
 
         if self.present():
@@ -232,8 +243,14 @@ class CatalogueSnapshot:
             with connection.cursor() as cursor:
                 for model in self.tables():
                     table = model._meta.db_table
+                    if model is m.SearchRow:
+                        # The runs' partitions may have been dropped meanwhile.
+                        for run in m.ClusterRun.objects.filter(pk__in=self.ids[m.ClusterRun]):
+                            clustering.ensure_partition(run=run)
                     with cursor.copy(f"COPY {table} FROM STDIN") as copy:
                         copy.write(self.dumps[table])
+                    if model is m.SearchRow:
+                        continue  # no id sequence
                     # A test may have reset the sequences: keep new rows clear of ours.
                     cursor.execute(
                         f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "

@@ -78,17 +78,26 @@ def add_vectors(model: FeatureModel, garments, fused: np.ndarray) -> None:
 def add_cluster_run(
     model: FeatureModel, centroids: np.ndarray, labels_by_garment: dict, *, space: str = "fused"
 ) -> ClusterRun:
-    """An active K-means run with given centroids (k, 542 or 512) and {garment_id: label}."""
-    ClusterRun.objects.filter(model=model, space=space, active=True).update(active=False)
+    """An active K-means run with given centroids (k, 542 or 512) and {garment_id: label},
+    switched in the way a fitted run is (its search partition written, then activated)."""
+    from retrieval import clustering
+
     run = ClusterRun.objects.create(
         model=model, space=space, k=len(centroids), n_samples=len(labels_by_garment)
     )
     ClusterCentroid.objects.bulk_create(
         ClusterCentroid(run=run, label=i, centroid=c) for i, c in enumerate(centroids)
     )
-    column = "cluster" if space == "fused" else "deep_cluster"
-    for garment_id, label in labels_by_garment.items():
-        GarmentFeature.objects.filter(model=model, garment_id=garment_id).update(**{column: label})
-    ClusterRun.objects.filter(pk=run.pk).update(active=True)
+    feature_of = dict(
+        GarmentFeature.objects.filter(
+            model=model, garment_id__in=list(labels_by_garment)
+        ).values_list("garment_id", "id")
+    )
+    garment_ids = [g for g in labels_by_garment if g in feature_of]
+    clustering.switch_run(
+        run=run,
+        feature_ids=np.asarray([feature_of[g] for g in garment_ids], dtype=np.int64),
+        labels=np.asarray([labels_by_garment[g] for g in garment_ids], dtype=np.int64),
+    )
     run.refresh_from_db()
     return run

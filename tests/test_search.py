@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from django.db import connection
 
-from retrieval import clustering, search
-from retrieval.models import GarmentFeature
+from retrieval import clustering, search, services
+from retrieval.models import GarmentFeature, SearchRow
 from tests.factories import (
     CategoryFactory,
     FeatureModelFactory,
@@ -203,6 +203,10 @@ def test_cluster_switch_is_atomic_under_concurrent_searches():
             t.join()
     assert searches[0] > 20
     assert failures == []
+    # Old partitions were dropped (or are, once no search holds the table): only the active
+    # run's is left.
+    assert clustering.drop_stale_partitions() == []
+    assert clustering.partition_run_ids() == [model.cluster_runs.get(active=True).pk]
 
 
 def test_deep_mode_uses_the_deep_space_clusters(catalogue):
@@ -240,3 +244,215 @@ def test_hidden_garments_are_skipped_and_n_results_still_come_back(catalogue):
     assert garments[1].pk not in ids
     visible = {g.pk for g in garments if g.category_id != shoes.pk and g != garments[1]}
     assert ids <= visible
+
+
+# --------------------------------------------------------------------------- search table
+
+
+def partition_rows(run) -> list[tuple[int, int]]:
+    """(feature id, cluster) of a run's partition in physical (heap) order."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT feature_id, cluster FROM {clustering.partition_name(run.pk)} ORDER BY ctid"
+        )
+        return cursor.fetchall()
+
+
+def test_a_switch_writes_the_run_in_cluster_order_and_drops_the_old_partition(catalogue):
+    model, garments, vectors, centres = catalogue
+    old_run = model.cluster_runs.get(active=True)
+    feature_ids = np.asarray(
+        [GarmentFeature.objects.get(model=model, garment=g).pk for g in garments], dtype=np.int64
+    )
+    # Interleaved labels: arrival order is not cluster order.
+    labels = np.asarray([i % 3 for i in range(len(garments))], dtype=np.int64)
+    new_run = add_cluster_run(
+        model, centres, {g.pk: int(label) for g, label in zip(garments, labels, strict=True)}
+    )
+    rows = partition_rows(new_run)
+    assert len(rows) == len(garments)
+    clusters = [cluster for _, cluster in rows]
+    assert clusters == sorted(clusters)
+    assert dict(rows) == dict(zip(feature_ids.tolist(), labels.tolist(), strict=True))
+    assert clustering.partition_run_ids() == [new_run.pk]
+    assert not SearchRow.objects.filter(run_id=old_run.pk).exists()
+
+
+def test_vectors_indexed_after_the_fit_get_their_nearest_centroid_at_the_switch(catalogue):
+    """switch_run is told the labels of the vectors the fit read; a vector stored since then
+    goes into the new partition too, labelled by its nearest centroid."""
+    model, garments, vectors, centres = catalogue
+    late = GarmentFactory(category=garments[0].category)
+    add_vectors(model, [late], (centres[2] + 0.01)[None, :])
+    run = add_cluster_run(model, centres, {g.pk: lab for g, lab in labels_of(garments).items()})
+    late_feature = GarmentFeature.objects.get(model=model, garment=late)
+    assert SearchRow.objects.get(run_id=run.pk, feature_id=late_feature.pk).cluster == 2
+    result = search.search_vectors(fused=centres[2] + 0.01, model=model, top=1)
+    assert result.hits[0].garment_id == late.pk
+
+
+def labels_of(garments) -> dict:
+    """The catalogue fixture's labels: 3 garments in cluster 0, then 30 and 30."""
+    return {g: 0 if i < 3 else 1 if i < 33 else 2 for i, g in enumerate(garments)}
+
+
+def test_a_garment_indexed_between_runs_is_searchable_at_once(catalogue):
+    """store_garment_features appends the vector to the active runs' partitions (fused and
+    deep), labelled by nearest centroid; re-indexing replaces the row; no K-means needed."""
+    model, garments, vectors, centres = catalogue
+    deep_run = add_cluster_run(
+        model, centres[:, :512].copy(), {g.pk: lab for g, lab in labels_of(garments).items()},
+        space="deep",
+    )  # fmt: skip
+    fused_run = model.cluster_runs.get(active=True, space="fused")
+    garment = GarmentFactory()
+    query = (centres[1] + 0.002).astype(np.float32)
+    services.store_garment_features(model=model, garment_ids=[garment.pk], fused=query[None, :])
+    feature = GarmentFeature.objects.get(model=model, garment=garment)
+    rows = dict(SearchRow.objects.filter(feature=feature).values_list("run_id", "cluster"))
+    assert rows == {fused_run.pk: 1, deep_run.pk: 1}
+    for mode in ("fused", "deep"):
+        result = search.search_vectors(fused=query, model=model, top=3, mode=mode)
+        assert result.hits[0].garment_id == garment.pk
+        assert result.hits[0].distance == pytest.approx(0.0, abs=1e-5)
+    # Re-indexed with another image: moves to the other cluster, one row per run.
+    moved = (centres[2] + 0.002).astype(np.float32)
+    services.store_garment_features(model=model, garment_ids=[garment.pk], fused=moved[None, :])
+    rows = dict(SearchRow.objects.filter(feature=feature).values_list("run_id", "cluster"))
+    assert rows == {fused_run.pk: 2, deep_run.pk: 2}
+    assert search.search_vectors(fused=moved, model=model, top=1).hits[0].garment_id == garment.pk
+
+
+def test_deleting_a_garment_removes_its_search_rows(catalogue):
+    model, garments, _, _ = catalogue
+    feature = GarmentFeature.objects.get(model=model, garment=garments[5])
+    assert SearchRow.objects.filter(feature=feature).exists()
+    garments[5].delete()
+    assert not SearchRow.objects.filter(feature_id=feature.pk).exists()
+
+
+def test_half_precision_scan_with_exact_rerank_equals_the_exact_in_cluster_ranking(db):
+    """One dense cluster of near-equidistant vectors (small gaps between neighbours): the
+    hits, their order and their distances equal a float64 brute force over the cluster."""
+    rng = np.random.default_rng(5)
+    model = FeatureModelFactory()
+    centre = np.zeros(DIM, np.float32)
+    centre[0] = 1.0
+    pts = blob(rng, centre, 400, spread=0.02)
+    garments = [GarmentFactory() for _ in range(len(pts))]
+    add_vectors(model, garments, pts)
+    far = np.zeros((1, DIM), np.float32)
+    far[0, 1] = 5.0
+    add_cluster_run(model, np.vstack([centre[None, :], far]), {g.pk: 0 for g in garments})
+    for j in range(0, 400, 37):
+        query = pts[j] + rng.normal(0, 0.01, DIM).astype(np.float32)
+        result = search.search_vectors(fused=query, model=model, top=20)
+        exact = np.linalg.norm(pts.astype(np.float64) - query.astype(np.float64), axis=1)
+        order = np.argsort(exact)[:20]
+        assert [h.garment_id for h in result.hits] == [garments[i].pk for i in order]
+        assert [h.distance for h in result.hits] == pytest.approx(exact[order].tolist(), abs=1e-5)
+
+
+def test_hidden_candidates_widen_the_candidate_list_until_n_are_visible(db):
+    """The nearest 150 garments of the only big cluster are hidden (inactive category): the
+    first candidate lists hold none that a shopper may see; the search widens the list (not
+    the clusters) and returns the nearest visible ones, exactly ranked."""
+    rng = np.random.default_rng(6)
+    model = FeatureModelFactory()
+    hidden, shown = CategoryFactory(name="Hidden", active=False), CategoryFactory(name="Shown")
+    centre = np.zeros(DIM, np.float32)
+    centre[0] = 1.0
+    near = blob(rng, centre, 150, spread=0.01)
+    further = blob(rng, centre * 1.2, 100, spread=0.01)
+    garments = [GarmentFactory(category=hidden) for _ in near]
+    garments += [GarmentFactory(category=shown) for _ in further]
+    pts = np.vstack([near, further])
+    add_vectors(model, garments, pts)
+    other = np.zeros((1, DIM), np.float32)
+    other[0, 1] = 5.0
+    add_cluster_run(model, np.vstack([centre[None, :], other]), {g.pk: 0 for g in garments})
+    result = search.search_vectors(fused=centre, model=model, top=10)
+    assert result.clusters == [0]
+    exact = np.linalg.norm(further.astype(np.float64) - centre, axis=1)
+    assert [h.garment_id for h in result.hits] == [
+        garments[150 + i].pk for i in np.argsort(exact)[:10]
+    ]
+    staff = search.search_vectors(fused=centre, model=model, top=10, include_hidden=True)
+    assert {h.garment_id for h in staff.hits} <= {g.pk for g in garments[:150]}
+
+
+def test_the_search_table_sql_names_the_models_tables():
+    from retrieval import searchtable
+    from retrieval.models import Category, ClusterCentroid, ClusterRun, Garment
+
+    assert SearchRow._meta.db_table == searchtable.SEARCH_TABLE
+    assert GarmentFeature._meta.db_table == searchtable.FEATURE_TABLE
+    assert ClusterCentroid._meta.db_table == searchtable.CENTROID_TABLE
+    assert ClusterRun._meta.db_table == searchtable.RUN_TABLE
+    assert Garment._meta.db_table == searchtable.GARMENT_TABLE
+    assert Category._meta.db_table == searchtable.CATEGORY_TABLE
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+def test_migration_0003_fills_the_active_runs_partitions_from_the_old_labels():
+    """An install at 0002 (labels on GarmentFeature) migrates to the search table: the active
+    runs' partitions hold every vector with its old label (nearest centroid where it had
+    none), in cluster order, and clustered search works right after."""
+    from django.db.migrations.executor import MigrationExecutor
+
+    before = [("retrieval", "0002_fused_storage_plain")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    try:
+        old = MigrationExecutor(connection).loader.project_state(before).apps
+        category = old.get_model("retrieval", "Category").objects.create(name="Tops", slug="tops")
+        model = old.get_model("retrieval", "FeatureModel").objects.create(
+            name="m", backbone="efficientnet_lite0", backbone_dim=1280, active=True
+        )
+        runs = {
+            space: old.get_model("retrieval", "ClusterRun").objects.create(
+                model=model, space=space, k=3, active=True
+            )
+            for space in ("fused", "deep")
+        }
+        centres = np.eye(3, DIM, dtype=np.float32)
+        for space, dims in (("fused", DIM), ("deep", 512)):
+            for label in range(3):
+                old.get_model("retrieval", "ClusterCentroid").objects.create(
+                    run=runs[space], label=label, centroid=centres[label, :dims]
+                )
+        rng = np.random.default_rng(3)
+        garments, labels = [], []
+        for i in range(12):
+            garment = old.get_model("retrieval", "Garment").objects.create(
+                sku=f"M{i}", title="t", category=category, image="x.jpg", status="ready"
+            )
+            vector = centres[i % 3] + rng.normal(0, 0.01, DIM).astype(np.float32)
+            label = None if i == 11 else i % 3  # indexed after the last K-means: no label
+            old.get_model("retrieval", "GarmentFeature").objects.create(
+                garment=garment, model=model, deep=vector[:512], fused=vector,
+                cluster=label, deep_cluster=label,
+            )  # fmt: skip
+            garments.append(garment.pk)
+            labels.append(i % 3)
+        MigrationExecutor(connection).migrate([("retrieval", "0003_searchrow")])
+
+        from retrieval.models import FeatureModel
+
+        for space in ("fused", "deep"):
+            rows = partition_rows(runs[space])
+            assert len(rows) == 12
+            assert [cluster for _, cluster in rows] == sorted(cluster for _, cluster in rows)
+            by_garment = dict(
+                GarmentFeature.objects.filter(model_id=model.pk).values_list("id", "garment_id")
+            )
+            assert {by_garment[f]: c for f, c in rows} == dict(zip(garments, labels, strict=True))
+        result = search.search_vectors(
+            fused=centres[2], model=FeatureModel.objects.get(pk=model.pk), top=4
+        )
+        assert result.clusters == [2]
+        assert {h.garment_id for h in result.hits} == {garments[i] for i in (2, 5, 8, 11)}
+    finally:
+        executor = MigrationExecutor(connection)
+        executor.migrate(executor.loader.graph.leaf_nodes())

@@ -296,7 +296,7 @@ def test_reindex_and_activate_switches_searches_to_a_complete_new_model(trained_
     """A new model (another colour variant) is re-indexed in full, clustered, then switched
     to; garments the new model had no vectors for (and one without a CNN cache) are covered."""
     from retrieval import search
-    from retrieval.models import ClusterRun, FeatureModel
+    from retrieval.models import ClusterRun, FeatureModel, SearchRow
 
     old = FeatureModel.objects.get(active=True)
     new = services.train_model(epochs=2, activate=False)
@@ -319,11 +319,13 @@ def test_reindex_and_activate_switches_searches_to_a_complete_new_model(trained_
         assert set(new.features.values_list("garment_id", flat=True)) == set(
             ready.values_list("id", flat=True)
         )
-        assert not new.features.filter(cluster__isnull=True).exists()
-        assert not new.features.filter(deep_cluster__isnull=True).exists()
-        assert set(
-            ClusterRun.objects.filter(model=new, active=True).values_list("space", flat=True)
-        ) == {"fused", "deep"}
+        runs = ClusterRun.objects.filter(model=new, active=True)
+        assert set(runs.values_list("space", flat=True)) == {"fused", "deep"}
+        feature_ids = set(new.features.values_list("id", flat=True))
+        for run in runs:  # every vector is in each active run's search partition, labelled
+            rows = SearchRow.objects.filter(run=run)
+            assert set(rows.values_list("feature_id", flat=True)) == feature_ids
+            assert not rows.filter(cluster__isnull=True).exists()
         assert BackboneFeature.objects.filter(garment_id=dropped[0]).count() == 1
         # The paper's colour variant was applied: its colour part differs from the old one's.
         garment = Garment.objects.get(pk=dropped[1])
