@@ -125,8 +125,13 @@ def run_evaluation(
         "colour_variant": model.colour_variant,
         "colour_weight": model.colour_weight,
         "probes": search.settings.RETRIEVAL_PROBES,
+        "query_crop": search.settings.RETRIEVAL_QUERY_CROP,
+        "query_flip": search.settings.RETRIEVAL_QUERY_FLIP,
+        "rerank": search.settings.RETRIEVAL_RERANK,
+        "rerank_min_confidence": search.settings.RETRIEVAL_RERANK_MIN_CONFIDENCE,
     }
-    modes = ("fused", "deep")
+    rerank_on = search.settings.RETRIEVAL_RERANK == "category"
+    modes = ("fused", "deep", "rerank") if rerank_on else ("fused", "deep")
     if report is None:
         report = EvaluationReport.objects.create(model=model, parameters=parameters)
     else:
@@ -139,7 +144,7 @@ def run_evaluation(
                 model=model, path=queries_path, category_field=category_field, limit=limit
             )
         else:
-            queries = _held_out_queries(model=model, limit=limit, seed=seed)
+            queries = _held_out_queries(model=model, limit=limit, seed=seed, probs=rerank_on)
             skipped = 0
         if not queries:
             raise ValueError(
@@ -154,15 +159,29 @@ def run_evaluation(
             for clustered in (True, False):
                 rows = []
                 for query in queries:
-                    result, seconds = timed(
-                        search.search_vectors,
-                        fused=query["fused"],
-                        model=model,
-                        top=top,
-                        mode=mode,
-                        clustered=clustered,
-                        exclude_garment_ids=query["exclude"],
-                    )
+                    if mode == "rerank":
+                        from retrieval import rerank
+
+                        result, seconds = timed(
+                            rerank.search_reranked,
+                            fused=query["fused"],
+                            probs=query["probs"],
+                            model=model,
+                            top=top,
+                            clustered=clustered,
+                            min_confidence=search.settings.RETRIEVAL_RERANK_MIN_CONFIDENCE,
+                            exclude_garment_ids=query["exclude"],
+                        )
+                    else:
+                        result, seconds = timed(
+                            search.search_vectors,
+                            fused=query["fused"],
+                            model=model,
+                            top=top,
+                            mode=mode,
+                            clustered=clustered,
+                            exclude_garment_ids=query["exclude"],
+                        )
                     ids = [h.garment_id for h in result.hits]
                     result_ids.update(ids)
                     rows.append((query, result, seconds))
@@ -334,7 +353,8 @@ def extract_queries(*, extractor, sources, flip: bool, crop: bool, batch: int = 
 
 
 def _external_queries(*, model, path, category_field: str, limit: int | None):
-    """Query images from a labelled catalogue file, run through the CNN, never stored."""
+    """Query images from a labelled catalogue file, run through the CNN as a shopper's photo
+    would be (RETRIEVAL_QUERY_CROP / _FLIP), never stored."""
     from retrieval import search
 
     items, skipped = read_query_set(path=path, category_field=category_field, limit=limit)
@@ -342,8 +362,8 @@ def _external_queries(*, model, path, category_field: str, limit: int | None):
     keys, out, errors = extract_queries(
         extractor=extractor,
         sources=[(i, data) for i, (_, data, _) in enumerate(items)],
-        flip=False,
-        crop=False,
+        flip=search.settings.RETRIEVAL_QUERY_FLIP,
+        crop=search.settings.RETRIEVAL_QUERY_CROP,
     )
     queries = [
         {

@@ -107,9 +107,10 @@ def catalogue_state():
 
 @pytest.mark.slow
 @pytest.mark.django_db
-def test_held_out_report_has_the_summary_keys(trained_catalogue):
+def test_held_out_report_has_the_summary_keys(trained_catalogue, settings):
     from retrieval.evaluation import run_evaluation
 
+    settings.RETRIEVAL_RERANK = "none"  # the paper's comparison: fused vs deep only
     report = run_evaluation()
     m = report.metrics
     assert set(m) == SUMMARY_KEYS
@@ -118,6 +119,22 @@ def test_held_out_report_has_the_summary_keys(trained_catalogue):
         assert set(block) == MODE_KEYS
         assert all(0.0 <= block[k] <= 1.0 for k in MODE_KEYS if k.startswith(("p@", "cc@")))
     assert m["queries"] == len(report.model.split["test"]) and m["skipped"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.django_db
+def test_rerank_mode_is_reported_and_is_the_plain_ranking_when_never_confident(
+    trained_catalogue, settings
+):
+    from retrieval.evaluation import run_evaluation
+
+    settings.RETRIEVAL_RERANK = "category"
+    settings.RETRIEVAL_RERANK_MIN_CONFIDENCE = 1.01  # no prediction is that sure
+    m = run_evaluation().metrics
+    assert set(m["modes"]) == {"fused", "deep", "rerank"}
+    for key in ("p@5", "p@10", "cc@10"):
+        assert m["modes"]["rerank"][key] == m["modes"]["fused"][key]
+        assert m["exact"]["rerank"][key] == m["exact"]["fused"][key]
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
-"""Query-time steps for shoppers' photos (crop to the garment, flip averaging): known answers
-on hand-made images and maps."""
+"""Query-time steps for shoppers' photos (crop to the garment, flip averaging) and the
+category re-rank: known answers on hand-made images and maps, and the real search path."""
 
 from __future__ import annotations
 
@@ -99,3 +99,56 @@ def test_crop_runs_the_cnn_again_on_the_garment_region(extractor):
     np.testing.assert_allclose(
         out["pooled"][1], extractor.extract([large])["pooled"][0], rtol=1e-5, atol=1e-5
     )
+
+
+# --------------------------------------------------------------------------- the real search
+
+
+@pytest.mark.slow
+@pytest.mark.django_db
+def test_category_rerank_lists_the_predicted_category_first(trained_catalogue, settings):
+    from retrieval import search
+    from retrieval.models import Garment
+
+    garment = (
+        Garment.objects.filter(pk__in=trained_catalogue.ids[Garment], category__slug="tshirts")
+        .order_by("sku")
+        .first()
+    )
+    photo = garment.image.read()
+    model = search.active_model()
+    extractor = search.extractor_for(backbone=model.backbone, model=model)
+    probs = extractor.extract_query(
+        [photo], flip=settings.RETRIEVAL_QUERY_FLIP, crop=settings.RETRIEVAL_QUERY_CROP
+    )["probs"][0]
+    predicted = model.classes[int(np.argmax(probs))]
+    in_category = Garment.objects.filter(
+        category__name=predicted, status=Garment.Status.READY
+    ).count()
+
+    settings.RETRIEVAL_RERANK = "none"
+    plain = search.search_image(image=photo, top=20)
+    settings.RETRIEVAL_RERANK = "category"
+    reranked = search.search_image(image=photo, top=20)
+    categories = [g.category.name for g, _ in reranked.garments()]
+    assert len(categories) == 20
+    # A catalogue photo still finds its own garment first (its category is predicted).
+    assert predicted == garment.category.name
+    assert reranked.hits[0].garment_id == garment.pk
+    head = min(20, in_category)
+    assert categories[:head] == [predicted] * head
+    assert predicted not in categories[head:]
+    # Within the predicted category the order is the plain one (nearest first).
+    scores = [h.score for h in reranked.hits[:head]]
+    assert scores == sorted(scores, reverse=True)
+    # Below the confidence threshold the ranking is the paper's.
+    settings.RETRIEVAL_RERANK_MIN_CONFIDENCE = 1.01
+    unsure = search.search_image(image=photo, top=20)
+    assert [h.garment_id for h in unsure.hits] == [h.garment_id for h in plain.hits]
+    # The deep-only baseline and a category filter are never re-ranked.
+    settings.RETRIEVAL_RERANK_MIN_CONFIDENCE = 0.0
+    deep = search.search_image(image=photo, top=20, mode="deep")
+    settings.RETRIEVAL_RERANK = "none"
+    assert [h.garment_id for h in deep.hits] == [
+        h.garment_id for h in search.search_image(image=photo, top=20, mode="deep").hits
+    ]
