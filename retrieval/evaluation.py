@@ -652,6 +652,7 @@ def run_sweep(
     limit: int | None = None,
     seed: int = 0,
     progress=None,
+    head=None,
 ) -> dict:
     """Precision over colour setting x probed clusters x ranking mode (x query pipeline).
 
@@ -664,7 +665,9 @@ def run_sweep(
 
     Returns a dict: ``model``, ``k``, ``queries``, ``skipped``, ``rows`` (one dict per
     pipeline, colour setting, probes (``None`` = exact), mode: ``p@5``, ``p@10``, ``cc@10``,
-    ``ms`` = mean in-memory search time per query, numpy, not the database's).
+    ``ms`` = mean in-memory search time per query, numpy, not the database's). ``head``: a
+    :class:`~retrieval.features.ClothingHead` over the model's classes to try instead of the
+    model's own (e.g. one trained differently), in memory.
     """
     from retrieval import clustering, features, search
     from retrieval.models import ClusterRun
@@ -674,7 +677,7 @@ def run_sweep(
     if unknown:
         raise ValueError(f"unknown pipeline(s) {unknown}: choose from {list(PIPELINES)}")
     say = progress or (lambda message: None)
-    head = features.load_head(model.head_path)
+    head = head if head is not None else features.load_head(model.head_path)
     library = _sweep_library(model=model)
     query_sets, skipped = _sweep_queries(
         model=model,
