@@ -403,6 +403,20 @@ RETRIEVAL_STUCK_MINUTES = env_int("RETRIEVAL_STUCK_MINUTES", 15, minimum=1)
 RETRIEVAL_MAX_UPLOAD_BYTES = env_int("RETRIEVAL_MAX_UPLOAD_BYTES", 50 * 1024 * 1024, minimum=1)
 RETRIEVAL_MAX_PIXELS = env_int("RETRIEVAL_MAX_PIXELS", 40_000_000, minimum=1)
 RETRIEVAL_MAX_IMPORT_BYTES = env_int("RETRIEVAL_MAX_IMPORT_BYTES", 8 * 1024**3, minimum=1)
+# Query-time steps for shoppers' photos (departures from the paper, off by default: neither
+# measured better beyond noise, and each costs a CNN pass; docs/benchmarks.md, "Evaluation"):
+# crop to the garment found on the activation map and run the CNN again (background
+# suppression); average the pooled feature with the mirror image's.
+RETRIEVAL_QUERY_CROP = env_bool("RETRIEVAL_QUERY_CROP", False)
+RETRIEVAL_QUERY_FLIP = env_bool("RETRIEVAL_QUERY_FLIP", False)
+# Re-rank (a departure from the paper, on by default: measured better on studio and on
+# shoppers' photos): "category" lists the garments of the category the head's FC2 predicts
+# for the photo first (when its probability is at least RETRIEVAL_RERANK_MIN_CONFIDENCE), then
+# the rest; "none" = the paper's plain ranking by fused distance.
+RETRIEVAL_RERANK = env_str("RETRIEVAL_RERANK", "category")
+if RETRIEVAL_RERANK not in {"none", "category"}:
+    _fail(f"RETRIEVAL_RERANK={RETRIEVAL_RERANK!r}: use none or category")
+RETRIEVAL_RERANK_MIN_CONFIDENCE = env_float("RETRIEVAL_RERANK_MIN_CONFIDENCE", 0.0)
 DATA_UPLOAD_MAX_MEMORY_SIZE = RETRIEVAL_MAX_UPLOAD_BYTES + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 

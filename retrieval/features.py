@@ -49,6 +49,7 @@ from retrieval.images import (
     ImageError,
     ImageSource,
     load_rgb224,
+    open_image,
     pooled_grid,
     resize_rgb,
 )
@@ -77,6 +78,7 @@ __all__ = [
     "classify",
     "colour_feature",
     "colour_positions",
+    "crop_box",
     "deep_from_pooled",
     "fuse",
     "get_extractor",
@@ -453,6 +455,59 @@ def pooled_rgb_at(rgb7: np.ndarray, positions: np.ndarray) -> np.ndarray:
         raise ValueError(f"shape mismatch: rgb7 {grid.shape}, positions {pos.shape}")
     flat = grid.reshape(n, -1, 3)
     return np.take_along_axis(flat, pos[:, :, None], axis=1)
+
+
+#: Query-time crop (``FeatureExtractor.extract_query(crop=True)``): a cell belongs to the
+#: garment when its activation is at least this fraction of the way from the map's minimum to
+#: its maximum; the box is that region around the strongest cell, widened by one cell.
+CROP_THRESHOLD = 0.5
+CROP_MARGIN_CELLS = 1
+#: Boxes covering more than this fraction of the photo are not cropped (a studio shot, where
+#: the garment already fills the frame, keeps its features unchanged).
+CROP_MAX_AREA = 0.7
+
+
+def crop_box(
+    amap: np.ndarray,
+    *,
+    threshold: float = CROP_THRESHOLD,
+    margin: int = CROP_MARGIN_CELLS,
+) -> tuple[float, float, float, float]:
+    """Where the garment is, from one channel-mean activation map (background suppression).
+
+    Departure from the paper (which uses the map only to pick colour positions): the cells at
+    or above ``threshold`` (0 = the map's minimum, 1 = its maximum) that are 4-connected to the
+    strongest cell, their bounding box widened by ``margin`` cells.
+
+    Args:
+        amap: ``(7, 7)`` float, the channel mean of the last conv map.
+
+    Returns:
+        ``(left, top, right, bottom)`` as fractions 0..1 of the image's width and height.
+    """
+    a = np.asarray(amap, dtype=np.float64)
+    if a.ndim != 2:
+        raise ValueError(f"expected a (H, W) map, got shape {a.shape}")
+    span = float(a.max() - a.min())
+    if span <= 1e-12:
+        return (0.0, 0.0, 1.0, 1.0)
+    strong = (a - a.min()) / span >= threshold
+    h, w = a.shape
+    start = np.unravel_index(int(np.argmax(a)), a.shape)
+    seen = np.zeros_like(strong)
+    seen[start] = True
+    stack = [start]
+    while stack:
+        r, c = stack.pop()
+        for dr, dc in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+            rr, cc = r + dr, c + dc
+            if 0 <= rr < h and 0 <= cc < w and strong[rr, cc] and not seen[rr, cc]:
+                seen[rr, cc] = True
+                stack.append((rr, cc))
+    rows, cols = np.nonzero(seen)
+    top, bottom = max(0, rows.min() - margin), min(h, rows.max() + 1 + margin)
+    left, right = max(0, cols.min() - margin), min(w, cols.max() + 1 + margin)
+    return (left / w, top / h, right / w, bottom / h)
 
 
 def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
@@ -1029,11 +1084,86 @@ class FeatureExtractor:
         if batch.shape[0] == 0:
             return self._empty()
         pooled, maps = self._run_cnn(batch)
+        return self._from_cnn(batch.numpy(), pooled, maps)
+
+    def _from_cnn(
+        self, rgb224: np.ndarray, pooled: np.ndarray, maps: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Everything :meth:`extract` returns, from the images ``(N, 224, 224, 3)`` uint8 and
+        the CNN's outputs for them (pooled ``(N, D)``, maps ``(N, 7, 7)``)."""
         positions = colour_positions(maps)
-        rgb7 = pooled_grid(batch.numpy())
-        rgb10 = pooled_rgb_at(rgb7, positions)
+        rgb10 = pooled_rgb_at(pooled_grid(rgb224), positions)
         out = {"pooled": pooled, "activation_map": maps, "positions": positions, "rgb10": rgb10}
         out.update(self.from_stored(pooled, rgb10))
+        return out
+
+    def extract_query(
+        self,
+        images: Sequence[ImageSource | Image.Image],
+        *,
+        flip: bool = False,
+        crop: bool = False,
+    ) -> dict[str, np.ndarray]:
+        """Features of query photos (a shopper's), with optional test-time steps.
+
+        Both steps are departures from the paper, for photos that do not look like the
+        catalogue's studio shots (measured in docs/benchmarks.md, "Evaluation"):
+
+        - ``crop`` (background suppression): a first CNN pass finds the garment on the
+          activation map (:func:`crop_box`); when that region covers less than
+          :data:`CROP_MAX_AREA` of the photo, the photo is cropped to it (from the decoded
+          image, not the 224 px copy) and run again. Other photos keep their first pass.
+        - ``flip``: the pooled feature is the mean of the photo's and its mirror image's
+          (one more CNN pass); colour and positions stay those of the photo itself.
+
+        Args:
+            images: PIL images, paths, encoded bytes, file objects or loader callables.
+
+        Returns:
+            As :meth:`extract`, plus ``crop`` ``(N, 4)`` float32: the box used as fractions
+            (left, top, right, bottom); ``(0, 0, 1, 1)`` where the photo was not cropped.
+        """
+        if not len(images):
+            out = self._empty()
+            out["crop"] = np.zeros((0, 4), np.float32)
+            return out
+        size = (2 * INPUT_SIZE, 2 * INPUT_SIZE) if crop else (INPUT_SIZE, INPUT_SIZE)
+        photos = [
+            src.convert("RGB")
+            if isinstance(src, Image.Image)
+            else open_image(src, max_pixels=self.max_pixels, draft_size=size)
+            for src in images
+        ]
+        arrays = np.stack([resize_rgb(photo) for photo in photos])
+        boxes = np.tile(np.array([0.0, 0.0, 1.0, 1.0], np.float32), (len(photos), 1))
+        pooled, maps = self._run_cnn(torch.from_numpy(arrays))
+        if crop:
+            redo = []
+            for i, photo in enumerate(photos):
+                left, top, right, bottom = crop_box(maps[i])
+                if (right - left) * (bottom - top) >= CROP_MAX_AREA:
+                    continue
+                w, h = photo.size
+                pixels = (
+                    int(left * w),
+                    int(top * h),
+                    max(int(left * w) + 1, round(right * w)),
+                    max(int(top * h) + 1, round(bottom * h)),
+                )
+                arrays[i] = resize_rgb(photo.crop(pixels))
+                boxes[i] = (left, top, right, bottom)
+                redo.append(i)
+            if redo:
+                pooled_redo, maps_redo = self._run_cnn(torch.from_numpy(arrays[redo]))
+                pooled[redo], maps[redo] = pooled_redo, maps_redo
+        out = self._from_cnn(arrays, pooled, maps)
+        if flip:
+            mirrored = np.ascontiguousarray(arrays[:, :, ::-1])
+            pooled_mirror, _ = self._run_cnn(torch.from_numpy(mirrored))
+            pooled = (pooled + pooled_mirror) / 2.0
+            out.update(self.from_stored(pooled, out["rgb10"]))
+            out["pooled"] = pooled
+        out["crop"] = boxes
         return out
 
     def from_stored(self, pooled: np.ndarray, rgb10: np.ndarray) -> dict[str, np.ndarray]:

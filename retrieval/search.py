@@ -194,23 +194,46 @@ def search_image(
     probes: int | None = None,
     include_hidden: bool = False,
 ) -> SearchResult:
-    """Search by photo. image: a PIL image (RGB) or bytes; runs the CNN once."""
+    """Search by photo. image: a PIL image (RGB) or bytes.
+
+    Runs the CNN once, as the paper does, unless RETRIEVAL_QUERY_CROP / RETRIEVAL_QUERY_FLIP
+    add a pass each (:meth:`retrieval.features.FeatureExtractor.extract_query`). With
+    RETRIEVAL_RERANK=category, fused and exact searches list the predicted category's garments
+    first (:mod:`retrieval.rerank`; a departure from the paper).
+    """
     from retrieval import images
 
     started = time.perf_counter()
     model = active_model()
     if isinstance(image, bytes | bytearray):
         image = images.open_image(bytes(image), max_pixels=settings.RETRIEVAL_MAX_PIXELS)
-    fused = extractor_for(backbone=model.backbone, model=model).extract([image])["fused"][0]
-    result = search_vectors(
-        fused=fused,
-        model=model,
-        top=top,
-        mode=mode,
-        probes=probes,
-        category_id=category_id,
-        include_hidden=include_hidden,
+    out = extractor_for(backbone=model.backbone, model=model).extract_query(
+        [image], flip=settings.RETRIEVAL_QUERY_FLIP, crop=settings.RETRIEVAL_QUERY_CROP
     )
+    fused = out["fused"][0]
+    if settings.RETRIEVAL_RERANK == "category" and mode != "deep" and category_id is None:
+        from retrieval import rerank
+
+        result = rerank.search_reranked(
+            fused=fused,
+            probs=out["probs"][0],
+            model=model,
+            top=top,
+            probes=probes,
+            clustered=mode == "fused",
+            min_confidence=settings.RETRIEVAL_RERANK_MIN_CONFIDENCE,
+            include_hidden=include_hidden,
+        )
+    else:
+        result = search_vectors(
+            fused=fused,
+            model=model,
+            top=top,
+            mode=mode,
+            probes=probes,
+            category_id=category_id,
+            include_hidden=include_hidden,
+        )
     result.took_ms = (time.perf_counter() - started) * 1000.0
     return result
 

@@ -283,3 +283,93 @@ def test_phone_sized_screen(site, phone, query):
     phone.goto(f"{site}/garments/{query.pk}/")
     assert phone.evaluate("document.documentElement.scrollWidth") <= 375
     phone.screenshot(path=str(OUTPUT / "garment-375px.png"), full_page=True)
+
+
+def test_admin_evaluation_report_page(site, page, trained_catalogue, django_user_model):
+    """A staff user opens a report produced by the real evaluation run over the trained
+    catalogue: tables, the per-category chart, the example grids and both downloads."""
+    import json
+
+    from playwright.sync_api import expect
+
+    from retrieval.evaluation import run_evaluation
+
+    report = run_evaluation(examples=3)
+    metrics = report.metrics
+    categories = sorted(metrics["per_category_p@5"]["fused"])
+    assert categories, "the held-out split of the trained catalogue has no queries"
+    django_user_model.objects.create_superuser("staff", "staff@example.com", "pw-for-the-test")
+    console_errors: list[str] = []
+
+    def on_console(message) -> None:
+        # Chromium asks every site for /favicon.ico; the site has none (not this page's error).
+        if message.type == "error" and not message.location.get("url", "").endswith("/favicon.ico"):
+            console_errors.append(f"{message.text} ({message.location.get('url')})")
+
+    page.on("console", on_console)
+
+    page.goto(site + "/admin/login/?next=/admin/")
+    page.fill("#id_username", "staff")
+    page.fill("#id_password", "pw-for-the-test")
+    page.locator("input[type=submit]").click()
+    page.wait_for_url("**/admin/")
+    page.goto(f"{site}/admin/retrieval/evaluationreport/{report.pk}/change/")
+
+    # Tables: a row per mode and search kind, a column per metric, values from the report.
+    table = page.locator("#evaluation-table")
+    expect(table).to_be_visible()
+    # A row per mode (fused, deep, and rerank where enabled) and search (cluster, exact).
+    expect(table.locator("tbody tr")).to_have_count(2 * len(metrics["modes"]))
+    expect(table.locator("thead th")).to_have_count(1 + len(metrics["modes"]["fused"]))
+    fused_row = table.locator("tbody tr", has=page.locator("th", has_text="fused (cluster)"))
+    shown = float(fused_row.locator("td").first.inner_text())
+    assert shown == pytest.approx(metrics["modes"]["fused"]["p@5"], abs=0.0006)
+    expect(page.locator("h2", has_text=f"({metrics['queries']} queries")).to_be_visible()
+
+    # Chart: one labelled bar per category and mode, widths proportional to p@5.
+    chart = page.locator("#evaluation-chart")
+    expect(chart).to_be_visible()
+    bars = chart.locator("rect:has(title)")
+    expect(bars).to_have_count(2 * len(categories))
+    for name in categories:
+        expect(chart.locator("text", has_text=name).first).to_be_visible()
+    widths = bars.evaluate_all(
+        "bars => bars.map(b => [b.querySelector('title').textContent, b.getBBox().width])"
+    )
+    full = max(w for _, w in widths) / max(
+        v["p@5"] for mode in ("fused", "deep") for v in metrics["per_category_p@5"][mode].values()
+    )
+    for title, width in widths:
+        name, _, value = title.rpartition(": ")
+        category, mode = name.rsplit(" ", 1)
+        expected = metrics["per_category_p@5"][mode][category]["p@5"]
+        assert width == pytest.approx(expected * full, abs=1.0), title
+    assert any(w > 0 for _, w in widths)
+
+    # Example grids: each example shows its query and the top 5 of both modes, with images.
+    examples = page.locator("fieldset", has_text="Example queries")
+    expect(examples.locator("figure img")).to_have_count(
+        sum(
+            len([i for i in ex[mode] if i])
+            for ex in metrics["examples"]
+            for mode in ("fused", "deep")
+        )
+    )
+    loaded = examples.locator("img").evaluate_all(
+        "images => images.map(i => i.complete && i.naturalWidth > 0)"
+    )
+    assert loaded and all(loaded), "an example image did not load"
+    page.screenshot(path=str(OUTPUT / "admin-evaluation-report.png"), full_page=True)
+
+    # Downloads: the JSON is the report's metrics; the CSV has one row per value.
+    with page.expect_download() as download:
+        page.get_by_role("link", name="JSON").click()
+    assert download.value.suggested_filename == f"evaluation-{report.pk}.json"
+    assert json.loads(Path(download.value.path()).read_text()) == metrics
+    with page.expect_download() as download:
+        page.get_by_role("link", name="CSV").click()
+    assert download.value.suggested_filename == f"evaluation-{report.pk}.csv"
+    lines = Path(download.value.path()).read_text().splitlines()
+    assert lines[0] == "search,mode,metric,value"
+    assert f"cluster,fused,p@5,{metrics['modes']['fused']['p@5']}" in lines
+    assert console_errors == []

@@ -1,0 +1,154 @@
+"""Query-time steps for shoppers' photos (crop to the garment, flip averaging) and the
+category re-rank: known answers on hand-made images and maps, and the real search path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from retrieval import features as feat
+
+
+class PositionTrunk(nn.Module):
+    """(N, 3, 224, 224) -> (N, 3, 7, 7): the image average-pooled to 7x7, the red channel
+    weighted up and the green one down towards the right (weights 1 +- col/8, col -3..3).
+
+    So a mirror image pools differently, while the channel mean (the activation map) of a
+    grey photo is exactly flat and that of a coloured garment on a dark ground peaks on it.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        col = torch.arange(-3, 4, dtype=x.dtype, device=x.device).view(1, 1, 7) * 0.125
+        weights = torch.stack([1 + col, 1 - col, torch.ones_like(col)], dim=1)  # (1, 3, 1, 7)
+        return nn.functional.adaptive_avg_pool2d(x, 7) * weights
+
+
+@pytest.fixture
+def extractor() -> feat.FeatureExtractor:
+    module = feat.Backbone(PositionTrunk(), name="fake", dim=3, mean=(0, 0, 0), std=(1, 1, 1))
+    ex = feat.FeatureExtractor(module=module, colour_variant="lab_mean")
+    rng = np.random.default_rng(0)
+    head, _ = feat.train_head(
+        rng.normal(size=(40, 3)).astype(np.float32),
+        rng.integers(0, 2, 40),
+        num_classes=2,
+        epochs=2,
+    )
+    ex.set_head(head)
+    return ex
+
+
+def photo_with_block(
+    cells: tuple[int, int, int, int], colour=(230, 120, 60), size=(448, 448)
+) -> Image.Image:
+    """A dark grey photo with a garment over the given 7x7 cells (left, top, right, bottom)."""
+    w, h = size
+    img = np.full((h, w, 3), 20, np.uint8)
+    left, top, right, bottom = cells
+    img[top * h // 7 : bottom * h // 7, left * w // 7 : right * w // 7] = colour
+    return Image.fromarray(img)
+
+
+def test_crop_box_is_the_strong_region_around_the_peak_widened_by_a_cell():
+    amap = np.zeros((7, 7))
+    amap[2:4, 4:6] = 1.0
+    amap[2, 4] = 1.2  # the peak
+    amap[6, 0] = 0.9  # strong but not connected to the peak: background clutter
+    assert feat.crop_box(amap) == pytest.approx((3 / 7, 1 / 7, 1.0, 5 / 7))
+    assert feat.crop_box(amap, margin=0) == pytest.approx((4 / 7, 2 / 7, 6 / 7, 4 / 7))
+    assert feat.crop_box(np.ones((7, 7))) == (0.0, 0.0, 1.0, 1.0)
+
+
+def test_plain_query_features_equal_extract(extractor):
+    photo = photo_with_block((1, 1, 3, 6))
+    plain = extractor.extract_query([photo])
+    reference = extractor.extract([photo])
+    for key in ("pooled", "rgb10", "fused", "probs"):
+        np.testing.assert_allclose(plain[key], reference[key], rtol=1e-5, atol=1e-6)
+    assert plain["crop"].tolist() == [[0.0, 0.0, 1.0, 1.0]]
+
+
+def test_flip_averages_the_photo_and_its_mirror(extractor):
+    photo = photo_with_block((0, 1, 2, 6))  # on the left: its mirror pools differently
+    flipped = extractor.extract_query([photo], flip=True)
+    own = extractor.extract([photo])
+    mirror = extractor.extract([photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])
+    assert not np.allclose(own["pooled"], mirror["pooled"])
+    np.testing.assert_allclose(
+        flipped["pooled"], (own["pooled"] + mirror["pooled"]) / 2, rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(flipped["rgb10"], own["rgb10"])  # colour: the photo's own
+    expected = extractor.from_stored(flipped["pooled"], own["rgb10"])["fused"]
+    np.testing.assert_allclose(flipped["fused"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_crop_runs_the_cnn_again_on_the_garment_region(extractor):
+    small = photo_with_block((4, 2, 6, 4))  # a small garment: cropped
+    large = photo_with_block((0, 0, 7, 7), colour=(180, 180, 180))  # fills it: left alone
+    out = extractor.extract_query([small, large], crop=True)
+    left, top, right, bottom = out["crop"][0]
+    assert (right - left) * (bottom - top) < feat.CROP_MAX_AREA
+    pixels = (round(left * 448), round(top * 448), round(right * 448), round(bottom * 448))
+    expected = extractor.extract([small.crop(pixels)])
+    np.testing.assert_allclose(out["pooled"][0], expected["pooled"][0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out["rgb10"][0], expected["rgb10"][0], atol=0.5)
+    assert out["crop"][1].tolist() == [0.0, 0.0, 1.0, 1.0]
+    np.testing.assert_allclose(
+        out["pooled"][1], extractor.extract([large])["pooled"][0], rtol=1e-5, atol=1e-5
+    )
+
+
+# --------------------------------------------------------------------------- the real search
+
+
+@pytest.mark.slow
+@pytest.mark.django_db
+def test_category_rerank_lists_the_predicted_category_first(trained_catalogue, settings):
+    from retrieval import search
+    from retrieval.models import Garment
+
+    garment = (
+        Garment.objects.filter(pk__in=trained_catalogue.ids[Garment], category__slug="tshirts")
+        .order_by("sku")
+        .first()
+    )
+    photo = garment.image.read()
+    model = search.active_model()
+    extractor = search.extractor_for(backbone=model.backbone, model=model)
+    probs = extractor.extract_query(
+        [photo], flip=settings.RETRIEVAL_QUERY_FLIP, crop=settings.RETRIEVAL_QUERY_CROP
+    )["probs"][0]
+    predicted = model.classes[int(np.argmax(probs))]
+    in_category = Garment.objects.filter(
+        category__name=predicted, status=Garment.Status.READY
+    ).count()
+
+    settings.RETRIEVAL_RERANK = "none"
+    plain = search.search_image(image=photo, top=20)
+    settings.RETRIEVAL_RERANK = "category"
+    reranked = search.search_image(image=photo, top=20)
+    categories = [g.category.name for g, _ in reranked.garments()]
+    assert len(categories) == 20
+    # A catalogue photo still finds its own garment first (its category is predicted).
+    assert predicted == garment.category.name
+    assert reranked.hits[0].garment_id == garment.pk
+    head = min(20, in_category)
+    assert categories[:head] == [predicted] * head
+    assert predicted not in categories[head:]
+    # Within the predicted category the order is the plain one (nearest first).
+    scores = [h.score for h in reranked.hits[:head]]
+    assert scores == sorted(scores, reverse=True)
+    # Below the confidence threshold the ranking is the paper's.
+    settings.RETRIEVAL_RERANK_MIN_CONFIDENCE = 1.01
+    unsure = search.search_image(image=photo, top=20)
+    assert [h.garment_id for h in unsure.hits] == [h.garment_id for h in plain.hits]
+    # The deep-only baseline and a category filter are never re-ranked.
+    settings.RETRIEVAL_RERANK_MIN_CONFIDENCE = 0.0
+    deep = search.search_image(image=photo, top=20, mode="deep")
+    settings.RETRIEVAL_RERANK = "none"
+    assert [h.garment_id for h in deep.hits] == [
+        h.garment_id for h in search.search_image(image=photo, top=20, mode="deep").hits
+    ]
