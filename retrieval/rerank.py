@@ -17,6 +17,11 @@ import numpy as np
 from retrieval import search
 from retrieval.models import Category, FeatureModel
 
+#: Distance under which a garment is the query photo itself (float noise: an identical image
+#: gives ~1e-6; the nearest distinct garments of a catalogue are ~0.1 apart, and a JPEG
+#: re-encoded copy 0.05-0.4, measured on the test catalogue).
+DUPLICATE_DISTANCE = 1e-3
+
 
 def predicted_category(*, model: FeatureModel, probs: np.ndarray) -> tuple[str, float]:
     """(category name, probability) of the most probable class. probs: ``(C,)`` float32."""
@@ -39,8 +44,10 @@ def search_reranked(
     """Like :func:`retrieval.search.search_vectors` in fused mode, predicted category first.
 
     fused: ``(542,)`` float32 query vector; probs: ``(C,)`` float32, the head's softmax for the
-    query (``C = len(model.classes)``). Scores stay ``-distance``, so after the predicted
-    category's garments they may rise again.
+    query (``C = len(model.classes)``). Order: the query photo itself if it is in the catalogue
+    (distance <= DUPLICATE_DISTANCE), the predicted category's garments nearest first, then the
+    plain ranking's others. Scores stay ``-distance``, so they may rise again after the
+    predicted category's garments.
     """
     started = time.perf_counter()
     common = {
@@ -51,25 +58,32 @@ def search_reranked(
         "clustered": clustered,
         "include_hidden": include_hidden,
     }
+    # The paper's ranking first: it supplies the exact matches and fills the page.
+    plain = search.search_vectors(top=top, exclude_garment_ids=exclude_garment_ids, **common)
     category_id = None
     if len(probs) == len(model.classes or ()):
         name, confidence = predicted_category(model=model, probs=probs)
         if confidence >= min_confidence:
             category_id = Category.objects.filter(name=name).values_list("id", flat=True).first()
     if category_id is None:
-        return search.search_vectors(top=top, exclude_garment_ids=exclude_garment_ids, **common)
-    first = search.search_vectors(
-        top=top, category_id=category_id, exclude_garment_ids=exclude_garment_ids, **common
-    )
-    hits, clusters = list(first.hits), list(first.clusters)
+        return plain
+    # The query photo itself (a catalogue photo searched again) stays first whatever the head
+    # predicts: an identical image must come back first with score 0 (issue #5).
+    hits = [h for h in plain.hits if h.distance <= DUPLICATE_DISTANCE]
+    clusters = list(plain.clusters)
     if len(hits) < top:
-        rest = search.search_vectors(
+        first = search.search_vectors(
             top=top - len(hits),
+            category_id=category_id,
             exclude_garment_ids=(*exclude_garment_ids, *(h.garment_id for h in hits)),
             **common,
         )
-        hits += rest.hits
-        clusters += [c for c in rest.clusters if c not in clusters]
+        hits += first.hits
+        clusters += [c for c in first.clusters if c not in clusters]
+    # A small predicted category: the plain ranking fills the page (it holds `top` garments,
+    # so enough of them are not listed yet).
+    seen = {h.garment_id for h in hits}
+    hits += [h for h in plain.hits if h.garment_id not in seen][: top - len(hits)]
     return search.SearchResult(
         hits=hits,
         mode="fused",

@@ -89,15 +89,15 @@ MODE_KEYS = {"p@5", "p@10", "p@20", "cc@5", "cc@10", "cc@20", "ms_mean", "ms_p95
 
 def catalogue_state():
     """What an evaluation or a sweep must leave alone: models, clusters, stored vectors."""
-    from django.db.models import Sum
+    from django.db.models import Count, Sum
 
-    from retrieval.models import ClusterRun, FeatureModel, GarmentFeature
+    from retrieval.models import ClusterRun, FeatureModel, GarmentFeature, SearchRow
 
     return (
         list(FeatureModel.objects.order_by("pk").values_list("pk", "active", "colour_weight")),
         list(ClusterRun.objects.order_by("pk").values_list("pk", "active")),
         GarmentFeature.objects.count(),
-        GarmentFeature.objects.aggregate(Sum("cluster"), Sum("deep_cluster")),
+        SearchRow.objects.aggregate(Sum("cluster"), Count("pk")),
         [
             [round(float(x), 6) for x in vector]
             for vector in GarmentFeature.objects.order_by("pk").values_list("fused", flat=True)[:5]

@@ -110,18 +110,23 @@ def test_category_rerank_lists_the_predicted_category_first(trained_catalogue, s
     from retrieval import search
     from retrieval.models import Garment
 
-    garment = (
-        Garment.objects.filter(pk__in=trained_catalogue.ids[Garment], category__slug="tshirts")
-        .order_by("sku")
-        .first()
-    )
-    photo = garment.image.read()
     model = search.active_model()
     extractor = search.extractor_for(backbone=model.backbone, model=model)
-    probs = extractor.extract_query(
-        [photo], flip=settings.RETRIEVAL_QUERY_FLIP, crop=settings.RETRIEVAL_QUERY_CROP
-    )["probs"][0]
-    predicted = model.classes[int(np.argmax(probs))]
+
+    def predict(photo: bytes) -> str:
+        probs = extractor.extract_query(
+            [photo], flip=settings.RETRIEVAL_QUERY_FLIP, crop=settings.RETRIEVAL_QUERY_CROP
+        )["probs"][0]
+        return model.classes[int(np.argmax(probs))]
+
+    tshirts = Garment.objects.filter(
+        pk__in=trained_catalogue.ids[Garment], category__slug="tshirts"
+    ).order_by("sku")
+    photos = {g.pk: g.image.read() for g in tshirts[:40]}
+    predictions = {pk: predict(photo) for pk, photo in photos.items()}
+    garment = next(g for g in tshirts if predictions.get(g.pk) == "Tshirts")
+    photo = photos[garment.pk]
+    predicted = predictions[garment.pk]
     in_category = Garment.objects.filter(
         category__name=predicted, status=Garment.Status.READY
     ).count()
@@ -152,3 +157,35 @@ def test_category_rerank_lists_the_predicted_category_first(trained_catalogue, s
     assert [h.garment_id for h in deep.hits] == [
         h.garment_id for h in search.search_image(image=photo, top=20, mode="deep").hits
     ]
+
+
+@pytest.mark.slow
+@pytest.mark.django_db
+def test_category_rerank_keeps_an_identical_photo_first_whatever_the_head_predicts(
+    trained_catalogue,
+):
+    """A catalogue photo searched again comes back first with score 0 (issue #5), even when
+    the head predicts another category for it; that category's garments follow."""
+    from retrieval import rerank, search
+    from retrieval.models import Garment, GarmentFeature
+
+    model = search.active_model()
+    garment = (
+        Garment.objects.filter(pk__in=trained_catalogue.ids[Garment], category__slug="tshirts")
+        .order_by("sku")
+        .first()
+    )
+    fused = np.asarray(
+        GarmentFeature.objects.get(model=model, garment=garment).fused, dtype=np.float32
+    )
+    wrong = next(name for name in model.classes if name != garment.category.name)
+    probs = np.zeros(len(model.classes), np.float32)
+    probs[model.classes.index(wrong)] = 1.0
+    result = rerank.search_reranked(fused=fused, probs=probs, model=model, top=10)
+    assert len(result.hits) == 10
+    assert result.hits[0].garment_id == garment.pk
+    assert result.hits[0].score == pytest.approx(0.0, abs=1e-5)
+    in_wrong = Garment.objects.filter(category__name=wrong, status=Garment.Status.READY).count()
+    names = [g.category.name for g, _ in result.garments()]
+    head = min(9, in_wrong)
+    assert names[1 : 1 + head] == [wrong] * head
