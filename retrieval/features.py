@@ -134,9 +134,13 @@ _IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 _LITE_MEAN = (127.0, 127.0, 127.0)
 _LITE_STD = (128.0, 128.0, 128.0)
 
-# CNN micro-batch on CPU: measured on 2 AVX2 cores, lite0 peaks at 4-8 images per forward
+# CNN micro-batch on CPU: with 2 threads on 2 AVX2 cores lite0 peaked at 4-8 images per forward
 # (larger batches spill the caches and get slower: bs32 ~20 img/s vs bs4 ~60-78 img/s).
 _CPU_MICRO_BATCH = 8
+# EfficientNet-Lite0's depthwise convolutions run fastest on one CPU thread with tiny batches:
+# 34-40 images per CPU-second at 1-2 images per forward vs 21-24 at 8 (quiet machine, one
+# thread, 256 catalogue photos, docs/benchmarks.md); resnet50 keeps 8.
+_CPU_MICRO_BATCH_BY_BACKBONE = {"efficientnet_lite0": 2}
 _CUDA_MICRO_BATCH = 128
 
 K = TypeVar("K")
@@ -970,7 +974,8 @@ class FeatureExtractor:
                 (AVX2-only, like this project's 2-core machines) is ~6x *slower*: emulated.
             colour_variant, colour_weight, normalize_deep: how ``colour``/``fused`` are built.
             max_pixels: refusal threshold for decoded images.
-            micro_batch: images per CNN forward (default 8 on CPU, 128 on CUDA).
+            micro_batch: images per CNN forward (default on CPU: 2 for efficientnet_lite0,
+                8 for resnet50; 128 on CUDA).
             pretrained: False = random backbone weights (tests).
             module: use this backbone module instead of loading one (tests, custom nets).
             num_threads: if set, ``torch.set_num_threads(num_threads)`` (process-wide). On a
@@ -998,7 +1003,9 @@ class FeatureExtractor:
         self.normalize_deep = bool(normalize_deep)
         self.max_pixels = int(max_pixels)
         self.micro_batch = micro_batch or (
-            _CUDA_MICRO_BATCH if self.device.type == "cuda" else _CPU_MICRO_BATCH
+            _CUDA_MICRO_BATCH
+            if self.device.type == "cuda"
+            else _CPU_MICRO_BATCH_BY_BACKBONE.get(self.backbone_name, _CPU_MICRO_BATCH)
         )
         self.head: ClothingHead | None = None
         self.set_head(head)
