@@ -586,6 +586,18 @@ def start_import(*, job: ImportJob) -> None:
     transaction.on_commit(send)
 
 
+def _take_unqueued(queryset) -> list[int]:
+    """Ids of the rows of ``queryset`` marked NOT_QUEUED, locked FOR UPDATE SKIP LOCKED and
+    unmarked, inside the caller's transaction: concurrent sweeps each take a row once."""
+    ids = list(
+        queryset.select_for_update(skip_locked=True)
+        .filter(error=NOT_QUEUED)
+        .values_list("id", flat=True)
+    )
+    queryset.model.objects.filter(id__in=ids).update(error="")
+    return ids
+
+
 def requeue_unqueued_imports() -> int:
     """Queue the import jobs whose task never reached the broker (see :func:`start_import`).
 
@@ -593,12 +605,7 @@ def requeue_unqueued_imports() -> int:
     queue a job once (two imports of one job at a time would race on its rows).
     """
     with transaction.atomic():
-        jobs = list(
-            ImportJob.objects.select_for_update(skip_locked=True)
-            .filter(status=ImportJob.Status.PENDING, error=NOT_QUEUED)
-            .values_list("id", flat=True)
-        )
-        ImportJob.objects.filter(id__in=jobs).update(error="")
+        jobs = _take_unqueued(ImportJob.objects.filter(status=ImportJob.Status.PENDING))
         for job_id in jobs:
             start_import(job=ImportJob(pk=job_id))
     if jobs:
@@ -1128,12 +1135,7 @@ def requeue_unqueued_trainings() -> int:
     """Queue the trainings whose task never reached the broker (see :func:`queue_training`),
     with the default number of epochs (what the admin's button asks for)."""
     with transaction.atomic():
-        ids = list(
-            FeatureModel.objects.select_for_update(skip_locked=True)
-            .filter(status=FeatureModel.Status.TRAINING, error=NOT_QUEUED)
-            .values_list("id", flat=True)
-        )
-        FeatureModel.objects.filter(id__in=ids).update(error="")
+        ids = _take_unqueued(FeatureModel.objects.filter(status=FeatureModel.Status.TRAINING))
         for model_id in ids:
             _send_training(model_id=model_id, epochs=None)
     if ids:

@@ -310,3 +310,28 @@ def trained_catalogue(_trained_catalogue_module, django_db_blocker) -> Catalogue
     with django_db_blocker.unblock():
         _trained_catalogue_module.ensure()
     return _trained_catalogue_module
+
+
+# --------------------------------------------------------------------------- settings helpers
+
+
+@pytest.fixture
+def no_search_throttle(settings):
+    """Anonymous searches are not throttled (the throttle has its own tests)."""
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {"search": None},
+    }
+
+
+@pytest.fixture
+def fast_password_hashing(settings):
+    """Logins hash a password per test; tests that are not about hashing use a cheap one."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def media_root(settings, tmp_path) -> Path:
+    """A private, empty MEDIA_ROOT for the test."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    return settings.MEDIA_ROOT

@@ -16,7 +16,7 @@ from rest_framework.test import APIClient
 from retrieval.models import Category, FeatureModel, Garment
 from tests.factories import CategoryFactory, GarmentFactory, jpeg_bytes
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_search_throttle")]
 
 SEARCH = "/api/v1/search/"
 GARMENTS = "/api/v1/garments/"
@@ -25,13 +25,6 @@ HIT_FIELDS = {"id", "sku", "title", "category", "colour", "image_url", "score"}
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture(autouse=True)
-def no_search_throttle(settings):
-    """Searches are throttled per address; tests that are not about it turn it off."""
-    rates = {"search": None}
-    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": rates}
 
 
 def client_with_token(user) -> APIClient:

@@ -31,27 +31,12 @@ from retrieval.models import Garment, ImportJob
 from tests.factories import CategoryFactory, jpeg_bytes
 from tests.images_corpus import ACCEPTED, REFUSED, Case, assert_clean_jpeg, catalogue_zip
 
-pytestmark = pytest.mark.django_db
+pytestmark = [
+    pytest.mark.django_db,
+    pytest.mark.usefixtures("no_search_throttle", "fast_password_hashing"),
+]
 
 CHANNELS = ("admin", "api-create", "api-search", "api-search-base64", "site-search")
-
-
-@pytest.fixture(autouse=True)
-def no_search_throttle(settings):
-    rates = {"search": None}
-    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": rates}
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    """admin_client's login hashes a password per test; these tests are not about hashing."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture
-def media_root(settings, tmp_path) -> Path:
-    settings.MEDIA_ROOT = tmp_path / "media"
-    return settings.MEDIA_ROOT
 
 
 def media_files(root) -> list[str]:

@@ -22,23 +22,11 @@ from retrieval.models import Garment, ImportJob
 from tests.factories import CategoryFactory, GarmentFactory, jpeg_bytes
 from tests.images_corpus import SCRIPT, assert_clean_jpeg, catalogue_zip, jpeg_with_script
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_password_hashing")]
 
 GARMENTS = "/api/v1/garments/"
 OURS = re.compile(r"garments/\d{4}/\d{2}/[0-9a-f]{32}\.jpg")  # the only names we store
 STORAGE_MESSAGE = "the media storage is not writable"
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    """admin_client's login hashes a password per test; these tests are not about hashing."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture
-def media_root(settings, tmp_path) -> Path:
-    settings.MEDIA_ROOT = tmp_path / "media"
-    return settings.MEDIA_ROOT
 
 
 def files_under(root: Path) -> list[str]:

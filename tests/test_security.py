@@ -40,31 +40,14 @@ from tests.factories import (
     jpeg_bytes,
 )
 
-pytestmark = pytest.mark.django_db
+pytestmark = [
+    pytest.mark.django_db,
+    pytest.mark.usefixtures("no_search_throttle", "fast_password_hashing"),
+]
 
 GARMENTS = "/api/v1/garments/"
 CATEGORIES = "/api/v1/categories/"
 PASSWORD = "a-long-test-password-1"
-
-
-@pytest.fixture(autouse=True)
-def no_search_throttle(settings):
-    rates = {"search": None}
-    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": rates}
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    """These tests log in and change passwords, they do not test hashing: a cheap hasher."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture(autouse=True)
-def media_root(request, settings, tmp_path):
-    """Uploads of these tests go to a temporary folder (the trained catalogue's photos stay
-    where it stored them)."""
-    if "trained_catalogue" not in request.fixturenames:
-        settings.MEDIA_ROOT = tmp_path / "media"
 
 
 @pytest.fixture
