@@ -29,21 +29,29 @@ def database_url_for(settings_dict: dict) -> str:
     return f"postgresql://{user}:{password}@{host}:{port}/{name}"
 
 
+def service_env(**extra: str) -> dict[str, str]:
+    """The environment of a child process (worker, web server) bound to the test database and
+    the test Redis, plus ``extra``."""
+    from django.db import connection
+
+    env = os.environ.copy()
+    env.update(
+        DATABASE_URL=database_url_for(connection.settings_dict),
+        REDIS_URL=settings.REDIS_URL,
+        DJANGO_VAR_DIR=str(settings.VAR_DIR),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
 class WorkerProcess:
     """A real ``celery worker`` subprocess bound to the test database and the test Redis."""
 
     def __init__(self, *, name: str, queues: str, extra_env: dict[str, str] | None = None):
-        from django.db import connection
 
         self.name = name
-        env = os.environ.copy()
-        env.update(
-            DATABASE_URL=database_url_for(connection.settings_dict),
-            REDIS_URL=settings.REDIS_URL,
-            DJANGO_VAR_DIR=str(settings.VAR_DIR),
-            PYTHONUNBUFFERED="1",
-        )
-        env.update(extra_env or {})
+        env = service_env(**(extra_env or {}))
         self.log_path = settings.VAR_DIR / f"worker-{name}.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -26,14 +25,14 @@ import requests
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.db import connection, connections
+from django.db import connections
 from django.test import Client
 from rest_framework.authtoken.models import Token
 
 from fashionsite import embedded
 from retrieval import services
 from retrieval.models import FeatureModel, Garment, ImportJob
-from tests.conftest import ROOT, database_url_for
+from tests.conftest import ROOT, service_env
 from tests.factories import CategoryFactory, jpeg_bytes
 from tests.test_services import make_catalogue, row, wait_until
 
@@ -287,11 +286,7 @@ class WebServer:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        env = os.environ.copy()
-        env.update(
-            DATABASE_URL=database_url_for(connection.settings_dict),
-            REDIS_URL=settings.REDIS_URL,
-            DJANGO_VAR_DIR=str(settings.VAR_DIR),
+        env = service_env(
             # As in production: no debug pages, so a 500 would show as one.
             DJANGO_DEBUG="false",
             DJANGO_SECRET_KEY="fault-test-secret-key-not-for-production-0123456789",
@@ -299,7 +294,6 @@ class WebServer:
             DJANGO_ALLOWED_HOSTS="127.0.0.1",
             RETRIEVAL_SEARCH_THROTTLE="off",
             RETRIEVAL_TORCH_THREADS="1",
-            PYTHONUNBUFFERED="1",
         )
         self.log_path = settings.VAR_DIR / "web-faults.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
