@@ -29,6 +29,21 @@ def database_url_for(settings_dict: dict) -> str:
     return f"postgresql://{user}:{password}@{host}:{port}/{name}"
 
 
+def stop_process(process: subprocess.Popen, *, kill: bool = False) -> None:
+    """SIGTERM (or SIGKILL) a child process and reap it; SIGKILL if it outlives 30 s."""
+    if process.poll() is not None:
+        return
+    if kill:
+        process.kill()
+    else:
+        process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def service_env(**extra: str) -> dict[str, str]:
     """The environment of a child process (worker, web server) bound to the test database and
     the test Redis, plus ``extra``."""
@@ -92,16 +107,7 @@ class WorkerProcess:
         raise RuntimeError(f"worker {self.name} not ready:\n{self.log_path.read_text()}")
 
     def stop(self, *, kill: bool = False) -> None:
-        if self.process.poll() is None:
-            if kill:
-                self.process.kill()
-            else:
-                self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, kill=kill)
         self._log.close()
 
 

@@ -32,7 +32,7 @@ from rest_framework.authtoken.models import Token
 from fashionsite import embedded
 from retrieval import services
 from retrieval.models import FeatureModel, Garment, ImportJob
-from tests.conftest import ROOT, service_env
+from tests.conftest import ROOT, service_env, stop_process
 from tests.factories import CategoryFactory, jpeg_bytes
 from tests.test_services import make_catalogue, row, wait_until
 
@@ -322,12 +322,7 @@ class WebServer:
             raise RuntimeError(f"gunicorn not ready:\n{self.log_path.read_text()}")
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
         self._log.close()
 
 
