@@ -181,6 +181,8 @@ def extractor_for(*, backbone: str, model: FeatureModel | None = None):
         precision=settings.RETRIEVAL_PRECISION,
         max_pixels=settings.RETRIEVAL_MAX_PIXELS,
         num_threads=settings.RETRIEVAL_TORCH_THREADS or None,
+        freeze=settings.RETRIEVAL_FREEZE_GRAPH,
+        tune_malloc=settings.RETRIEVAL_TUNE_MALLOC,
         **kwargs,
     )
 
