@@ -4,10 +4,12 @@ Measured in one run, on the same images (read from the shared catalogue zip into
 so zip I/O is not timed):
 
 - ``naive``: torchvision resnet50 fp32, one image at a time, PIL decode + torchvision
-  transforms in the loop, ``torch.no_grad`` (the baseline every speed-up is relative to).
+  transforms in the loop, ``torch.no_grad`` (the baseline every speed-up is relative to), in
+  a fresh child process with torch's and glibc's defaults (same images, same thread count).
 - ``resnet50`` / ``efficientnet_lite0``: :class:`retrieval.features.FeatureExtractor`
-  (``extract_paths``: BN folded, channels_last, micro-batches, inference_mode, colour feature
-  included) with ``--workers`` decode processes.
+  (``extract_paths``: BN folded, channels_last, frozen TorchScript graph, glibc heap reuse,
+  micro-batches, inference_mode, colour feature included) with ``--workers`` decode
+  processes.
 - optional ``--int8``: resnet50 with FX post-training static int8 quantisation (x86/fbgemm),
   a data point only: it is *not* shipped (see docs/benchmarks.md).
 - peak RSS of a fresh process holding one model and extracting a batch.
@@ -29,7 +31,6 @@ import io
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -68,8 +69,18 @@ class Clock:
         return n / wall, n / max(cpu, 1e-9)
 
 
+def naive_resnet50_in_child(zip_path: str, limit: int, threads: int) -> tuple[float, float]:
+    """:func:`naive_resnet50` in a fresh process: it must not inherit what the optimised
+    extractors set process-wide (glibc heap settings, ``RETRIEVAL_TUNE_MALLOC``)."""
+    command = [sys.executable, __file__, "--zip", zip_path, "--limit", str(limit)]
+    command += ["--threads", str(threads), "--naive-child"]
+    out = subprocess.run(command, check=True, capture_output=True, text=True)
+    rates = json.loads(out.stdout.strip().splitlines()[-1])
+    return rates["wall"], rates["cpu"]
+
+
 def naive_resnet50(images: Sequence[bytes]) -> tuple[float, float]:
-    """The baseline: fp32, batch of 1, decode in the loop."""
+    """The baseline: fp32, batch of 1, decode in the loop, torch and glibc defaults."""
     import torchvision
     from PIL import Image
     from torchvision import transforms
@@ -143,7 +154,10 @@ def rss_child(backbone: str, zip_path: str) -> None:
     ex = feat.FeatureExtractor(backbone=backbone, pretrained=backbone != "resnet50")
     for _ in ex.extract_paths(list(enumerate(images)), batch_size=32):
         pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over fork + exec, so a child
+    # of a large parent would report the parent's peak.
+    with open("/proc/self/status") as fh:
+        peak = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
     print(json.dumps({"backbone": backbone, "peak_rss_mib": round(peak, 1)}))
 
 
@@ -185,9 +199,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--skip", nargs="*", default=[], help="naive resnet50 lite0 rss head")
     ap.add_argument("--json", help="write results here")
     ap.add_argument("--rss-child", help=argparse.SUPPRESS)
+    ap.add_argument("--naive-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.naive_child:
+        wall, cpu = naive_resnet50(load_jpegs(args.zip, args.limit))
+        print(json.dumps({"wall": wall, "cpu": cpu}))
+        return 0
     if args.rss_child:
         rss_child(args.rss_child, args.zip)
         return 0
@@ -212,7 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the same background load; the speed-up is reported per round and as the median ratio.
     runners: dict[str, Callable[[], tuple[float, float]]] = {}
     if "naive" not in args.skip:
-        runners["naive_resnet50_fp32_bs1"] = lambda: naive_resnet50(images)
+        runners["naive_resnet50_fp32_bs1"] = lambda: naive_resnet50_in_child(
+            args.zip, args.limit, torch.get_num_threads()
+        )
     for name in ("resnet50", "efficientnet_lite0"):
         key = "lite0" if name == "efficientnet_lite0" else name
         if key in args.skip:
