@@ -5,3 +5,6 @@ class RetrievalConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "retrieval"
     verbose_name = "Retrieval"
+
+    def ready(self) -> None:
+        from retrieval import signals  # noqa: F401  (connects the receivers)

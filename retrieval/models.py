@@ -97,6 +97,9 @@ class Garment(models.Model):
         indexes = [
             models.Index(fields=["category", "status"]),
             models.Index(fields=["status", "updated_at"]),
+            # By stored file name: before a replaced or deleted garment's file is deleted, a
+            # check that no other row names it; prune_media's lookups (no table scan at 1M).
+            models.Index(fields=["image"], name="retrieval_garment_image_idx"),
         ]
 
     def __str__(self) -> str:

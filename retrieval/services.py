@@ -145,6 +145,148 @@ def delete_stored_image(name: str) -> None:
         log.warning("could not remove the unsaved image %s: %s", name, exc)
 
 
+# Where garment images are stored in the media storage (Garment.image's upload_to).
+GARMENT_MEDIA_DIR = "garments"
+# Names per ``image IN (...)`` lookup (indexed: Garment.Meta.indexes).
+_NAMES_PER_QUERY = 1000
+
+
+def _referenced_images(names: Sequence[str]) -> set[str]:
+    """Those of ``names`` that some garment row still names as its image."""
+    referenced: set[str] = set()
+    for start in range(0, len(names), _NAMES_PER_QUERY):
+        chunk = names[start : start + _NAMES_PER_QUERY]
+        referenced.update(Garment.objects.filter(image__in=chunk).values_list("image", flat=True))
+    return referenced
+
+
+def delete_images_after_commit(names: Iterable[str]) -> None:
+    """Delete these stored garment images once the current transaction commits: the files a
+    replacement or a deletion left without a row.
+
+    After commit, so a rollback never loses the file its row still names (the callback is
+    then discarded with the transaction). Outside a transaction it runs at once.
+    """
+    wanted = sorted({name for name in names if name})
+    if wanted:
+        transaction.on_commit(functools.partial(delete_unreferenced_images, wanted), robust=True)
+
+
+def delete_unreferenced_images(names: Sequence[str]) -> list[str]:
+    """Delete those of these stored garment images that no garment references; best effort.
+
+    Every stored name is unique (:func:`store_garment_image` names a file by a fresh uuid, an
+    import keeps the name of an unchanged image), but a row can still be pointed at another
+    garment's file by hand (shell, data fix, an old migration's rows): such a file is kept
+    while any garment names it. Never raises: a failure is logged and the file is left for
+    ``manage.py prune_media``. Returns the names deleted.
+    """
+    names = list(names)
+    try:
+        referenced = _referenced_images(names)
+    except Exception as exc:  # the database unreachable: cannot tell they are unused, keep them
+        log.warning(
+            "kept %d image(s) to delete: could not check that no garment uses them "
+            "(prune_media removes them later): %s",
+            len(names),
+            exc,
+        )
+        return []
+    storage = Garment._meta.get_field("image").storage
+    deleted = []
+    for name in names:
+        if name in referenced:
+            log.info("kept image %s: another garment still uses it", name)
+            continue
+        try:
+            storage.delete(name)
+        except Exception as exc:  # OSError, or a remote storage's own error: never fail
+            log.warning("could not delete the image %s (left for prune_media): %s", name, exc)
+        else:
+            deleted.append(name)
+    return deleted
+
+
+@dataclass
+class PruneResult:
+    """What :func:`prune_media` found under MEDIA_ROOT/garments."""
+
+    orphans: list[str] = field(default_factory=list)  # unreferenced, old enough
+    deleted: list[str] = field(default_factory=list)  # of those, deleted (none on a dry run)
+    failed: list[str] = field(default_factory=list)  # of those, not deletable (logged)
+    orphan_bytes: int = 0
+    recent: int = 0  # unreferenced but newer than the cut-off: possibly an upload in flight
+    referenced: int = 0
+
+
+def _stored_garment_files(storage, folder: str) -> Iterable[str]:
+    try:
+        folders, files = storage.listdir(folder)
+    except FileNotFoundError:
+        return
+    for name in sorted(files):
+        yield f"{folder}/{name}"
+    for sub in sorted(folders):
+        yield from _stored_garment_files(storage, f"{folder}/{sub}")
+
+
+def prune_media(*, older_than: timedelta, dry_run: bool = False) -> PruneResult:
+    """Find (and unless ``dry_run``, delete) the files under MEDIA_ROOT/garments that no
+    garment references: files orphaned before replacements and deletions removed their
+    files, or left by a crash or a raw SQL delete (``manage.py prune_media``).
+
+    Only files older than ``older_than`` are taken: an upload stores its file before its row
+    is committed (an import batch, a slow request), so a recent unreferenced file may be one
+    that is about to be referenced. Reads the storage folder by folder and checks the names
+    against the database in chunks (indexed), so memory stays flat at any catalogue size.
+    """
+    storage = Garment._meta.get_field("image").storage
+    cutoff = timezone.now() - older_than
+    result = PruneResult()
+
+    def check(chunk: list[str]) -> None:
+        referenced = _referenced_images(chunk)
+        result.referenced += len(referenced)
+        for name in chunk:
+            if name in referenced:
+                continue
+            try:
+                modified = storage.get_modified_time(name)
+                size = storage.size(name)
+            except FileNotFoundError:  # deleted meanwhile
+                continue
+            if modified > cutoff:
+                result.recent += 1
+                continue
+            result.orphans.append(name)
+            result.orphan_bytes += size
+            if dry_run:
+                continue
+            try:
+                storage.delete(name)
+            except Exception as exc:  # logged, counted; the rest goes on
+                log.warning("prune_media could not delete %s: %s", name, exc)
+                result.failed.append(name)
+            else:
+                result.deleted.append(name)
+
+    chunk: list[str] = []
+    for name in _stored_garment_files(storage, GARMENT_MEDIA_DIR):
+        chunk.append(name)
+        if len(chunk) >= _NAMES_PER_QUERY:
+            check(chunk)
+            chunk = []
+    if chunk:
+        check(chunk)
+    if result.deleted:
+        log.info(
+            "prune_media deleted %d unreferenced image(s), %d bytes",
+            len(result.deleted),
+            result.orphan_bytes,
+        )
+    return result
+
+
 def _upload_bytes(upload) -> bytes:
     from django.core.exceptions import ValidationError
 
@@ -163,6 +305,8 @@ def save_garment(*, garment: Garment, image_changed: bool) -> Garment:
     Nothing is half-saved: a new upload is stored first (:func:`store_garment_image`), so
     when the storage refuses it (:class:`MediaStorageError`) no row is written and nothing
     is queued; when the database write then fails, the stored file is removed again.
+    A replaced image's file is deleted once the new one is committed (never before: a
+    rollback leaves the row naming the old file, and the file there).
     """
     from django.core.exceptions import ValidationError
 
@@ -180,6 +324,16 @@ def save_garment(*, garment: Garment, image_changed: bool) -> Garment:
             raise ValidationError({"image": str(exc)}) from exc
     try:
         with transaction.atomic():
+            replaced = None
+            if stored is not None and garment.pk is not None:
+                # The file the row names now, deleted after commit. Locked, so of two
+                # replacements at once the second replaces (and deletes) the first one's file.
+                replaced = (
+                    Garment.objects.select_for_update()
+                    .filter(pk=garment.pk)
+                    .values_list("image", flat=True)
+                    .first()
+                )
             reindex = image_changed or garment.pk is None
             if reindex:
                 garment.status = Garment.Status.PENDING
@@ -191,6 +345,8 @@ def save_garment(*, garment: Garment, image_changed: bool) -> Garment:
                 GarmentFeature.objects.filter(garment=garment).delete()
                 BackboneFeature.objects.filter(garment=garment).delete()
                 enqueue_indexing(garment_ids=[garment.pk])
+            if replaced and replaced != stored:
+                delete_images_after_commit([replaced])
     except Exception:
         if stored is not None:
             delete_stored_image(stored)
@@ -615,7 +771,8 @@ def requeue_unqueued_imports() -> int:
 
 def _import_batch(*, job: ImportJob, catalog, rows: list, problems: list[dict]) -> None:
     """One transaction of rows. Images are re-encoded and stored (:func:`store_garment_image`)
-    before their rows are written; if the batch fails, the files it stored are removed."""
+    before their rows are written; if the batch fails, the files it stored are removed; once
+    it commits, the files of the images it replaced are deleted."""
     from retrieval import images
     from retrieval.catalog import CatalogError
 
@@ -624,6 +781,7 @@ def _import_batch(*, job: ImportJob, catalog, rows: list, problems: list[dict]) 
     to_index: list[int] = []
     unchanged: list[int] = []
     stored: list[str] = []
+    replaced: list[str] = []  # the files of the images this batch replaces
     counts = (job.rows, job.created, job.updated, job.unchanged)
     try:
         with transaction.atomic():
@@ -667,6 +825,7 @@ def _import_batch(*, job: ImportJob, catalog, rows: list, problems: list[dict]) 
                 if created:
                     garment = Garment(sku=row.sku)
                 if image_changed:
+                    previous = "" if created else garment.image.name
                     try:
                         stored.append(
                             store_garment_image(garment=garment, source=data, name=row.image)
@@ -674,6 +833,8 @@ def _import_batch(*, job: ImportJob, catalog, rows: list, problems: list[dict]) 
                     except images.ImageError as exc:  # the row is refused, the garment kept
                         problem(exc.reason)
                         continue
+                    if previous:
+                        replaced.append(previous)
                     garment.status = Garment.Status.PENDING
                     garment.error = ""
                 for name, value in fields.items():
@@ -691,6 +852,7 @@ def _import_batch(*, job: ImportJob, catalog, rows: list, problems: list[dict]) 
             Garment.objects.filter(id__in=unchanged).update(import_job=job)
             job.save(update_fields=["rows", "created", "updated", "unchanged"])
             enqueue_indexing(garment_ids=to_index)
+            delete_images_after_commit(replaced)  # kept if the batch rolls back
     except Exception:
         job.rows, job.created, job.updated, job.unchanged = counts  # the batch's rows are gone
         for name in stored:

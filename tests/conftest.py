@@ -148,7 +148,9 @@ class CatalogueSnapshot:
     ``trained_catalogue`` fixture, which puts those rows back, committed, whenever they are not
     there (a transactional test's flush, e.g. every live-server test, removes them), and removes
     them again at the end of each module, so other modules see the empty database they expect.
-    Image files and the head file stay on disk (under var/test/) until the session ends.
+    Image files and the head file stay on disk (under var/test/) until the session ends;
+    deleting garments deletes their image files once committed (``remove``, a live-server
+    test's delete), so the images are kept in memory too and written back by ``ensure``.
     """
 
     def __init__(self, *, ids: dict, model_id: int, head_file: str, files: list[str]):
@@ -157,6 +159,8 @@ class CatalogueSnapshot:
         self.head_file = head_file  # relative to RETRIEVAL_MODELS_DIR
         self.files = files  # media paths of the garments' images
         self.dumps: dict[str, bytes] = {}  # table -> COPY text
+        self.media_root = Path(settings.MEDIA_ROOT)  # where the images were stored
+        self.images: dict[str, bytes] = {}  # media path -> the image file's bytes
 
     @staticmethod
     def tables():
@@ -213,14 +217,18 @@ class CatalogueSnapshot:
             ),
             m.SearchRow: [],  # selected by run (see _where)
         }
-        snapshot = cls(
-            ids=ids,
-            model_id=model.pk,
-            head_file=model.head_file,
-            files=list(garments.values_list("image", flat=True)),
-        )
+        files = list(garments.values_list("image", flat=True))
+        snapshot = cls(ids=ids, model_id=model.pk, head_file=model.head_file, files=files)
         snapshot.dumps = snapshot._dump()
+        snapshot.images = {name: (snapshot.media_root / name).read_bytes() for name in files}
         return snapshot
+
+    def _restore_images(self) -> None:
+        for name, data in self.images.items():
+            path = self.media_root / name
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
 
     def _dump(self) -> dict[str, bytes]:
         from django.db import connection
@@ -249,6 +257,7 @@ class CatalogueSnapshot:
         from retrieval import clustering
         from retrieval import models as m
 
+        self._restore_images()
         if self.present():
             return
         self.remove()
