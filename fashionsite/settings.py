@@ -405,6 +405,10 @@ RETRIEVAL_PROBES = env_int("RETRIEVAL_PROBES", 1, minimum=1)
 RETRIEVAL_KMEANS_SCHEDULE = env_str("RETRIEVAL_KMEANS_SCHEDULE", "0 3 * * *")
 RETRIEVAL_SWEEP_MINUTES = env_int("RETRIEVAL_SWEEP_MINUTES", 10, minimum=1)
 RETRIEVAL_STUCK_MINUTES = env_int("RETRIEVAL_STUCK_MINUTES", 15, minimum=1)
+# Retention (services.prune_inactive_models, run after every activation): inactive models lose
+# their search-table partitions; the N most recently active of them keep their vectors, so a
+# switch back to one of them needs a K-means run only; older ones lose their vectors too.
+RETRIEVAL_KEEP_MODELS = env_int("RETRIEVAL_KEEP_MODELS", 1, minimum=0)
 # Bad-input limits.
 RETRIEVAL_MAX_UPLOAD_BYTES = env_int("RETRIEVAL_MAX_UPLOAD_BYTES", 50 * 1024 * 1024, minimum=1)
 RETRIEVAL_MAX_PIXELS = env_int("RETRIEVAL_MAX_PIXELS", 40_000_000, minimum=1)

@@ -202,7 +202,7 @@ class FeatureModelAdmin(admin.ModelAdmin):
     )
     list_filter = ("backbone", "status", "active")
     readonly_fields = ("metrics", "progress", "error", "split", "created_at", "activated_at")
-    actions = ("activate_selected",)
+    actions = ("activate_selected", "delete_search_data")
     change_list_template = "admin/retrieval/featuremodel/change_list.html"
 
     @admin.display(description="validation accuracy")
@@ -235,6 +235,25 @@ class FeatureModelAdmin(admin.ModelAdmin):
             self.message_user(request, str(exc), messages.ERROR)
             return
         self.message_user(request, f"Re-indexing for {model}; it becomes active when done.")
+
+    @admin.action(description="Delete the search data (partitions, vectors) of inactive models")
+    def delete_search_data(self, request, queryset) -> None:
+        models = list(queryset)
+        try:
+            refused = services.queue_model_retirement(models=models)
+        except services.QueueUnavailable as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return
+        for name, reason in refused.items():
+            self.message_user(request, f"Left alone: {name}, because {reason}.", messages.ERROR)
+        chosen = [m.name for m in models if m.name not in refused]
+        if chosen:
+            self.message_user(
+                request,
+                f"Deleting the search data of {', '.join(chosen)} in the background. Their "
+                "heads stay: activating one again recomputes its vectors from the cached CNN "
+                "features and fits K-means.",
+            )
 
     def get_urls(self):
         extra = [

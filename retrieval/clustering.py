@@ -97,6 +97,21 @@ def build_clusters(*, model: FeatureModel | None = None, k: int | None = None) -
     return runs[0]
 
 
+def ensure_active_runs(*, model: FeatureModel, k: int | None = None) -> list[ClusterRun]:
+    """Fit a run for each space in which ``model`` has no active run; returns the new runs.
+
+    A model retired by ``services.prune_inactive_models`` has no runs left (their search
+    partitions were dropped, the runs deactivated): activating it must rebuild them first, or
+    its searches would fall back to the exact scan of every vector.
+    """
+    have = set(ClusterRun.objects.filter(model=model, active=True).values_list("space", flat=True))
+    missing = [space for space in ClusterRun.Space if space not in have]
+    if not missing:
+        return []
+    k = k or default_k()
+    return [build_run(model=model, k=k, space=space) for space in missing]
+
+
 def build_run(*, model: FeatureModel, k: int, space: str) -> ClusterRun:
     """Fit one K-means run in one space and switch searches to it."""
     started = time.perf_counter()

@@ -140,6 +140,11 @@ class FeatureModel(models.Model):
     active = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     activated_at = models.DateTimeField(null=True, blank=True)
+    # What the model's stored vectors were computed with (head bytes, colour knobs, feature
+    # version; services.vectors_key), set by a full recompute. A switch back to the model
+    # (services.reindex_and_activate) recomputes only missing or outdated vectors while it
+    # still matches, and all of them once a knob or the head changed.
+    vectors_key = models.CharField(max_length=64, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at"]

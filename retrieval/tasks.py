@@ -73,6 +73,25 @@ def rebuild_clusters() -> dict:
     return {"run": run.pk, "k": run.k, "n": run.n_samples, "seconds": run.seconds}
 
 
+@shared_task(
+    bind=True,
+    name="retrieval.tasks.prune_models",
+    autoretry_for=(DatabaseError,),
+    retry_backoff=5,
+    retry_backoff_max=300,
+    max_retries=5,
+)
+def prune_models(self, model_ids: list[int] | None = None, keep: int | None = None) -> dict:
+    """The retention sweep (queued after every activation): inactive models lose their search
+    partitions, older ones their vectors (services.prune_inactive_models). ``model_ids``: the
+    admin's "delete search data" of those models. Idempotent; a partition still in use by a
+    long transaction is retried a minute later."""
+    report = services.prune_inactive_models(keep=keep, model_ids=model_ids)
+    if report.failed_runs and self.request.retries < self.max_retries:
+        raise self.retry(countdown=60)
+    return report.as_dict()
+
+
 @shared_task(name="retrieval.tasks.import_catalog", bind=True)
 def import_catalog(self, job_id: int) -> dict:
     """An import uploaded in the admin: read the zip, create garments, queue their indexing."""
