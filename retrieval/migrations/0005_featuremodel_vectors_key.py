@@ -8,7 +8,7 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-    dependencies = [("retrieval", "0003_searchrow")]
+    dependencies = [("retrieval", "0004_garment_image_index")]
 
     operations = [
         migrations.AddField(
