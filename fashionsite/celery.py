@@ -26,6 +26,27 @@ def _cron(expr: str) -> crontab:
     )
 
 
+# Tasks that run the CNN: routed to the features queue (settings.FEATURES_QUEUE).
+FEATURE_TASKS = frozenset(
+    {
+        "retrieval.tasks.index_garments",
+        "retrieval.tasks.reindex_model",
+        "retrieval.tasks.train_model",
+    }
+)
+
+
+def route_task(name: str, args, kwargs, options, task=None, **_: object) -> dict | None:
+    """The features queue for CNN work, read from settings at each publish (so the sweep's
+    count of waiting work and the routing always name the same queue, tests included); None:
+    the default queue. A queue given to ``apply_async`` explicitly still wins."""
+    if name in FEATURE_TASKS:
+        from django.conf import settings
+
+        return {"queue": settings.FEATURES_QUEUE}
+    return None
+
+
 @app.on_after_configure.connect
 def _configure(sender: Celery, **_: object) -> None:
     from django.conf import settings
@@ -35,11 +56,7 @@ def _configure(sender: Celery, **_: object) -> None:
         Queue(settings.FEATURES_QUEUE),
     )
     # CNN work goes to the features queue, so GPU machines can consume it alone.
-    sender.conf.task_routes = {
-        "retrieval.tasks.index_garments": {"queue": settings.FEATURES_QUEUE},
-        "retrieval.tasks.reindex_model": {"queue": settings.FEATURES_QUEUE},
-        "retrieval.tasks.train_model": {"queue": settings.FEATURES_QUEUE},
-    }
+    sender.conf.task_routes = (route_task,)
     sender.conf.beat_schedule = {
         "rebuild-clusters": {
             "task": "retrieval.tasks.rebuild_clusters",

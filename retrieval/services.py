@@ -431,15 +431,61 @@ def mark_for_reindex(*, garment_ids: Sequence[int]) -> int:
     return count
 
 
+def features_backlog() -> int | None:
+    """Tasks waiting in the features queue (not yet delivered to a worker), or None when the
+    broker cannot be asked.
+
+    Asked through the app's broker connection with REDIS_CONNECT_TIMEOUT as both connect and
+    read timeout, one attempt: the sweep never hangs on a broker that is down or stuck. On
+    Redis a queue is one list per priority step (kombu's sub-queues); ``queue_declare``
+    counts them all (LLEN of each), and declaring changes nothing on Redis. Tasks a worker
+    has taken but not acknowledged (acks_late) are not counted: their garments are
+    processing, under a lease.
+    """
+    from fashionsite.celery import app
+
+    timeout = settings.REDIS_CONNECT_TIMEOUT
+    try:
+        with app.connection_for_read(
+            connect_timeout=timeout,
+            transport_options={"socket_timeout": timeout, "max_retries": 1},
+        ) as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+            declared = conn.default_channel.queue_declare(queue=settings.FEATURES_QUEUE)
+            return int(declared.message_count)
+    except Exception as exc:  # kombu raises transport-specific errors
+        log.warning(
+            "sweep: cannot count the tasks waiting in the '%s' queue: %s: %s",
+            settings.FEATURES_QUEUE,
+            exc.__class__.__name__,
+            exc,
+        )
+        return None
+
+
 def requeue_stuck_garments(*, older_than: timedelta | None = None) -> int:
     """Queue again garments whose indexing task never reached the broker, or was lost.
 
     - pending and marked NOT_QUEUED (the publish failed, Redis was down): at once, whatever
       their age: no lease or timeout is involved, as no task exists;
     - pending for longer than ``older_than`` (RETRIEVAL_STUCK_MINUTES): a task the broker
-      accepted but lost (Redis crashed before persisting it);
+      accepted but lost (Redis restarted without persisting it), but only while the features
+      queue is empty (see below);
     - processing under a lease older than ``older_than``: its worker died and the task was
       not redelivered.
+
+    Why the features queue must be empty for the second case: during a large import on a
+    slow machine the queue legitimately holds more than ``older_than`` of work, and the
+    garments waiting in it are pending and old; re-queueing them would only add duplicates
+    behind them, at every sweep. Tasks are taken in order, so while any task still waits we
+    cannot tell a lost task from one not reached yet, and wait: once the backlog has drained
+    (or been lost: the queue is then empty), a garment still pending and old has no task and
+    the next sweep queues it. A queue nobody consumes (no feature worker) is never re-queued
+    into either, which would not help. When the broker cannot be asked (it is down: the
+    publish would fail too and mark them NOT_QUEUED), the age alone decides, as before. The
+    count is taken before the rows are locked, so a task published meanwhile can only make
+    this sweep re-queue too much, never too little. Processing garments are not affected:
+    their lease starts when a worker takes their task, not when it was queued.
 
     Rows are taken FOR UPDATE SKIP LOCKED, so sweeps running at once (several workers
     reconnecting) queue each garment once. Returns the number of garments queued.
@@ -447,14 +493,17 @@ def requeue_stuck_garments(*, older_than: timedelta | None = None) -> int:
     if older_than is None:
         older_than = timedelta(minutes=settings.RETRIEVAL_STUCK_MINUTES)
     cutoff = timezone.now() - older_than
+    not_queued = Q(status=Garment.Status.PENDING, error=NOT_QUEUED)
+    pending_old = Q(status=Garment.Status.PENDING, updated_at__lt=cutoff) & ~Q(error=NOT_QUEUED)
+    stale_lease = Q(status=Garment.Status.PROCESSING, claimed_at__lt=cutoff)
+    backlog = features_backlog() if Garment.objects.filter(pending_old).exists() else 0
+    wanted = not_queued | stale_lease
+    if not backlog:  # 0: nothing waits; None: the broker cannot say
+        wanted |= pending_old
     with transaction.atomic():
         stuck = list(
             Garment.objects.select_for_update(skip_locked=True)
-            .filter(
-                Q(status=Garment.Status.PENDING, error=NOT_QUEUED)
-                | Q(status=Garment.Status.PENDING, updated_at__lt=cutoff)
-                | Q(status=Garment.Status.PROCESSING, claimed_at__lt=cutoff)
-            )
+            .filter(wanted)
             .values_list("id", flat=True)
         )
         if stuck:
@@ -463,8 +512,24 @@ def requeue_stuck_garments(*, older_than: timedelta | None = None) -> int:
                 status=Garment.Status.PENDING, error="", claimed_by="", updated_at=timezone.now()
             )
             enqueue_indexing(garment_ids=stuck)
-    if stuck:
-        log.info("re-queued %d stuck garments", len(stuck))
+    if backlog:
+        skipped = Garment.objects.filter(pending_old).count()
+        log.info(
+            "sweep: re-queued %d garments; %d pending for over %s left alone: %d tasks "
+            "still wait in the '%s' queue",
+            len(stuck),
+            skipped,
+            older_than,
+            backlog,
+            settings.FEATURES_QUEUE,
+        )
+    elif stuck:
+        log.info(
+            "sweep: re-queued %d garments (not queued, pending or processing for over %s%s)",
+            len(stuck),
+            older_than,
+            "; the broker could not be asked for its backlog" if backlog is None else "",
+        )
     return len(stuck)
 
 

@@ -175,6 +175,24 @@ def test_uploads_while_redis_is_down_stay_pending_and_are_indexed_once_it_is_bac
     assert celery_worker.process.poll() is None  # the same worker, never restarted
 
 
+def test_the_sweep_with_redis_down_does_not_hang_and_requeues_by_age_as_before():
+    """The sweep cannot ask Redis how much work waits: it gives up within the connect timeout
+    and falls back to the age alone; the publish fails too, so the garment is marked
+    NOT_QUEUED, which the sweep queues at once when Redis is back."""
+    from tests.factories import GarmentFactory
+
+    garment = GarmentFactory(status=Garment.Status.PENDING)
+    Garment.objects.filter(pk=garment.pk).update(updated_at="2000-01-01T00:00Z")
+    with redis_stopped():
+        started = time.monotonic()
+        assert within(HANG_SECONDS, services.features_backlog) is None
+        assert time.monotonic() - started < 4 * settings.REDIS_CONNECT_TIMEOUT + 2
+        assert within(HANG_SECONDS, services.requeue_stuck_garments) == 1
+        # (Checked before Redis is back: a running worker's sweep would then queue it.)
+        garment.refresh_from_db()
+        assert (garment.status, garment.error) == (Garment.Status.PENDING, services.NOT_QUEUED)
+
+
 @pytest.mark.slow
 def test_training_asked_for_while_redis_is_down_waits_and_runs_once_it_is_back(
     celery_worker, admin_client

@@ -193,6 +193,96 @@ def test_stuck_garments_are_requeued(settings):
     assert garment.status == Garment.Status.PENDING and garment.claimed_by == ""
 
 
+@pytest.fixture
+def private_features_queue(settings):
+    """CNN tasks go to a queue of this test's own, which no worker consumes (the session's
+    worker, once started, consumes the features queue): what waits there stays there."""
+    settings.FEATURES_QUEUE = "features-sweeptest"
+
+    def purge() -> None:
+        with app.connection_for_write() as conn:
+            conn.default_channel.queue_purge(settings.FEATURES_QUEUE)
+
+    purge()
+    yield settings.FEATURES_QUEUE
+    purge()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_sweep_leaves_old_pending_garments_alone_while_their_queue_holds_a_backlog(
+    private_features_queue, caplog
+):
+    """A large import on a slow machine: the features queue holds more than
+    RETRIEVAL_STUCK_MINUTES of work, so garments waiting in it are pending and old. The sweep
+    queues nothing more for them while tasks wait; what was never queued (NOT_QUEUED) is
+    queued at once all the same; once the queue has drained (here: emptied, as by a Redis
+    that lost its data) the garments still pending are queued again."""
+    waiting = [GarmentFactory(status=Garment.Status.PENDING).pk for _ in range(3)]
+    services.enqueue_indexing(garment_ids=waiting)  # autocommit: published at once
+    assert services.features_backlog() == 1
+    old = "2000-01-01T00:00Z"
+    Garment.objects.filter(id__in=waiting).update(updated_at=old)
+
+    caplog.set_level("INFO", logger="retrieval.services")
+    assert services.requeue_stuck_garments() == 0
+    assert services.features_backlog() == 1  # no duplicate behind the backlog
+    assert "3 pending for over" in caplog.text and "1 tasks still wait" in caplog.text
+    assert services.requeue_stuck_garments() == 0  # nor at the next sweep
+    assert services.features_backlog() == 1
+
+    # Never queued (Redis was down at upload): queued at once, backlog or not.
+    unsent = GarmentFactory(status=Garment.Status.PENDING, error=services.NOT_QUEUED)
+    Garment.objects.filter(pk=unsent.pk).update(updated_at=old)
+    assert services.requeue_stuck_garments() == 1
+    assert services.features_backlog() == 2
+    unsent.refresh_from_db()
+    assert (unsent.status, unsent.error) == (Garment.Status.PENDING, "")
+    assert set(
+        Garment.objects.filter(id__in=waiting).values_list("status", "updated_at__year")
+    ) == {(Garment.Status.PENDING, 2000)}  # untouched
+
+    # The backlog is gone (drained, or lost): the old pending garments have no task left.
+    with app.connection_for_write() as conn:
+        conn.default_channel.queue_purge(private_features_queue)
+    assert services.features_backlog() == 0
+    assert services.requeue_stuck_garments() == 3
+    assert services.features_backlog() == 1  # one task for the three (one chunk)
+    assert services.requeue_stuck_garments() == 0  # fresh again, and queued
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_sweep_still_requeues_stale_leases_while_the_queue_holds_a_backlog(
+    private_features_queue,
+):
+    """A processing garment under an old lease: its worker died after taking its task, so no
+    backlog is hiding a task of it; the sweep takes it back as before."""
+    GarmentFactory(status=Garment.Status.PENDING)  # something waits in the queue
+    services.enqueue_indexing(garment_ids=list(Garment.objects.values_list("id", flat=True)))
+    assert services.features_backlog() == 1
+    garment = GarmentFactory(status=Garment.Status.PROCESSING)
+    Garment.objects.filter(pk=garment.pk).update(
+        claimed_by="dead-task", claimed_at="2000-01-01T00:00Z"
+    )
+    assert services.requeue_stuck_garments() == 1
+    garment.refresh_from_db()
+    assert garment.status == Garment.Status.PENDING and garment.claimed_by == ""
+    assert services.features_backlog() == 2
+
+
+def test_cnn_tasks_are_routed_to_the_features_queue_named_by_settings(settings):
+    router = app.amqp.router
+    for name in ("index_garments", "reindex_model", "train_model"):
+        route = router.route({}, f"retrieval.tasks.{name}")
+        assert route["queue"].name == settings.FEATURES_QUEUE
+    assert router.route({}, "retrieval.tasks.requeue_stuck")["queue"].name == "default"
+    settings.FEATURES_QUEUE = "features-elsewhere"
+    assert router.route({}, "retrieval.tasks.index_garments")["queue"].name == "features-elsewhere"
+    # An explicit queue still wins (tests/test_services.py's killed-worker test relies on it).
+    assert router.route({"queue": "mine"}, "retrieval.tasks.index_garments")["queue"].name == (
+        "mine"
+    )
+
+
 @pytest.mark.django_db
 def test_a_garment_is_claimed_by_one_worker_at_a_time():
     garment = GarmentFactory(status=Garment.Status.PENDING)
