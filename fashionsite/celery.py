@@ -76,7 +76,9 @@ class SweepOnConnect(bootsteps.StartStopStep):
     Redis is back and a worker sees it, not at the next beat tick. A consumer bootstep's
     start runs on every connection, including reconnections after an outage (worker_ready
     fires only once). Sweeps from several workers at once are harmless (they skip rows
-    another sweep holds).
+    another sweep holds). A broker that hung and answers again leaves the connections open,
+    so nothing reconnects: the process whose publish failed queues the sweep then
+    (retrieval.services.sweep_when_broker_answers).
     """
 
     requires = {"celery.worker.consumer.tasks:Tasks"}

@@ -239,21 +239,38 @@ CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 3600, minimum=1)
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 3300, minimum=1)
 # Seconds to wait for Redis to accept a connection (broker and result backend).
 REDIS_CONNECT_TIMEOUT = env_float("REDIS_CONNECT_TIMEOUT", 2.0)
+# Seconds to wait for Redis to answer a command. A Redis that hangs without closing its
+# connections (a stopped server, a network partition) accepts connections (the kernel does)
+# and never answers: without a read timeout every publish, and so the web request queueing
+# it, would wait forever. Redis answers in milliseconds; a worker's blocking BRPOP is unaffected
+# (its server-side timeout is 1 s, and the event loop reads it only once it is readable).
+REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 2.0)
+for _name, _seconds in [
+    ("REDIS_CONNECT_TIMEOUT", REDIS_CONNECT_TIMEOUT),
+    ("REDIS_SOCKET_TIMEOUT", REDIS_SOCKET_TIMEOUT),
+]:
+    if not _seconds > 0:
+        _fail(f"{_name}={_seconds} must be a positive number of seconds")
 # Redis redelivers unacknowledged messages after this many seconds: longer than any task.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", CELERY_TASK_TIME_LIMIT + 300),
-    # A broker that does not answer must not hold a web request: connect attempts are short.
+    # A broker that does not answer must not hold a web request: connect attempts and
+    # commands are short.
     "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
+    "socket_timeout": REDIS_SOCKET_TIMEOUT,
 }
 CELERY_RESULT_EXPIRES = 24 * 3600
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Publishing while Redis is down gives up within a few seconds (web requests enqueue work on
 # commit): each connection attempt is bounded by the connect timeout, and a publish is retried
-# at most twice. What was not queued is queued again by the sweep (retrieval.services).
+# at most twice. A Redis that accepts connections but does not answer is sent nothing (a PING
+# first, retrieval.services._publish). What was not queued is queued again by the sweep.
 CELERY_BROKER_CONNECTION_TIMEOUT = REDIS_CONNECT_TIMEOUT
 _REDIS_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
 CELERY_TASK_PUBLISH_RETRY_POLICY = _REDIS_RETRY
 CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = REDIS_CONNECT_TIMEOUT
+# Celery's own default for the result backend is 120 s per command.
+CELERY_REDIS_SOCKET_TIMEOUT = REDIS_SOCKET_TIMEOUT
 # The result backend's default (20 reconnect attempts, about 20 s) would hold a request that
 # queues a task whose result is kept (the admin's training, evaluation) as long.
 CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"retry_policy": _REDIS_RETRY}

@@ -11,6 +11,8 @@ import functools
 import hashlib
 import json
 import logging
+import os
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -367,19 +369,114 @@ NOT_QUEUED = (
 )
 
 
+# How often a process whose publish failed asks whether the broker answers again.
+SWEEP_POLL_SECONDS = 1.0
+
+
+@functools.cache
+def _broker_client(url: str):
+    """A Redis client on the broker, with the connect and read timeouts (per process)."""
+    import redis
+
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
+        socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT,
+    )
+
+
+def _broker_ping() -> Exception | None:
+    """None when the broker answers a PING within REDIS_SOCKET_TIMEOUT, else the error."""
+    import redis
+
+    from fashionsite.celery import app
+
+    try:
+        _broker_client(app.conf.broker_url).ping()
+    except redis.RedisError as exc:
+        return exc
+    return None
+
+
 def _publish(task, *, args: list) -> Exception | None:
     """Send a task now; the broker's error, if it is unavailable, else None.
 
-    Retried briefly (CELERY_TASK_PUBLISH_RETRY_POLICY: a blip, not an outage), with no result
-    kept (nothing reads these results, and keeping one would make the publish wait on Redis a
+    A broker that accepts connections but does not answer (a hung server, a partition) is
+    not sent the task: it would run it once it answers again, after the caller marked the
+    work NOT_QUEUED and the sweep queued it a second time. So a PING comes first, bounded by
+    REDIS_SOCKET_TIMEOUT; a refused connection (down) falls through to the publish, retried
+    briefly (CELERY_TASK_PUBLISH_RETRY_POLICY: a blip, not an outage). No result is kept
+    (nothing reads these results, and keeping one would make the publish wait on Redis a
     second time, as the result backend). On an error the caller marks the work NOT_QUEUED and
-    the sweep is the real retry.
+    the sweep is the real retry: this process queues it once the broker answers again.
     """
+    import redis
+
+    error = _broker_ping()
+    if isinstance(error, redis.TimeoutError):
+        sweep_when_broker_answers()
+        return error
     try:
         task.apply_async(args=args, ignore_result=True)
     except Exception as exc:  # kombu raises transport-specific errors
+        sweep_when_broker_answers()
         return exc
     return None
+
+
+_sweep_lock = threading.Lock()
+_sweep_wanted = False
+_sweep_thread: threading.Thread | None = None
+
+
+def _forget_sweep_thread() -> None:
+    # A forked child (a prefork worker) has no such thread, and a fresh lock.
+    global _sweep_lock, _sweep_wanted, _sweep_thread
+    _sweep_lock, _sweep_wanted, _sweep_thread = threading.Lock(), False, None
+
+
+os.register_at_fork(after_in_child=_forget_sweep_thread)
+
+
+def sweep_when_broker_answers() -> None:
+    """Queue the sweep (requeue_stuck) from this process as soon as the broker answers again.
+
+    Workers queue it as they reconnect, but a broker that hung and came back (stopped, a
+    partition) leaves their connections open: nothing reconnects, and what this process
+    could not queue would wait for beat's next sweep. One thread per process, started on
+    demand; a failure while it waits makes it send one more sweep.
+    """
+    global _sweep_wanted, _sweep_thread
+    with _sweep_lock:
+        _sweep_wanted = True
+        if _sweep_thread is None:
+            _sweep_thread = threading.Thread(
+                target=_sweep_loop, name="sweep-when-broker-answers", daemon=True
+            )
+            _sweep_thread.start()
+
+
+def _sweep_loop() -> None:
+    global _sweep_wanted, _sweep_thread
+    from fashionsite.celery import app
+
+    while True:
+        with _sweep_lock:
+            if not _sweep_wanted:
+                _sweep_thread = None
+                return
+            _sweep_wanted = False
+        while True:
+            time.sleep(SWEEP_POLL_SECONDS)
+            if _broker_ping() is not None:
+                continue
+            try:
+                app.send_task("retrieval.tasks.requeue_stuck", ignore_result=True)
+            except Exception as exc:  # gone again: keep waiting
+                log.debug("sweep not queued yet: %s", exc)
+                continue
+            log.info("broker answers again: sweep queued")
+            break
 
 
 def enqueue_indexing(*, garment_ids: Iterable[int]) -> None:

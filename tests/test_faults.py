@@ -1,6 +1,7 @@
-"""Faults, each against the real services: Redis down while staff upload, PostgreSQL restarted
-during searches. Nothing is mocked: the test session's own embedded servers (var/test/) are
-stopped and started again, with real worker processes and a real gunicorn web process.
+"""Faults, each against the real services: Redis down or hung (SIGSTOP) while staff upload,
+PostgreSQL restarted during searches. Nothing is mocked: the test session's own embedded servers
+(var/test/) are stopped (or suspended) and started again, with real worker processes and a real
+gunicorn web process.
 
 The third fault of issue #8, a worker killed mid-batch (its garments all end ready), is
 tests/test_services.py::test_a_worker_killed_mid_batch_loses_nothing.
@@ -10,6 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,8 +23,10 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+import redis
 import requests
 from django.conf import settings
 from django.core.files.base import ContentFile
@@ -264,6 +270,184 @@ def test_search_by_photo_works_while_redis_is_down(trained_catalogue, client, se
         )
     assert response.status_code == 200, response.content[:2000]
     assert garment.pk in [hit["id"] for hit in response.json()["results"]]
+
+
+# --------------------------------------------------------------------------- Redis hung
+
+# A hung Redis (stopped, a network partition) accepts connections (the kernel does) and never
+# answers. Each call that reaches it gives up after REDIS_SOCKET_TIMEOUT (2 s); this bound is
+# for liveness on a loaded 2-core machine, not a speed claim.
+HUNG_BOUND_SECONDS = 15.0
+
+
+@contextlib.contextmanager
+def redis_hung() -> Iterator[None]:
+    """SIGSTOP the test session's redis-server: connections stay open, nothing answers.
+    Always SIGCONT it again, and wait until it answers."""
+    if not settings.EMBEDDED_REDIS:
+        pytest.skip("stops the embedded Redis; REDIS_URL points elsewhere")
+    pid = int((settings.VAR_DIR / "redis" / "redis.pid").read_text().strip())
+    assert b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        assert wait_until(client.ping, timeout=HANG_SECONDS)
+
+
+def timed(call: Callable[[], object]) -> tuple[object, float]:
+    """``call()``'s result and the seconds it took (failing past HANG_SECONDS)."""
+    started = time.monotonic()
+    result = within(HANG_SECONDS, call)
+    return result, time.monotonic() - started
+
+
+def test_a_hung_redis_is_sent_no_task_and_the_sweep_is_queued_once_it_answers(caplog):
+    """A publish to a Redis that does not answer gives up after one PING timeout and sends
+    nothing: a task sent now would run when Redis wakes, after its work was marked NOT_QUEUED
+    and queued again by the sweep. This process queues the sweep once Redis answers."""
+    from retrieval import tasks
+
+    queue = "hung-redis-test"  # no worker consumes it: what reached Redis stays there
+    probe = tasks.probe.s().set(queue=queue)
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.delete(queue)
+    try:
+        assert services._publish(probe, args=[]) is None
+        assert client.llen(queue) == 1  # the route works: a publish lands in that list
+        with caplog.at_level(logging.INFO, logger="retrieval.services"):
+            with redis_hung():
+                error, seconds = timed(lambda: services._publish(probe, args=[]))
+                assert isinstance(error, redis.TimeoutError), error
+                assert seconds < HUNG_BOUND_SECONDS  # measured 2.0 s (one PING timeout)
+            assert wait_until(lambda: "sweep queued" in caplog.text, timeout=HANG_SECONDS)
+        time.sleep(1)  # had anything been sent to the stopped server, it has run by now
+        assert client.llen(queue) == 1
+    finally:
+        client.delete(queue)
+
+
+@pytest.mark.slow
+def test_uploads_and_training_while_redis_hangs_answer_in_bounded_time_and_run_once_it_is_back(
+    celery_worker, admin_client, admin_user
+):
+    category = CategoryFactory(name="Hung coats")
+    api = Client(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=admin_user).key}")
+
+    with redis_hung():
+        (status, body), seconds = timed(lambda: healthz(admin_client))
+        assert status == 503 and "redis" in body["down"], body
+        assert seconds < HUNG_BOUND_SECONDS  # measured 2.2 s
+
+        # The admin: the upload answers (no hang, no error) and the garment waits, pending.
+        response, seconds = timed(
+            lambda: admin_client.post(
+                "/admin/retrieval/garment/add/",
+                {
+                    "sku": "HUNG-1",
+                    "title": "Coat uploaded in the admin",
+                    "description": "",
+                    "category": category.pk,
+                    "colour": "Green",
+                    "attributes": "{}",
+                    "image": SimpleUploadedFile("coat.jpg", jpeg_bytes((0, 140, 60))),
+                },
+            )
+        )
+        assert response.status_code == 302, response.content[:2000]
+        assert seconds < HUNG_BOUND_SECONDS  # measured 2.1 s
+
+        # The API, as staff with a token: 201, pending.
+        response, seconds = timed(
+            lambda: api.post(
+                "/api/v1/garments/",
+                {
+                    "sku": "HUNG-2",
+                    "title": "Coat uploaded through the API",
+                    "category": category.slug,
+                    "colour": "Red",
+                    "image": SimpleUploadedFile("api.jpg", jpeg_bytes((200, 10, 10))),
+                },
+            )
+        )
+        assert response.status_code == 201, response.content[:2000]
+        assert response.json()["status"] == "pending"
+        assert seconds < HUNG_BOUND_SECONDS  # measured 2.1 s
+
+        # The admin's "train": the model waits, queued.
+        response, seconds = timed(lambda: admin_client.post("/admin/retrieval/featuremodel/train/"))
+        assert response.status_code == 302, response.content[:2000]
+        # Measured 4.3 s, about 2 s of it importing torch (the first training request here).
+        assert seconds < HUNG_BOUND_SECONDS
+
+        uploaded = Garment.objects.filter(sku__in=["HUNG-1", "HUNG-2"])
+        assert {(g.status, g.error) for g in uploaded} == {
+            (Garment.Status.PENDING, services.NOT_QUEUED)
+        }
+        model = FeatureModel.objects.get()
+        assert (model.status, model.error) == (FeatureModel.Status.TRAINING, services.NOT_QUEUED)
+
+    # Redis answers again. The worker's connections stayed open (nothing to reconnect), so
+    # this process, whose publishes failed, queues the sweep: both uploads are indexed, and
+    # the training runs (one category only, so it ends failed, saying why: it ran).
+    assert wait_until(
+        lambda: uploaded.filter(status=Garment.Status.READY).count() == 2, timeout=240
+    ), list(uploaded.values_list("sku", "status", "error"))
+    assert not uploaded.exclude(error="").exists()
+    assert wait_until(
+        lambda: FeatureModel.objects.get(pk=model.pk).status == FeatureModel.Status.FAILED,
+        timeout=120,
+    ), FeatureModel.objects.values_list("status", "error").first()
+    assert "at least 2 categories" in FeatureModel.objects.get(pk=model.pk).error
+    assert wait_until(lambda: healthz(admin_client)[0] == 200, timeout=HANG_SECONDS)
+    assert celery_worker.process.poll() is None  # the same worker, never restarted
+
+
+@pytest.mark.slow
+def test_activate_evaluate_and_search_while_redis_hangs_answer_in_bounded_time(
+    trained_catalogue, admin_client, client, settings
+):
+    from retrieval.models import EvaluationReport
+
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {"search": "30/min"},  # counted in Redis: must fail open
+    }
+    model = FeatureModel.objects.get(active=True)
+    garment = Garment.objects.filter(status=Garment.Status.READY).first()
+    with garment.image.open("rb") as handle:
+        photo = handle.read()
+    with redis_hung():
+        response, seconds = timed(
+            lambda: admin_client.post(
+                "/admin/retrieval/featuremodel/",
+                {"action": "activate_selected", "_selected_action": [model.pk]},
+                follow=True,
+            )
+        )
+        assert response.status_code == 200
+        assert "Redis (the task queue) is unavailable" in response.content.decode()
+        assert seconds < HUNG_BOUND_SECONDS  # measured 2.1 s
+        response, seconds = timed(
+            lambda: admin_client.post("/admin/retrieval/evaluationreport/run/", follow=True)
+        )
+        assert response.status_code == 200
+        assert seconds < HUNG_BOUND_SECONDS  # measured 2.0 s
+        response, seconds = timed(
+            lambda: client.post(
+                "/api/v1/search/", {"image": SimpleUploadedFile("q.jpg", photo), "top": 5}
+            )
+        )
+        assert response.status_code == 200, response.content[:2000]
+        assert garment.pk in [hit["id"] for hit in response.json()["results"]]
+        assert seconds < HUNG_BOUND_SECONDS  # measured 0.6 s (the throttle gives up after 0.5 s)
+    report = EvaluationReport.objects.get()
+    assert report.status == EvaluationReport.Status.FAILED
+    assert "Redis (the task queue) was unavailable" in report.error
+    model.refresh_from_db()
+    assert model.active and model.status == FeatureModel.Status.READY
 
 
 # --------------------------------------------------------------------------- PostgreSQL restart

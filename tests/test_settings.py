@@ -40,6 +40,14 @@ def test_malformed_service_url_is_one_line_naming_the_variable(variable, value):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("variable", ["REDIS_CONNECT_TIMEOUT", "REDIS_SOCKET_TIMEOUT"])
+def test_redis_timeouts_must_be_positive(variable):
+    result = run_manage("check", **{variable: "0"})
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and variable in lines[0], result.stderr
+
+
 def test_production_requires_a_secret_key():
     env = {"DJANGO_DEBUG": "false", "DJANGO_SECRET_KEY": ""}
     result = run_manage("check", **env)
