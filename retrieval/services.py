@@ -532,11 +532,11 @@ def features_backlog() -> int | None:
     """Tasks waiting in the features queue (not yet delivered to a worker), or None when the
     broker cannot be asked.
 
-    Asked through the app's broker connection with REDIS_CONNECT_TIMEOUT as both connect and
-    read timeout, one attempt: the sweep never hangs on a broker that is down or stuck. On
-    Redis a queue is one list per priority step (kombu's sub-queues); ``queue_declare``
-    counts them all (LLEN of each), and declaring changes nothing on Redis. Tasks a worker
-    has taken but not acknowledged (acks_late) are not counted: their garments are
+    Asked through the app's broker connection (REDIS_CONNECT_TIMEOUT to connect,
+    REDIS_SOCKET_TIMEOUT to read), one attempt: the sweep never hangs on a broker that is
+    down or stuck. On Redis a queue is one list per priority step (kombu's sub-queues);
+    ``queue_declare`` counts them all (LLEN of each), and declaring changes nothing on Redis.
+    Tasks a worker has taken but not acknowledged (acks_late) are not counted: their garments are
     processing, under a lease.
     """
     from fashionsite.celery import app
@@ -545,7 +545,7 @@ def features_backlog() -> int | None:
     try:
         with app.connection_for_read(
             connect_timeout=timeout,
-            transport_options={"socket_timeout": timeout, "max_retries": 1},
+            transport_options={"socket_timeout": settings.REDIS_SOCKET_TIMEOUT, "max_retries": 1},
         ) as conn:
             conn.ensure_connection(max_retries=1, timeout=timeout)
             declared = conn.default_channel.queue_declare(queue=settings.FEATURES_QUEUE)
