@@ -37,7 +37,7 @@ from rest_framework.authtoken.models import Token
 
 from fashionsite import embedded
 from retrieval import services
-from retrieval.models import FeatureModel, Garment, ImportJob
+from retrieval.models import Category, FeatureModel, Garment, ImportJob
 from tests.conftest import ROOT, service_env, stop_process
 from tests.factories import CategoryFactory, jpeg_bytes
 from tests.test_services import make_catalogue, row, wait_until
@@ -94,6 +94,45 @@ def healthz(client) -> tuple[int, dict]:
     return response.status_code, response.json()
 
 
+def admin_upload(admin_client, *, sku: str, category: Category):
+    """Staff add a garment with a photo in the admin."""
+    return admin_client.post(
+        "/admin/retrieval/garment/add/",
+        {
+            "sku": sku,
+            "title": "Coat uploaded in the admin",
+            "description": "",
+            "category": category.pk,
+            "colour": "Green",
+            "attributes": "{}",
+            "image": SimpleUploadedFile("coat.jpg", jpeg_bytes((0, 140, 60))),
+        },
+    )
+
+
+def admin_activate(admin_client, *, model: FeatureModel):
+    """The FeatureModel list's "activate" action on one model, following its redirect."""
+    return admin_client.post(
+        "/admin/retrieval/featuremodel/",
+        {"action": "activate_selected", "_selected_action": [model.pk]},
+        follow=True,
+    )
+
+
+def api_upload(api: Client, *, sku: str, category: Category):
+    """Staff add a garment with a photo through the API (``api`` carries a staff token)."""
+    return api.post(
+        "/api/v1/garments/",
+        {
+            "sku": sku,
+            "title": "Coat uploaded through the API",
+            "category": category.slug,
+            "colour": "Red",
+            "image": SimpleUploadedFile("api.jpg", jpeg_bytes((200, 10, 10))),
+        },
+    )
+
+
 @pytest.mark.slow
 def test_uploads_while_redis_is_down_stay_pending_and_are_indexed_once_it_is_back(
     celery_worker, admin_client, admin_user, tmp_path
@@ -113,34 +152,14 @@ def test_uploads_while_redis_is_down_stay_pending_and_are_indexed_once_it_is_bac
         # The admin: the upload succeeds (no hang, no error) and the garment waits, pending.
         response = within(
             HANG_SECONDS,
-            lambda: admin_client.post(
-                "/admin/retrieval/garment/add/",
-                {
-                    "sku": "OUT-1",
-                    "title": "Coat uploaded in the admin",
-                    "description": "",
-                    "category": category.pk,
-                    "colour": "Green",
-                    "attributes": "{}",
-                    "image": SimpleUploadedFile("coat.jpg", jpeg_bytes((0, 140, 60))),
-                },
-            ),
+            lambda: admin_upload(admin_client, sku="OUT-1", category=category),
         )
         assert response.status_code == 302, response.content[:2000]
 
         # The API, as staff with a token: 201, status pending.
         response = within(
             HANG_SECONDS,
-            lambda: api.post(
-                "/api/v1/garments/",
-                {
-                    "sku": "OUT-2",
-                    "title": "Coat uploaded through the API",
-                    "category": category.slug,
-                    "colour": "Red",
-                    "image": SimpleUploadedFile("api.jpg", jpeg_bytes((200, 10, 10))),
-                },
-            ),
+            lambda: api_upload(api, sku="OUT-2", category=category),
         )
         assert response.status_code == 201, response.content[:2000]
         assert response.json()["status"] == "pending"
@@ -232,11 +251,7 @@ def test_activate_and_evaluate_while_redis_is_down_say_so_and_change_nothing(
     with redis_stopped():
         response = within(
             HANG_SECONDS,
-            lambda: admin_client.post(
-                "/admin/retrieval/featuremodel/",
-                {"action": "activate_selected", "_selected_action": [model.pk]},
-                follow=True,
-            ),
+            lambda: admin_activate(admin_client, model=model),
         )
         assert response.status_code == 200
         assert "Redis (the task queue) is unavailable" in response.content.decode()
@@ -343,35 +358,13 @@ def test_uploads_and_training_while_redis_hangs_answer_in_bounded_time_and_run_o
 
         # The admin: the upload answers (no hang, no error) and the garment waits, pending.
         response, seconds = timed(
-            lambda: admin_client.post(
-                "/admin/retrieval/garment/add/",
-                {
-                    "sku": "HUNG-1",
-                    "title": "Coat uploaded in the admin",
-                    "description": "",
-                    "category": category.pk,
-                    "colour": "Green",
-                    "attributes": "{}",
-                    "image": SimpleUploadedFile("coat.jpg", jpeg_bytes((0, 140, 60))),
-                },
-            )
+            lambda: admin_upload(admin_client, sku="HUNG-1", category=category)
         )
         assert response.status_code == 302, response.content[:2000]
         assert seconds < HUNG_BOUND_SECONDS  # measured 2.1 s
 
         # The API, as staff with a token: 201, pending.
-        response, seconds = timed(
-            lambda: api.post(
-                "/api/v1/garments/",
-                {
-                    "sku": "HUNG-2",
-                    "title": "Coat uploaded through the API",
-                    "category": category.slug,
-                    "colour": "Red",
-                    "image": SimpleUploadedFile("api.jpg", jpeg_bytes((200, 10, 10))),
-                },
-            )
-        )
+        response, seconds = timed(lambda: api_upload(api, sku="HUNG-2", category=category))
         assert response.status_code == 201, response.content[:2000]
         assert response.json()["status"] == "pending"
         assert seconds < HUNG_BOUND_SECONDS  # measured 2.1 s
@@ -420,13 +413,7 @@ def test_activate_evaluate_and_search_while_redis_hangs_answer_in_bounded_time(
     with garment.image.open("rb") as handle:
         photo = handle.read()
     with redis_hung():
-        response, seconds = timed(
-            lambda: admin_client.post(
-                "/admin/retrieval/featuremodel/",
-                {"action": "activate_selected", "_selected_action": [model.pk]},
-                follow=True,
-            )
-        )
+        response, seconds = timed(lambda: admin_activate(admin_client, model=model))
         assert response.status_code == 200
         assert "Redis (the task queue) is unavailable" in response.content.decode()
         assert seconds < HUNG_BOUND_SECONDS  # measured 2.1 s

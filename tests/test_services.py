@@ -182,12 +182,18 @@ def test_categories_are_created_from_the_chosen_column_and_merge_moves_garments(
     assert set(Garment.objects.values_list("category", flat=True)) == {tshirts.pk}
 
 
-@pytest.mark.django_db
-def test_stuck_garments_are_requeued(settings):
+def garment_under_a_dead_lease() -> Garment:
+    """A processing garment whose worker took it long ago and died."""
     garment = GarmentFactory(status=Garment.Status.PROCESSING)
     Garment.objects.filter(pk=garment.pk).update(
         claimed_by="dead-task", claimed_at="2000-01-01T00:00Z"
     )
+    return garment
+
+
+@pytest.mark.django_db
+def test_stuck_garments_are_requeued(settings):
+    garment = garment_under_a_dead_lease()
     assert services.requeue_stuck_garments() == 1
     garment.refresh_from_db()
     assert garment.status == Garment.Status.PENDING and garment.claimed_by == ""
@@ -259,10 +265,7 @@ def test_the_sweep_still_requeues_stale_leases_while_the_queue_holds_a_backlog(
     GarmentFactory(status=Garment.Status.PENDING)  # something waits in the queue
     services.enqueue_indexing(garment_ids=list(Garment.objects.values_list("id", flat=True)))
     assert services.features_backlog() == 1
-    garment = GarmentFactory(status=Garment.Status.PROCESSING)
-    Garment.objects.filter(pk=garment.pk).update(
-        claimed_by="dead-task", claimed_at="2000-01-01T00:00Z"
-    )
+    garment = garment_under_a_dead_lease()
     assert services.requeue_stuck_garments() == 1
     garment.refresh_from_db()
     assert garment.status == Garment.Status.PENDING and garment.claimed_by == ""
