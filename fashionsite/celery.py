@@ -66,6 +66,10 @@ def _configure(sender: Celery, **_: object) -> None:
             "task": "retrieval.tasks.requeue_stuck",
             "schedule": settings.RETRIEVAL_SWEEP_MINUTES * 60.0,
         },
+        "prune-media": {
+            "task": "retrieval.tasks.prune_media",
+            "schedule": _cron(settings.RETRIEVAL_PRUNE_MEDIA_SCHEDULE),
+        },
     }
 
 

@@ -421,6 +421,10 @@ RETRIEVAL_KMEANS_K = env_int("RETRIEVAL_KMEANS_K", 0, minimum=0)
 RETRIEVAL_PROBES = env_int("RETRIEVAL_PROBES", 1, minimum=1)
 RETRIEVAL_KMEANS_SCHEDULE = env_str("RETRIEVAL_KMEANS_SCHEDULE", "0 3 * * *")
 RETRIEVAL_SWEEP_MINUTES = env_int("RETRIEVAL_SWEEP_MINUTES", 10, minimum=1)
+# Daily deletion of image files no garment names (services.prune_media), at another hour than
+# the nightly K-means; only files older than RETRIEVAL_PRUNE_MEDIA_MINUTES (uploads in flight).
+RETRIEVAL_PRUNE_MEDIA_SCHEDULE = env_str("RETRIEVAL_PRUNE_MEDIA_SCHEDULE", "30 4 * * *")
+RETRIEVAL_PRUNE_MEDIA_MINUTES = env_int("RETRIEVAL_PRUNE_MEDIA_MINUTES", 60, minimum=1)
 RETRIEVAL_STUCK_MINUTES = env_int("RETRIEVAL_STUCK_MINUTES", 15, minimum=1)
 # Retention (services.prune_inactive_models, run after every activation): inactive models lose
 # their search-table partitions; the N most recently active of them keep their vectors, so a

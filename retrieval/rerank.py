@@ -5,7 +5,9 @@ ranking by fused distance). The head's FC2 already classifies the photo; with ``
 the garments of the predicted category come first (nearest first, found through the same
 cluster search, widened until N of them are found), then the rest of the plain ranking. When
 the predicted probability is below ``RETRIEVAL_RERANK_MIN_CONFIDENCE`` the plain ranking is
-used. Measured in docs/benchmarks.md ("Evaluation"), on studio and on shoppers' photos.
+used. Its statements run in one REPEATABLE READ snapshot, like a plain search's
+(:func:`retrieval.search.one_snapshot`). Measured in docs/benchmarks.md ("Evaluation"), on
+studio and on shoppers' photos.
 """
 
 from __future__ import annotations
@@ -58,28 +60,33 @@ def search_reranked(
         "clustered": clustered,
         "include_hidden": include_hidden,
     }
-    # The paper's ranking first: it supplies the exact matches and fills the page.
-    plain = search.search_vectors(top=top, exclude_garment_ids=exclude_garment_ids, **common)
-    category_id = None
-    if len(probs) == len(model.classes or ()):
-        name, confidence = predicted_category(model=model, probs=probs)
-        if confidence >= min_confidence:
-            category_id = Category.objects.filter(name=name).values_list("id", flat=True).first()
-    if category_id is None:
-        return plain
-    # The query photo itself (a catalogue photo searched again) stays first whatever the head
-    # predicts: an identical image must come back first with score 0 (issue #5).
-    hits = [h for h in plain.hits if h.distance <= DUPLICATE_DISTANCE]
-    clusters = list(plain.clusters)
-    if len(hits) < top:
-        first = search.search_vectors(
-            top=top - len(hits),
-            category_id=category_id,
-            exclude_garment_ids=(*exclude_garment_ids, *(h.garment_id for h in hits)),
-            **common,
-        )
-        hits += first.hits
-        clusters += [c for c in first.clusters if c not in clusters]
+    # One snapshot for all statements (the plain ranking, the category, the category's
+    # ranking), as for a plain search: a K-means switch committing between them is not seen.
+    with search.one_snapshot():
+        # The paper's ranking first: it supplies the exact matches and fills the page.
+        plain = search.search_vectors(top=top, exclude_garment_ids=exclude_garment_ids, **common)
+        category_id = None
+        if len(probs) == len(model.classes or ()):
+            name, confidence = predicted_category(model=model, probs=probs)
+            if confidence >= min_confidence:
+                category_id = (
+                    Category.objects.filter(name=name).values_list("id", flat=True).first()
+                )
+        if category_id is None:
+            return plain
+        # The query photo itself (a catalogue photo searched again) stays first whatever the
+        # head predicts: an identical image must come back first with score 0 (issue #5).
+        hits = [h for h in plain.hits if h.distance <= DUPLICATE_DISTANCE]
+        clusters = list(plain.clusters)
+        if len(hits) < top:
+            first = search.search_vectors(
+                top=top - len(hits),
+                category_id=category_id,
+                exclude_garment_ids=(*exclude_garment_ids, *(h.garment_id for h in hits)),
+                **common,
+            )
+            hits += first.hits
+            clusters += [c for c in first.clusters if c not in clusters]
     # A small predicted category: the plain ranking fills the page (it holds `top` garments,
     # so enough of them are not listed yet).
     seen = {h.garment_id for h in hits}

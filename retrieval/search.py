@@ -18,6 +18,8 @@ ranking of the probed clusters.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -74,6 +76,27 @@ def active_model() -> FeatureModel:
     return model
 
 
+@contextmanager
+def one_snapshot() -> Iterator[None]:
+    """Run the statements of the block in one REPEATABLE READ, READ ONLY transaction: they
+    all read the database as of the block's first query (a K-means switch committing
+    meanwhile is either wholly seen or not at all).
+
+    ``SET TRANSACTION`` must be the transaction's first statement, so it is sent first, before
+    any query of the block. Nested blocks (a re-ranked search runs several searches in one
+    snapshot) join the outer one; inside a caller's own transaction (an atomic block: tests,
+    a view under ATOMIC_REQUESTS) the isolation level can no longer be set, so the statements
+    run in that transaction at its level (READ COMMITTED by default: one snapshot per
+    statement, as before).
+    """
+    outer_transaction = connection.in_atomic_block
+    with transaction.atomic():
+        if not outer_transaction:
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        yield
+
+
 def search_vectors(
     *,
     fused: np.ndarray,
@@ -112,10 +135,7 @@ def search_vectors(
         exclude_garment_ids=exclude_garment_ids,
     )
 
-    outer_transaction = connection.in_atomic_block
-    with transaction.atomic(), connection.cursor() as cursor:
-        if not outer_transaction:  # one snapshot for all statements of this search
-            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    with one_snapshot(), connection.cursor() as cursor:
         run_id, labels = None, []
         if clustered:
             cursor.execute(searchtable.LOCK_FOR_SEARCH_SQL)  # before the snapshot, see there

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from datetime import timedelta
 
 from celery import shared_task
+from django.conf import settings
 from django.db import DatabaseError, connection
 
 from retrieval import services
@@ -90,6 +92,23 @@ def prune_models(self, model_ids: list[int] | None = None, keep: int | None = No
     if report.failed_runs and self.request.retries < self.max_retries:
         raise self.retry(countdown=60)
     return report.as_dict()
+
+
+@shared_task(name="retrieval.tasks.prune_media", autoretry_for=(DatabaseError,), max_retries=3)
+def prune_media(older_than_minutes: int | None = None) -> dict:
+    """Periodic (daily, beat): delete the image files under MEDIA_ROOT/garments that no garment
+    names and that are older than ``older_than_minutes`` (default
+    RETRIEVAL_PRUNE_MEDIA_MINUTES), as ``manage.py prune_media`` does. Idempotent: a second run
+    finds nothing left; a file that cannot be deleted is logged and tried again next time."""
+    minutes = older_than_minutes or settings.RETRIEVAL_PRUNE_MEDIA_MINUTES
+    result = services.prune_media(older_than=timedelta(minutes=minutes))
+    return {
+        "deleted": len(result.deleted),
+        "failed": len(result.failed),
+        "bytes": result.orphan_bytes,
+        "recent": result.recent,
+        "referenced": result.referenced,
+    }
 
 
 @shared_task(name="retrieval.tasks.import_catalog", bind=True)

@@ -26,3 +26,23 @@ def test_celery_configuration_is_json_late_ack_prefetch_one():
     queue_names = {q.name for q in conf.task_queues}
     assert {"default", "features"} <= queue_names
     assert conf.task_time_limit > conf.task_soft_time_limit > 0
+
+
+def test_beat_prunes_media_daily_at_another_hour_than_kmeans(settings):
+    from celery import Celery
+    from celery.schedules import crontab
+
+    from fashionsite import celery as celery_module
+
+    schedule = app.conf.beat_schedule
+    entry = schedule["prune-media"]
+    assert entry["task"] == "retrieval.tasks.prune_media" == tasks.prune_media.name
+    assert entry["schedule"] == crontab(minute="30", hour="4")
+    assert schedule["rebuild-clusters"]["schedule"].hour != entry["schedule"].hour
+    # The schedule comes from the setting (read when the app is configured).
+    settings.RETRIEVAL_PRUNE_MEDIA_SCHEDULE = "15 2 * * 0"
+    fresh = Celery("schedule-check")
+    celery_module._configure(fresh)
+    assert fresh.conf.beat_schedule["prune-media"]["schedule"] == crontab(
+        minute="15", hour="2", day_of_week="0"
+    )

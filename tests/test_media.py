@@ -23,7 +23,7 @@ from django.db import DatabaseError, connection, transaction
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from retrieval import services
+from retrieval import services, tasks
 from retrieval.models import Garment, ImportJob
 from tests.factories import CategoryFactory, GarmentFactory, jpeg_bytes
 from tests.images_corpus import SCRIPT, assert_clean_jpeg, catalogue_zip, jpeg_with_script
@@ -573,3 +573,27 @@ def test_prune_media_lists_then_deletes_old_unreferenced_files(media_root):
     assert files_under(media_root) == sorted([garment.image.name, other_media])
     with pytest.raises(CommandError):
         prune("--older-than", "0")
+
+
+def test_the_periodic_task_deletes_old_orphans_and_keeps_referenced_and_recent_files(media_root):
+    """Beat's prune_media task (in this process: real database, real files) does what
+    ``manage.py prune_media`` does; a second run finds nothing (idempotent)."""
+    garment = GarmentFactory()
+    old_orphan = "garments/2020/01/" + "d" * 32 + ".jpg"
+    new_orphan = "garments/2020/01/" + "e" * 32 + ".jpg"
+    for name in (old_orphan, new_orphan):
+        (media_root / name).parent.mkdir(parents=True, exist_ok=True)
+        (media_root / name).write_bytes(jpeg_bytes())
+    two_hours_ago = time.time() - 7200
+    for name in (old_orphan, garment.image.name):
+        os.utime(media_root / name, (two_hours_ago, two_hours_ago))
+    size = (media_root / old_orphan).stat().st_size
+
+    result = tasks.prune_media.apply().get()
+    assert result == {"deleted": 1, "failed": 0, "bytes": size, "recent": 1, "referenced": 1}
+    assert not (media_root / old_orphan).exists()
+    assert (media_root / garment.image.name).exists()
+    assert (media_root / new_orphan).exists()
+    assert tasks.prune_media.apply().get()["deleted"] == 0
+    # An explicit age: the newer orphan (just written) is not 1 minute old yet either.
+    assert tasks.prune_media.apply(kwargs={"older_than_minutes": 1}).get()["recent"] == 1

@@ -459,3 +459,140 @@ def test_migration_0003_fills_the_active_runs_partitions_from_the_old_labels():
     finally:
         executor = MigrationExecutor(connection)
         executor.migrate(executor.loader.graph.leaf_nodes())
+
+
+# --------------------------------------------------------------------------- category re-rank
+
+
+def rerank_catalogue():
+    """Two clusters, X (near the query) and Y, of 20 garments each, Tops and Shoes alternating;
+    run A labels them as they lie, run B (not active) the other way round, so a search through
+    B looks in Y for a query near X: each answer shows which run it read."""
+    rng = np.random.default_rng(7)
+    model = FeatureModelFactory(classes=["Shoes", "Tops"])
+    tops, shoes = CategoryFactory(name="Tops"), CategoryFactory(name="Shoes")
+    centres = np.eye(2, DIM, dtype=np.float32)
+    garments, vectors, labels = [], [], []
+    for label in (0, 1):
+        for i, point in enumerate(blob(rng, centres[label], 20)):
+            garments.append(GarmentFactory(category=tops if i % 2 else shoes))
+            vectors.append(point)
+            labels.append(label)
+    add_vectors(model, garments, np.vstack(vectors))
+    run_b = add_cluster_run(
+        model, centres, {g.pk: 1 - lab for g, lab in zip(garments, labels, strict=True)}
+    )
+    run_a = add_cluster_run(
+        model, centres, {g.pk: lab for g, lab in zip(garments, labels, strict=True)}
+    )
+    feature_ids = np.asarray(
+        [GarmentFeature.objects.get(model=model, garment=g).pk for g in garments], dtype=np.int64
+    )
+    return model, garments, centres, tops, run_a, run_b, feature_ids, 1 - np.asarray(labels)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_category_rerank_reads_one_snapshot_across_a_kmeans_switch(monkeypatch):
+    """A K-means switch committed (from another connection) between the re-rank's plain
+    search and its category search is not seen: the whole answer comes from the old run,
+    equal to the answer before the switch; the next search reads the new run."""
+    from retrieval import rerank
+
+    model, garments, centres, tops, run_a, run_b, feature_ids, labels_b = rerank_catalogue()
+    query = centres[0] + 0.01
+    probs = np.asarray([0.1, 0.9], np.float32)  # Tops
+
+    def reranked():
+        result = rerank.search_reranked(fused=query, probs=probs, model=model, top=5)
+        return [h.garment_id for h in result.hits]
+
+    before = reranked()
+    near_tops = {g.pk for g in garments[:20] if g.category_id == tops.pk}
+    assert set(before) <= near_tops and len(before) == 5
+
+    switched = threading.Event()
+    original_drop = clustering.drop_stale_partitions
+    original_search = search.search_vectors
+    calls = []
+
+    def drop_after_signal():
+        switched.set()  # the switch has committed; its drop waits for the searches in flight
+        return original_drop()
+
+    def switch():
+        try:
+            clustering.switch_run(run=run_b, feature_ids=feature_ids, labels=labels_b)
+        finally:
+            switched.set()
+            connection.close()
+
+    def search_then_switch(**kwargs):
+        result = original_search(**kwargs)
+        calls.append(kwargs.get("category_id"))
+        if len(calls) == 1:  # between the plain search and the category search
+            switcher.start()
+            assert switched.wait(60)
+        return result
+
+    switcher = threading.Thread(target=switch)
+    monkeypatch.setattr(clustering, "drop_stale_partitions", drop_after_signal)
+    monkeypatch.setattr(search, "search_vectors", search_then_switch)
+    during = reranked()
+    switcher.join(60)
+    assert not switcher.is_alive()
+    assert calls == [None, tops.pk]
+    run_b.refresh_from_db()
+    assert run_b.active  # the switch did commit mid-search
+    assert during == before
+    # Searches after the switch read run B: they look in Y (the test sees the switch).
+    monkeypatch.setattr(search, "search_vectors", original_search)
+    after = reranked()
+    assert set(after) <= {g.pk for g in garments[20:] if g.category_id == tops.pk}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_category_rerank_runs_in_one_repeatable_read_transaction():
+    from django.test.utils import CaptureQueriesContext
+
+    from retrieval import rerank
+
+    model, garments, centres, *_ = rerank_catalogue()
+    probs = np.asarray([0.1, 0.9], np.float32)
+    with CaptureQueriesContext(connection) as queries:
+        result = rerank.search_reranked(fused=centres[0], probs=probs, model=model, top=5)
+    assert len(result.hits) == 5
+    statements = [q["sql"] for q in queries.captured_queries]
+    # One transaction whose first statement sets the isolation level.
+    assert statements[:2] == [
+        "BEGIN",
+        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY",
+    ]
+    assert statements[-1] == "COMMIT"
+    assert statements.count("BEGIN") == 1 and statements.count("COMMIT") == 1
+    assert sum("SET TRANSACTION" in sql for sql in statements) == 1
+    assert sum("retrieval_clustercentroid" in sql for sql in statements) == 2  # two searches
+    assert not connection.in_atomic_block  # committed: nothing left open
+
+
+def test_category_rerank_inside_a_callers_transaction(db):
+    """Inside an atomic block (tests, ATOMIC_REQUESTS) the isolation level cannot be set: the
+    re-rank runs in the caller's transaction and leaves it usable."""
+    from django.db import transaction
+
+    from retrieval import rerank
+
+    model, garments, centres, tops, *_ = rerank_catalogue()
+    probs = np.asarray([0.1, 0.9], np.float32)
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        result = rerank.search_reranked(fused=centres[0], probs=probs, model=model, top=5)
+        assert {
+            g.category_id
+            for g in GarmentFactory._meta.model.objects.filter(
+                pk__in=[h.garment_id for h in result.hits]
+            )
+        } == {tops.pk}
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW transaction_read_only")
+            assert cursor.fetchone()[0] == "off"
