@@ -320,14 +320,17 @@ class GarmentWriteSerializer(ChangesSomethingMixin, StrictModelSerializer):
 
 class NoBlankValuesMixin:
     """Query strings and forms: an empty value (``?status=``) is refused, not read as "not
-    given" (DRF's rule for HTML forms), so every documented parameter is checked."""
+    given" (DRF's rule for HTML forms), so every documented parameter is checked, except those
+    named in ``blank_allowed``."""
+
+    blank_allowed: tuple[str, ...] = ()
 
     def to_internal_value(self, data):
         if hasattr(data, "getlist"):
             blank = {
                 name: ["this field may not be blank."]
                 for name in self.fields
-                if name in data and data.get(name) == ""
+                if name in data and data.get(name) == "" and name not in self.blank_allowed
             }
             if blank:
                 raise serializers.ValidationError(blank)
@@ -337,6 +340,7 @@ class NoBlankValuesMixin:
 class GarmentFilterSerializer(NoBlankValuesMixin, serializers.Serializer):
     """Query parameters of the garment list."""
 
+    blank_allowed = ("cursor",)  # ?cursor= asks for the first keyset page
     category = CategoryRefField(required=False, help_text="Only this category (id or slug).")
     status = serializers.ChoiceField(
         choices=Garment.Status.choices,
@@ -344,6 +348,12 @@ class GarmentFilterSerializer(NoBlankValuesMixin, serializers.Serializer):
         help_text="Staff only: garments in this indexing state (shoppers see ready ones).",
     )
     page = serializers.IntegerField(min_value=1, required=False, help_text="Page number.")
+    cursor = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        help_text="Keyset pages instead of page numbers: empty for the first page, then "
+        "follow `next` (no `count`; every garment exactly once).",
+    )
     page_size = serializers.IntegerField(
         min_value=1, max_value=100, required=False, help_text="Garments per page (default 24)."
     )
