@@ -41,7 +41,8 @@ def test_beat_prunes_media_daily_at_another_hour_than_kmeans(settings):
     assert schedule["rebuild-clusters"]["schedule"].hour != entry["schedule"].hour
     # The schedule comes from the setting (read when the app is configured).
     settings.RETRIEVAL_PRUNE_MEDIA_SCHEDULE = "15 2 * * 0"
-    fresh = Celery("schedule-check")
+    # Not the current app: shared tasks published later in the session must keep using ours.
+    fresh = Celery("schedule-check", set_as_current=False)
     celery_module._configure(fresh)
     assert fresh.conf.beat_schedule["prune-media"]["schedule"] == crontab(
         minute="15", hour="2", day_of_week="0"
