@@ -495,7 +495,9 @@ class GarmentViewSet(viewsets.ModelViewSet):
         queryset = visible_garments(self.request.user).select_related("category")
         if self.action != "list":
             return queryset
-        query = GarmentFilterSerializer(data=self.request.query_params)
+        query = GarmentFilterSerializer(
+            data=self.request.query_params, context={"request": self.request}
+        )
         query.is_valid(raise_exception=True)
         if category := query.validated_data.get("category"):
             queryset = queryset.filter(category=category)

@@ -96,9 +96,18 @@ class CategoryRefField(serializers.Field):
         "does_not_exist": "no category {value!r}",
     }
 
-    def __init__(self, *, active_only: bool = True, **kwargs):
+    def __init__(self, *, active_only: bool = True, staff_sees_all: bool = False, **kwargs):
+        """``active_only``: inactive categories name nothing; with ``staff_sees_all``, except
+        for a staff user in the serializer's ``request`` context (they see those garments)."""
         self.active_only = active_only
+        self.staff_sees_all = staff_sees_all
         super().__init__(**kwargs)
+
+    def _active_only(self) -> bool:
+        if not self.active_only or not self.staff_sees_all:
+            return self.active_only
+        request = self.context.get("request")
+        return not (request is not None and request.user.is_staff)
 
     def to_internal_value(self, data) -> Category:
         if isinstance(data, bool) or not isinstance(data, int | str):
@@ -106,7 +115,7 @@ class CategoryRefField(serializers.Field):
         text = str(data).strip()
         if not text or len(text) > 120:
             self.fail("invalid")
-        queryset = Category.objects.filter(active=True) if self.active_only else Category.objects
+        queryset = Category.objects.filter(active=True) if self._active_only() else Category.objects
         category = None
         if text.isdigit():
             if int(text) <= MAX_ID:
@@ -341,7 +350,10 @@ class GarmentFilterSerializer(NoBlankValuesMixin, serializers.Serializer):
     """Query parameters of the garment list."""
 
     blank_allowed = ("cursor",)  # ?cursor= asks for the first keyset page
-    category = CategoryRefField(required=False, help_text="Only this category (id or slug).")
+    # Staff list the garments of inactive categories too, so they can filter by one.
+    category = CategoryRefField(
+        required=False, staff_sees_all=True, help_text="Only this category (id or slug)."
+    )
     status = serializers.ChoiceField(
         choices=Garment.Status.choices,
         required=False,

@@ -379,6 +379,21 @@ def test_garment_list_pages_count_exactly_for_shoppers_and_staff(anon, staff, li
     assert anon.get(GARMENTS, {"status": "pending"}).json()["count"] == visible.count()
 
 
+def test_staff_filter_the_list_by_an_inactive_category_shoppers_cannot(
+    anon, staff, listed_catalogue
+):
+    hidden = listed_catalogue["hidden"]
+    for ref in (hidden.slug, hidden.pk):
+        body = staff.get(GARMENTS, {"category": ref}).json()
+        assert sorted(g["id"] for g in body["results"]) == sorted(
+            Garment.objects.filter(category=hidden).values_list("pk", flat=True)
+        )
+        assert body["count"] == 2
+        response = anon.get(GARMENTS, {"category": ref})
+        assert response.status_code == 400, response.content
+        assert "no category" in str(response.json())
+
+
 @pytest.mark.parametrize("size", [1, 2, 4, 100])
 def test_cursor_pages_return_every_garment_once_in_list_order(anon, staff, listed_catalogue, size):
     visible = Garment.objects.filter(status=Garment.Status.READY, category__active=True)
