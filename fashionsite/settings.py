@@ -407,11 +407,11 @@ RETRIEVAL_DEVICE = env_str("RETRIEVAL_DEVICE", "auto")
 RETRIEVAL_PRECISION = env_str("RETRIEVAL_PRECISION", "auto")
 if RETRIEVAL_PRECISION not in {"auto", "fp32", "bf16", "fp16"}:
     _fail(f"RETRIEVAL_PRECISION={RETRIEVAL_PRECISION!r}: use auto, fp32, bf16 or fp16")
-# CPU fp32: run the backbone as a frozen TorchScript graph (same vectors to ~1e-6; lite0 ~1.6x
+# CPU fp32: run the backbone as a frozen TorchScript graph (same vectors to ~1e-6; lite0 ~1.3x
 # faster on these machines, docs/benchmarks.md). Off = the eager module, for debugging.
 RETRIEVAL_FREEZE_GRAPH = env_bool("RETRIEVAL_FREEZE_GRAPH", True)
 # CPU: processes that run the CNN keep freed activation buffers (glibc mallopt) instead of
-# page-faulting them in again on every forward: lite0 32-40 -> 56-58 img/s on one thread.
+# page-faulting them in again on every forward: lite0 ~1.2-1.4x faster on one thread.
 RETRIEVAL_TUNE_MALLOC = env_bool("RETRIEVAL_TUNE_MALLOC", True)
 RETRIEVAL_BATCH_SIZE = env_int("RETRIEVAL_BATCH_SIZE", 32, minimum=1)
 RETRIEVAL_LOADER_WORKERS = env_int("RETRIEVAL_LOADER_WORKERS", 0, minimum=0)

@@ -409,11 +409,12 @@ def keep_freed_memory_for_reuse() -> bool:
     history) with a fresh ``mmap`` and returns it on free, so each forward page-faults its
     activations in again: 2.2M minor faults for 1.5k images, and a speed that depended on
     which batch sizes the process had seen. Serving allocations up to 32 MiB from the heap and
-    trimming it only above 512 MiB free cut the faults 20x and raised lite0 from 32-40 to
-    56-58 images/s on one thread (eager 32 -> 47; docs/benchmarks.md). The price: a process
-    keeps up to 512 MiB of freed heap (peak RSS +7% measured). Called once per process that
-    runs the CNN on CPU; the ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` environment
-    variables, when set, take precedence. Returns whether the setting is in effect.
+    trimming it only above 512 MiB free cut the faults 20x; lite0 on one thread, batch 2:
+    eager 31-35 -> 39-47 images/s, frozen graph 38-43 -> 55-60 (docs/benchmarks.md). The
+    price: a process keeps up to 512 MiB of freed heap (peak RSS measured -1% to +3%).
+    Called once per process that runs the CNN on CPU; the ``MALLOC_MMAP_THRESHOLD_`` /
+    ``MALLOC_TRIM_THRESHOLD_`` environment variables, when set, take precedence. Returns
+    whether the setting is in effect.
     """
     global _MALLOC_TUNED
     if _MALLOC_TUNED is not None:
@@ -446,10 +447,10 @@ def freeze_backbone(model: Backbone) -> nn.Module:
     Same inputs and outputs as ``model`` (``(N, 3, 224, 224)`` uint8 -> pooled ``(N, D)``,
     maps ``(N, 7, 7)`` float32), for any N. Freezing turns the weights into constants, so
     oneDNN gets its weights pre-packed and conv + ReLU6/add fused: measured on 2 AVX2 cores,
-    one thread, efficientnet_lite0 at 2 images per forward 55-58 vs 31-41 images per
-    CPU-second eager; resnet50 +5% (docs/benchmarks.md). Outputs match eager fp32 to ~1e-6
-    relative. Built once per backbone module (~1 s); falls back to ``model`` (eager) if
-    tracing fails.
+    one thread, efficientnet_lite0 at 2 images per forward 55-60 vs 39-47 images/s eager
+    (both with :func:`keep_freed_memory_for_reuse`); resnet50 +5% (docs/benchmarks.md).
+    Outputs match eager fp32 to ~1e-6 relative. Built once per backbone module (~1 s); falls
+    back to ``model`` (eager) if tracing fails.
     """
     with _FROZEN_LOCK:
         found = _FROZEN.get(model)
@@ -1064,7 +1065,7 @@ class FeatureExtractor:
                 use 1: OpenMP threads spin-wait for a busy core and lite0 collapsed from
                 ~30 img/s (1 thread) to 2-13 img/s (2 threads) when one core was taken.
             freeze: on CPU in fp32, run the backbone as a frozen TorchScript graph
-                (:func:`freeze_backbone`: same outputs, lite0 ~1.6x faster). Ignored on CUDA
+                (:func:`freeze_backbone`: same outputs, lite0 ~1.3x faster). Ignored on CUDA
                 and under bf16 autocast, which run the eager module.
             tune_malloc: on CPU, :func:`keep_freed_memory_for_reuse` (process-wide, once).
         """
@@ -1092,9 +1093,9 @@ class FeatureExtractor:
             if self.device.type == "cuda"
             else _CPU_MICRO_BATCH_BY_BACKBONE.get(self.backbone_name, _CPU_MICRO_BATCH)
         )
-        # What runs the CNN: the frozen graph where it applies, else the module itself.
         if tune_malloc and self.device.type == "cpu":
             keep_freed_memory_for_reuse()
+        # What runs the CNN: the frozen graph where it applies, else the module itself.
         self._cnn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = self.model
         if freeze and self.device.type == "cpu" and self.precision == "fp32":
             self._cnn = freeze_backbone(self.model)
