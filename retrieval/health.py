@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from django.conf import settings
 from django.db import connection
 from django.db.utils import Error as DatabaseError
@@ -23,18 +25,35 @@ def check_database() -> tuple[bool, str]:
     return True, f"ok (pgvector {row[0]})"
 
 
-def check_redis() -> tuple[bool, str]:
+@functools.cache
+def _redis_client(url: str):
+    """A Redis client with the connect and read timeouts, one per URL and process."""
+    import redis
+
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
+        socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT,
+    )
+
+
+def ping_redis(url: str | None = None) -> Exception | None:
+    """None when the Redis at ``url`` (default REDIS_URL) answers a PING within
+    REDIS_CONNECT_TIMEOUT / REDIS_SOCKET_TIMEOUT, else the error (``redis.TimeoutError``:
+    it accepts connections but does not answer; ``redis.ConnectionError``: it is down)."""
     import redis
 
     try:
-        client = redis.Redis.from_url(
-            settings.REDIS_URL,
-            socket_timeout=PROBE_TIMEOUT_SECONDS,
-            socket_connect_timeout=PROBE_TIMEOUT_SECONDS,
-        )
-        client.ping()
+        _redis_client(url or settings.REDIS_URL).ping()
     except redis.RedisError as exc:
-        return False, f"unreachable: {exc.__class__.__name__}: {exc}"
+        return exc
+    return None
+
+
+def check_redis() -> tuple[bool, str]:
+    error = ping_redis()
+    if error is not None:
+        return False, f"unreachable: {error.__class__.__name__}: {error}"
     return True, "ok"
 
 

@@ -373,29 +373,12 @@ NOT_QUEUED = (
 SWEEP_POLL_SECONDS = 1.0
 
 
-@functools.cache
-def _broker_client(url: str):
-    """A Redis client on the broker, with the connect and read timeouts (per process)."""
-    import redis
-
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
-        socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT,
-    )
-
-
 def _broker_ping() -> Exception | None:
     """None when the broker answers a PING within REDIS_SOCKET_TIMEOUT, else the error."""
-    import redis
-
     from fashionsite.celery import app
+    from retrieval import health
 
-    try:
-        _broker_client(app.conf.broker_url).ping()
-    except redis.RedisError as exc:
-        return exc
-    return None
+    return health.ping_redis(app.conf.broker_url)
 
 
 def _publish(task, *, args: list) -> Exception | None:
