@@ -5,7 +5,7 @@ applied to cached features, so this runs the CNN over one shoppers'-style versio
 training garment (the compositing of ``bench/make_shopper_queries.py``, other seeds, with
 background props taken from the catalogue's own non-garment photos, so none is shared with the
 query set), trains a head on studio + augmented features (same recipe, same split), and sweeps
-both heads in memory (``evaluation.run_sweep(head=...)``) on the held-out studio queries and on
+both heads in memory (``evaluation.run_grid(head=...)``) on the held-out studio queries and on
 a shoppers' query set. Nothing in the database changes.
 
     DJANGO_VAR_DIR=var/eval3000 .venv/bin/python bench/augmented_head.py \\
@@ -50,11 +50,12 @@ def main(argv=None) -> int:
     from PIL import Image
 
     from retrieval import evaluation, features, search
+    from retrieval.evaluation import grid
     from retrieval.models import Garment
 
     shop = _shopper_module()
-    model = search.active_model()
-    library = evaluation._sweep_library(model=model)
+    model = search.require_active_model()
+    library = grid._grid_library(model=model)
     held = {int(g) for g in model.split.get("test", [])} | {
         int(g) for g in model.split.get("val", [])
     }
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
         rng = np.random.default_rng([args.seed, int(g.pk)])
         data, _ = shop.shopper_photo(Image.open(g.image.path).convert("RGB"), rng, props)
         photos.append((int(row), io.BytesIO(data).getvalue()))
-    extractor = search.extractor_for(backbone=model.backbone, model=model)
+    extractor = features.extractor_for(backbone=model.backbone, model=model)
     keys, out, errors = evaluation.extract_queries(
         extractor=extractor, sources=photos, flip=False, crop=False
     )
@@ -106,7 +107,7 @@ def main(argv=None) -> int:
     report = {}
     for name, head in heads.items():
         for queries in (None, args.queries):
-            result = evaluation.run_sweep(
+            result = evaluation.run_grid(
                 model=model, weights=(0.6,), probes=(1,), queries_path=queries, head=head
             )
             where = "shoppers" if queries else "studio"

@@ -46,6 +46,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from retrieval import features as feat  # noqa: E402
+from retrieval.features import backbones  # noqa: E402
 
 DEFAULT_ZIP = os.path.join(REPO, "..", "shared", "data", "fashion-product-images-small.zip")
 
@@ -240,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         ex = feat.FeatureExtractor(
             backbone=name,
-            pretrained=name != "resnet50" or feat._resnet50_weight_file(None) is not None,
+            pretrained=name != "resnet50" or backbones._resnet50_weight_file(None) is not None,
             micro_batch=args.micro_batch or None,
         )
         runners[f"{name}_optimised"] = lambda ex=ex: optimised(ex, images, args.workers)

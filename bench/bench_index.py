@@ -2,7 +2,7 @@
 
 The feature stage alone, measured with the real code path: N garments of an existing
 catalogue (default ``var/bench-full``, made by ``bench/full_catalogue.sh``) are set back to
-pending and queued (``services.mark_for_reindex``, the admin's "re-index"); real Celery
+pending and queued (``indexing.mark_for_reindex``, the admin's "re-index"); real Celery
 feature workers, already connected, read each stored image, decode it, run the CNN, compute
 the colour feature and upsert the CNN cache row and (with an active model) the fused vector
 in the search table. The clock runs from the queueing to the last garment ready.
@@ -116,10 +116,10 @@ def main() -> int:
     django.setup()
     from django.db.models import Count
 
-    from retrieval import services
+    from retrieval import indexing, selectors
     from retrieval.models import Garment
 
-    model = services.active_model()
+    model = selectors.active_model()
     ready = list(
         Garment.objects.filter(status=Garment.Status.READY)
         .order_by("id")
@@ -155,7 +155,7 @@ def main() -> int:
                 wait_connected(args.workers, time.monotonic() + 120)
                 cpu0 = tree_cpu_seconds(procs)
                 started = time.perf_counter()
-                services.mark_for_reindex(garment_ids=ids)
+                indexing.mark_for_reindex(garment_ids=ids)
                 todo = Garment.objects.filter(
                     id__in=ids, status__in=[Garment.Status.PENDING, Garment.Status.PROCESSING]
                 )

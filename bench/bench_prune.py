@@ -1,7 +1,7 @@
-"""Disk held per feature model, and what the retention sweep (prune_inactive_models) frees.
+"""Disk held per feature model, and what the retention sweep (retire_inactive_models) frees.
 
 Runs the product's own code (K-means runs written by clustering.build_run, activation by
-services.activate_model, the sweep) on a private embedded PostgreSQL under ``--var``
+training.activate_model, the sweep) on a private embedded PostgreSQL under ``--var``
 (default var/bench-prune; never var/ or var/test/), over N synthetic garments whose vectors
 are generated in SQL (clustered 542-d floats: sizes do not depend on the values):
 
@@ -50,8 +50,10 @@ def main() -> int:
     from django.core.management import call_command
     from django.db import connection
 
-    from retrieval import clustering, searchtable, services
+    from retrieval import training
     from retrieval.models import Category, FeatureModel, Garment, GarmentFeature
+    from retrieval.search import clustering
+    from retrieval.search import table as searchtable
 
     call_command("migrate", verbosity=0)
     if Garment.objects.exists():
@@ -128,18 +130,18 @@ def main() -> int:
         t = time.perf_counter()
         model = add_model(name, seed)
         steps.append(sizes(f"model {name}: vectors"))
-        services.activate_model(model=model)  # fits its runs (fused, deep), then switches
+        training.activate_model(model=model)  # fits its runs (fused, deep), then switches
         timings[f"vectors + runs + activation of {name} (s)"] = time.perf_counter() - t
         steps.append(sizes(f"model {name}: runs, active"))
 
     t = time.perf_counter()
-    report = services.prune_inactive_models(keep=1)
+    report = training.retire_inactive_models(keep=1)
     timings["sweep keep=1: A's partitions dropped (s)"] = time.perf_counter() - t
     print("\n".join(report.lines()))
     steps.append(sizes("sweep keep=1"))
 
     t = time.perf_counter()
-    report = services.prune_inactive_models(keep=0)
+    report = training.retire_inactive_models(keep=0)
     timings["sweep keep=0: A's vectors deleted (s)"] = time.perf_counter() - t
     print("\n".join(report.lines()))
     steps.append(sizes("sweep keep=0"))

@@ -29,7 +29,7 @@ import numpy as np
 import psycopg
 from pgvector import HalfVector
 
-from retrieval import searchtable  # Django-free: the product's search-table SQL
+from retrieval.search import table as searchtable  # Django-free: the product's search-table SQL
 
 TOP = 20
 MODEL_ID = 1

@@ -48,7 +48,7 @@ from scipy import ndimage
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from retrieval.catalog import CatalogRow, CatalogSource, read_rows  # noqa: E402
+from retrieval.catalogue.source import CatalogRow, CatalogSource, read_rows  # noqa: E402
 
 DEFAULT_ZIP = os.path.join(REPO, "..", "shared", "data", "fashion-product-images-small.zip")
 #: Output photo size (width, height): a phone's 3:4 portrait frame.

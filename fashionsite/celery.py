@@ -82,7 +82,7 @@ class SweepOnConnect(bootsteps.StartStopStep):
     fires only once). Sweeps from several workers at once are harmless (they skip rows
     another sweep holds). A broker that hung and answers again leaves the connections open,
     so nothing reconnects: the process whose publish failed queues the sweep then
-    (retrieval.services.sweep_when_broker_answers).
+    (retrieval.publishing.recover_when_broker_answers).
     """
 
     requires = {"celery.worker.consumer.tasks:Tasks"}
@@ -95,4 +95,4 @@ class SweepOnConnect(bootsteps.StartStopStep):
 
 
 app.steps["consumer"].add(SweepOnConnect)
-app.autodiscover_tasks()
+app.autodiscover_tasks(["retrieval.jobs"])

@@ -139,7 +139,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # A database outage answers 503 (JSON under /api/, a page elsewhere), not a 500.
-    "retrieval.middleware.DatabaseUnavailableMiddleware",
+    "retrieval.http.middleware.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "fashionsite.urls"
@@ -264,7 +264,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Publishing while Redis is down gives up within a few seconds (web requests enqueue work on
 # commit): each connection attempt is bounded by the connect timeout, and a publish is retried
 # at most twice. A Redis that accepts connections but does not answer is sent nothing (a PING
-# first, retrieval.services._publish). What was not queued is queued again by the sweep.
+# first, retrieval.publishing.publish). What was not queued is queued again by the sweep.
 CELERY_BROKER_CONNECTION_TIMEOUT = REDIS_CONNECT_TIMEOUT
 _REDIS_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
 CELERY_TASK_PUBLISH_RETRY_POLICY = _REDIS_RETRY
@@ -365,7 +365,7 @@ REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {"search": RETRIEVAL_SEARCH_THROTTLE}
 # N = the N-th address from the right of X-Forwarded-For (N trusted proxies in front).
 REST_FRAMEWORK["NUM_PROXIES"] = env_int("DJANGO_NUM_PROXIES", 0, minimum=0)
 # One JSON shape for every API error: {"error": {"code", "message", "details"}}.
-REST_FRAMEWORK["EXCEPTION_HANDLER"] = "retrieval.api.exception_handler"
+REST_FRAMEWORK["EXCEPTION_HANDLER"] = "retrieval.api.errors.exception_handler"
 
 # CORS (django-cors-headers): off unless origins are listed; only the API answers cross-origin.
 CORS_ALLOWED_ORIGINS = env_list("DJANGO_CORS_ALLOWED_ORIGINS", "")
@@ -421,12 +421,12 @@ RETRIEVAL_KMEANS_K = env_int("RETRIEVAL_KMEANS_K", 0, minimum=0)
 RETRIEVAL_PROBES = env_int("RETRIEVAL_PROBES", 1, minimum=1)
 RETRIEVAL_KMEANS_SCHEDULE = env_str("RETRIEVAL_KMEANS_SCHEDULE", "0 3 * * *")
 RETRIEVAL_SWEEP_MINUTES = env_int("RETRIEVAL_SWEEP_MINUTES", 10, minimum=1)
-# Daily deletion of image files no garment names (services.prune_media), at another hour than
+# Daily deletion of image files no garment names (catalogue.prune_media), at another hour than
 # the nightly K-means; only files older than RETRIEVAL_PRUNE_MEDIA_MINUTES (uploads in flight).
 RETRIEVAL_PRUNE_MEDIA_SCHEDULE = env_str("RETRIEVAL_PRUNE_MEDIA_SCHEDULE", "30 4 * * *")
 RETRIEVAL_PRUNE_MEDIA_MINUTES = env_int("RETRIEVAL_PRUNE_MEDIA_MINUTES", 60, minimum=1)
 RETRIEVAL_STUCK_MINUTES = env_int("RETRIEVAL_STUCK_MINUTES", 15, minimum=1)
-# Retention (services.prune_inactive_models, run after every activation): inactive models lose
+# Retention (training.retire_inactive_models, run after every activation): inactive models lose
 # their search-table partitions; the N most recently active of them keep their vectors, so a
 # switch back to one of them needs a K-means run only; older ones lose their vectors too.
 RETRIEVAL_KEEP_MODELS = env_int("RETRIEVAL_KEEP_MODELS", 1, minimum=0)

@@ -4,7 +4,8 @@ from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 
-from retrieval import api, views
+from retrieval.api import urls as api_urls
+from retrieval.web import views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -13,7 +14,7 @@ urlpatterns = [
     path("categories/", views.category_list, name="category-list"),
     path("categories/<slug:slug>/", views.category_detail, name="category-detail"),
     path("garments/<int:pk>/", views.garment_detail, name="garment-detail"),
-    path("api/v1/", include((api.urlpatterns, "api"), namespace="api")),
+    path("api/v1/", include((api_urls.urlpatterns, "api"), namespace="api")),
 ]
 
 if settings.SERVE_MEDIA:
@@ -21,5 +22,5 @@ if settings.SERVE_MEDIA:
     urlpatterns += [path("media/<path:path>", views.media_file, name="media")]
 
 # JSON errors under /api/, the shop's pages elsewhere.
-handler404 = "retrieval.views.page_not_found"
-handler500 = "retrieval.views.server_error"
+handler404 = "retrieval.web.views.page_not_found"
+handler500 = "retrieval.web.views.server_error"

@@ -15,7 +15,8 @@ from django.shortcuts import redirect
 from django.urls import path
 from django.utils.html import format_html, format_html_join
 
-from retrieval import services
+from retrieval import catalogue, evaluation, indexing, training
+from retrieval.jobs import publishing
 from retrieval.models import (
     BackboneFeature,
     Category,
@@ -51,7 +52,7 @@ class CategoryAdmin(admin.ModelAdmin):
             self.message_user(request, "Choose the category to merge into.", messages.ERROR)
             return
         target = Category.objects.get(pk=category)
-        moved = services.merge_categories(sources=list(queryset), target=target)
+        moved = catalogue.merge_categories(sources=list(queryset), target=target)
         self.message_user(request, f"Merged into {target}; {moved} garments moved.")
 
     def get_queryset(self, request):
@@ -68,7 +69,7 @@ class UploadAdminMixin:
     A form posted with errors is answered 400 (the form with its messages, as the admin
     renders it), not 200: a refused upload is a client error, for browsers and tools alike.
 
-    When the media storage refuses the file at save time (services.MediaStorageError),
+    When the media storage refuses the file at save time (catalogue.MediaStorageError),
     nothing was saved (the view's transaction rolled back, the service left no file) and the
     posted form is shown again, refused with the reason on ``upload_field``. The admin has no
     hook for an error at save time, so that is a second pass through the view, whose form
@@ -86,7 +87,7 @@ class UploadAdminMixin:
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
         try:
             return super().changeform_view(request, object_id, form_url, extra_context)
-        except services.MediaStorageError as exc:
+        except catalogue.MediaStorageError as exc:
             request.media_storage_error = str(exc)
             return super().changeform_view(request, object_id, form_url, extra_context)
 
@@ -113,7 +114,7 @@ class GarmentForm(forms.ModelForm):
     def clean_image(self):
         upload = self.cleaned_data.get("image")
         if upload and upload != getattr(self.instance, "image", None):
-            services.validate_upload(upload=upload)
+            catalogue.validate_upload(upload=upload)
         return upload
 
 
@@ -151,11 +152,11 @@ class GarmentAdmin(UploadAdminMixin, admin.ModelAdmin):
         return obj.status
 
     def save_model(self, request, obj: Garment, form, change: bool) -> None:
-        services.save_garment(garment=obj, image_changed="image" in form.changed_data)
+        catalogue.save_garment(garment=obj, image_changed="image" in form.changed_data)
 
     @admin.action(description="Re-index the selected garments")
     def reindex_selected(self, request, queryset) -> None:
-        count = services.mark_for_reindex(garment_ids=list(queryset.values_list("id", flat=True)))
+        count = indexing.mark_for_reindex(garment_ids=list(queryset.values_list("id", flat=True)))
         self.message_user(request, f"{count} garments queued for indexing.", messages.SUCCESS)
 
     @admin.action(description="Move the selected garments to the category chosen above")
@@ -165,7 +166,7 @@ class GarmentAdmin(UploadAdminMixin, admin.ModelAdmin):
             self.message_user(request, "Choose a category first.", messages.ERROR)
             return
         target = Category.objects.get(pk=category)
-        count = services.move_garments(
+        count = catalogue.move_garments(
             garment_ids=list(queryset.values_list("id", flat=True)), category=target
         )
         self.message_user(request, f"{count} garments moved to {target}.", messages.SUCCESS)
@@ -230,8 +231,8 @@ class FeatureModelAdmin(admin.ModelAdmin):
             self.message_user(request, f"{model} has no trained head.", messages.ERROR)
             return
         try:
-            services.queue_activation(model=model)
-        except services.QueueUnavailable as exc:
+            training.queue_activation(model=model)
+        except publishing.QueueUnavailable as exc:
             self.message_user(request, str(exc), messages.ERROR)
             return
         self.message_user(request, f"Re-indexing for {model}; it becomes active when done.")
@@ -240,8 +241,8 @@ class FeatureModelAdmin(admin.ModelAdmin):
     def delete_search_data(self, request, queryset) -> None:
         models = list(queryset)
         try:
-            refused = services.queue_model_retirement(models=models)
-        except services.QueueUnavailable as exc:
+            refused = training.queue_model_retirement(models=models)
+        except publishing.QueueUnavailable as exc:
             self.message_user(request, str(exc), messages.ERROR)
             return
         for name, reason in refused.items():
@@ -268,7 +269,7 @@ class FeatureModelAdmin(admin.ModelAdmin):
     def train_view(self, request):
         if request.method != "POST" or not self.has_add_permission(request):
             return HttpResponseNotAllowed(["POST"])
-        model = services.queue_training()
+        model = training.queue_training()
         self.message_user(request, f"Training {model.name}; progress shows in the list.")
         return redirect("admin:retrieval_featuremodel_changelist")
 
@@ -330,11 +331,11 @@ class EvaluationReportAdmin(admin.ModelAdmin):
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
         try:
-            model = search.active_model()
+            model = search.require_active_model()
         except search.SearchUnavailable as exc:
             self.message_user(request, str(exc), messages.ERROR)
             return redirect("admin:retrieval_evaluationreport_changelist")
-        report = services.queue_evaluation(model=model)
+        report = evaluation.queue_evaluation(model=model)
         self.message_user(request, f"Evaluation {report.pk} started; refresh to see it finish.")
         return redirect("admin:retrieval_evaluationreport_changelist")
 
@@ -478,7 +479,7 @@ class ImportJobAdmin(UploadAdminMixin, admin.ModelAdmin):
     def save_model(self, request, obj: ImportJob, form, change: bool) -> None:
         obj.source = getattr(form, "client_name", "") or (obj.upload.name if obj.upload else "")
         obj.created_by = request.user
-        services.save_import_job(job=obj)
+        catalogue.save_import_job(job=obj)
 
     def get_urls(self):
         urls = super().get_urls()
@@ -495,4 +496,4 @@ class ImportJobAdmin(UploadAdminMixin, admin.ModelAdmin):
         job = ImportJob.objects.filter(pk=job_id).first()
         if job is None:
             return JsonResponse({"error": "no such import"}, status=404)
-        return JsonResponse(services.import_progress(job=job))
+        return JsonResponse(catalogue.import_progress(job=job))

@@ -7,4 +7,4 @@ class RetrievalConfig(AppConfig):
     verbose_name = "Retrieval"
 
     def ready(self) -> None:
-        from retrieval import signals  # noqa: F401  (connects the receivers)
+        from retrieval.catalogue import signals  # noqa: F401  (connects the receivers)

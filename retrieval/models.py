@@ -15,10 +15,8 @@ from django.db.models import Q
 from django.utils.text import slugify
 from pgvector.django import HalfVectorField, VectorField
 
-DEEP_DIM = 512  # FC1 output, the paper's deep feature
-COLOUR_DIM = 30  # 10 positions x 3 channels, the paper's colour feature
-FUSED_DIM = DEEP_DIM + COLOUR_DIM  # 542
-COLOUR_POSITIONS = 10
+from retrieval.spec import COLOUR_DIM, DEEP_DIM, FUSED_DIM, NUM_POSITIONS
+
 # Version of what retrieval.features computes per image (preprocessing, colour reading):
 # bump it when that changes, so stale cached CNN features are recognisable and recomputed.
 FEATURE_VERSION = 1
@@ -144,8 +142,8 @@ class FeatureModel(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     activated_at = models.DateTimeField(null=True, blank=True)
     # What the model's stored vectors were computed with (head bytes, colour knobs, feature
-    # version; services.vectors_key), set by a full recompute. A switch back to the model
-    # (services.reindex_and_activate) recomputes only missing or outdated vectors while it
+    # version; training.vectors_key), set by a full recompute. A switch back to the model
+    # (training.reindex_and_activate) recomputes only missing or outdated vectors while it
     # still matches, and all of them once a knob or the head changed.
     vectors_key = models.CharField(max_length=64, blank=True, editable=False)
 
@@ -181,8 +179,8 @@ class BackboneFeature(models.Model):
     )
     image_name = models.CharField(max_length=255, help_text="The image file the row was made from.")
     pooled = VectorField()
-    positions = ArrayField(models.PositiveSmallIntegerField(), size=COLOUR_POSITIONS)
-    rgb = ArrayField(models.FloatField(), size=COLOUR_POSITIONS * 3)
+    positions = ArrayField(models.PositiveSmallIntegerField(), size=NUM_POSITIONS)
+    rgb = ArrayField(models.FloatField(), size=COLOUR_DIM)
     created_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -190,15 +190,15 @@ class CatalogueSnapshot:
 
     @classmethod
     def build(cls, *, source: Path, limit: int) -> CatalogueSnapshot:
+        from retrieval import catalogue, indexing, training
         from retrieval import models as m
-        from retrieval import services
 
-        job = services.import_catalog(source=source, limit=limit)
+        job = catalogue.import_catalog(source=source, limit=limit)
         assert job.status == m.ImportJob.Status.DONE, job.error
         garments = m.Garment.objects.filter(import_job=job)
         # Indexes here unless a session worker (celery_worker) is consuming the queue.
-        services.wait_for_garments(garments=garments, poll_seconds=0.5)
-        model = services.train_model(epochs=20)
+        indexing.wait_for_garments(garments=garments, poll_seconds=0.5)
+        model = training.train_model(epochs=20)
         garment_ids = sorted(garments.values_list("id", flat=True))
         ids = {
             m.ImportJob: [job.pk],
@@ -254,8 +254,8 @@ class CatalogueSnapshot:
         """Put the catalogue's rows back unless they are all there; make its model active."""
         from django.db import connection, transaction
 
-        from retrieval import clustering
         from retrieval import models as m
+        from retrieval.search import clustering
 
         self._restore_images()
         if self.present():

@@ -80,7 +80,7 @@ def add_cluster_run(
 ) -> ClusterRun:
     """An active K-means run with given centroids (k, 542 or 512) and {garment_id: label},
     switched in the way a fitted run is (its search partition written, then activated)."""
-    from retrieval import clustering
+    from retrieval.search import clustering
 
     run = ClusterRun.objects.create(
         model=model, space=space, k=len(centroids), n_samples=len(labels_by_garment)

@@ -250,7 +250,7 @@ def test_search_without_a_trained_model_is_503(anon):
 
 
 def test_anonymous_searches_are_throttled_but_staff_are_not(anon, staff, settings):
-    from retrieval.api import throttle_cache
+    from retrieval.http.throttle import throttle_cache
 
     settings.REST_FRAMEWORK = {
         **settings.REST_FRAMEWORK,

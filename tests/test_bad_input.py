@@ -26,7 +26,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from retrieval import services
+from retrieval import catalogue
 from retrieval.models import Garment, ImportJob
 from tests.factories import CategoryFactory, jpeg_bytes
 from tests.images_corpus import ACCEPTED, REFUSED, Case, assert_clean_jpeg, catalogue_zip
@@ -136,7 +136,7 @@ def test_a_catalogue_row_with_binary_junk_is_reported_and_the_rest_imported(tmp_
     whole import."""
     rows = [("940", "Tshirts", "Tee\x00\x01junk"), ("941", "Tshirts", "Tee")]
     source = catalogue_zip(tmp_path / "c.zip", rows, {"940": jpeg_bytes(), "941": jpeg_bytes()})
-    job = services.import_catalog(source=source)
+    job = catalogue.import_catalog(source=source)
     assert job.status == ImportJob.Status.DONE, job.error
     assert [(p["sku"], p["reason"]) for p in job.problems] == [
         ("940", "a NUL character in the row (binary data in the CSV?)")

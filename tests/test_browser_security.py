@@ -12,7 +12,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from retrieval import services
+from retrieval import catalogue, indexing
 from retrieval.models import Garment, ImportJob
 from tests.factories import jpeg_bytes
 from tests.images_corpus import catalogue_zip
@@ -61,11 +61,11 @@ def hostile_garment(request, site, tmp_path):  # noqa: F811
     title = TITLES[request.param]
     image = jpeg_bytes((200, 40, 160), size=(60, 80), pattern=True)
     source = catalogue_zip(tmp_path / "c.zip", [("XSS1", CATEGORY, title)], {"XSS1": image})
-    job = services.import_catalog(source=source)
+    job = catalogue.import_catalog(source=source)
     assert job.status == ImportJob.Status.DONE and job.created == 1, job.problems
     garment = Garment.objects.get(sku="XSS1")
     assert garment.title == title and garment.category.name == CATEGORY
-    services.index_garments(garment_ids=[garment.pk])
+    indexing.index_garments(garment_ids=[garment.pk])
     garment.refresh_from_db()
     assert garment.status == Garment.Status.READY, garment.error
     yield garment

@@ -6,7 +6,7 @@ import zipfile
 
 import pytest
 
-from retrieval.catalog import (
+from retrieval.catalogue.source import (
     CatalogError,
     CatalogRow,
     CatalogSource,

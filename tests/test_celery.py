@@ -4,7 +4,7 @@ import pytest
 from django.db import connection
 
 from fashionsite.celery import app
-from retrieval import tasks
+from retrieval.jobs import tasks
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 

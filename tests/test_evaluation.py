@@ -178,15 +178,15 @@ def test_external_query_set_is_searched_not_added_and_unknown_categories_are_ski
 @pytest.mark.slow
 @pytest.mark.django_db
 def test_sweep_works_from_cached_features_and_changes_nothing(trained_catalogue):
-    from retrieval.evaluation import SWEEP_MODES, run_evaluation, run_sweep
+    from retrieval.evaluation import GRID_MODES, run_evaluation, run_grid
 
     before = catalogue_state()
-    result = run_sweep(weights=(0.0, 0.6), probes=(1, 2), pipelines=("plain", "flip"))
+    result = run_grid(weights=(0.0, 0.6), probes=(1, 2), pipelines=("plain", "flip"))
     assert catalogue_state() == before
 
     rows = result["rows"]
     settings_count = 3  # lab_mean at 0 and 0.6, and the paper as published
-    per_pipeline = (1 + settings_count * (len(SWEEP_MODES) - 1)) * 3  # probes 1, 2, exact
+    per_pipeline = (1 + settings_count * (len(GRID_MODES) - 1)) * 3  # probes 1, 2, exact
     assert len(rows) == 2 * per_pipeline
     assert {r["pipeline"] for r in rows} == {"plain", "flip"}
     assert {r["probes"] for r in rows} == {1, 2, None}

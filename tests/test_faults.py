@@ -36,7 +36,8 @@ from django.test import Client
 from rest_framework.authtoken.models import Token
 
 from fashionsite import embedded
-from retrieval import services
+from retrieval import catalogue, indexing
+from retrieval.jobs import publishing
 from retrieval.models import Category, FeatureModel, Garment, ImportJob
 from tests.conftest import ROOT, service_env, stop_process
 from tests.factories import CategoryFactory, jpeg_bytes
@@ -179,11 +180,11 @@ def test_uploads_while_redis_is_down_stay_pending_and_are_indexed_once_it_is_bac
         uploaded = Garment.objects.filter(sku__in=["OUT-1", "OUT-2"])
         assert {g.status for g in uploaded} == {Garment.Status.PENDING}
         # Staff see why they wait: the garment's error (the admin's form, the API) says so.
-        assert {g.error for g in uploaded} == {services.NOT_QUEUED}
+        assert {g.error for g in uploaded} == {publishing.NOT_QUEUED}
         shown = api.get(f"/api/v1/garments/{api_garment}/").json()
-        assert (shown["status"], shown["error"]) == ("pending", services.NOT_QUEUED)
+        assert (shown["status"], shown["error"]) == ("pending", publishing.NOT_QUEUED)
         job = ImportJob.objects.latest("created_at")
-        assert (job.status, job.error) == (ImportJob.Status.PENDING, services.NOT_QUEUED)
+        assert (job.status, job.error) == (ImportJob.Status.PENDING, publishing.NOT_QUEUED)
 
     # Redis is back: the worker reconnects and queues the sweep (no beat runs in tests), which
     # queues what was never queued: the two uploads are indexed, the import runs and its
@@ -210,12 +211,12 @@ def test_the_sweep_with_redis_down_does_not_hang_and_requeues_by_age_as_before()
     Garment.objects.filter(pk=garment.pk).update(updated_at="2000-01-01T00:00Z")
     with redis_stopped():
         started = time.monotonic()
-        assert within(HANG_SECONDS, services.features_backlog) is None
+        assert within(HANG_SECONDS, publishing.features_backlog) is None
         assert time.monotonic() - started < 4 * settings.REDIS_CONNECT_TIMEOUT + 2
-        assert within(HANG_SECONDS, services.requeue_stuck_garments) == 1
+        assert within(HANG_SECONDS, indexing.requeue_stuck_garments) == 1
         # (Checked before Redis is back: a running worker's sweep would then queue it.)
         garment.refresh_from_db()
-        assert (garment.status, garment.error) == (Garment.Status.PENDING, services.NOT_QUEUED)
+        assert (garment.status, garment.error) == (Garment.Status.PENDING, publishing.NOT_QUEUED)
 
 
 @pytest.mark.slow
@@ -228,7 +229,7 @@ def test_training_asked_for_while_redis_is_down_waits_and_runs_once_it_is_back(
         )
         assert response.status_code == 302, response.content[:2000]
         model = FeatureModel.objects.get()
-        assert (model.status, model.error) == (FeatureModel.Status.TRAINING, services.NOT_QUEUED)
+        assert (model.status, model.error) == (FeatureModel.Status.TRAINING, publishing.NOT_QUEUED)
 
     # Back: the sweep queues the training and the worker runs it. The catalogue is empty, so
     # the training ends failed, saying why: it ran.
@@ -323,18 +324,21 @@ def test_a_hung_redis_is_sent_no_task_and_the_sweep_is_queued_once_it_answers(ca
     """A publish to a Redis that does not answer gives up after one PING timeout and sends
     nothing: a task sent now would run when Redis wakes, after its work was marked NOT_QUEUED
     and queued again by the sweep. This process queues the sweep once Redis answers."""
-    from retrieval import tasks
-
     queue = "hung-redis-test"  # no worker consumes it: what reached Redis stays there
-    probe = tasks.probe.s().set(queue=queue)
+
+    def probe():
+        return publishing.publish("retrieval.tasks.probe", args=[], queue=queue)
+
     client = redis.Redis.from_url(settings.REDIS_URL)
     client.delete(queue)
     try:
-        assert services._publish(probe, args=[]) is None
+        assert probe() is None
         assert client.llen(queue) == 1  # the route works: a publish lands in that list
-        with caplog.at_level(logging.INFO, logger="retrieval.services"):
+        with caplog.at_level(logging.INFO, logger="retrieval.jobs.publishing"):
             with redis_hung():
-                error, seconds = timed(lambda: services._publish(probe, args=[]))
+                error, seconds = timed(
+                    lambda: publishing.publish("retrieval.tasks.probe", args=[], queue=queue)
+                )
                 assert isinstance(error, redis.TimeoutError), error
                 assert seconds < HUNG_BOUND_SECONDS  # measured 2.0 s (one PING timeout)
             assert wait_until(lambda: "sweep queued" in caplog.text, timeout=HANG_SECONDS)
@@ -377,10 +381,10 @@ def test_uploads_and_training_while_redis_hangs_answer_in_bounded_time_and_run_o
 
         uploaded = Garment.objects.filter(sku__in=["HUNG-1", "HUNG-2"])
         assert {(g.status, g.error) for g in uploaded} == {
-            (Garment.Status.PENDING, services.NOT_QUEUED)
+            (Garment.Status.PENDING, publishing.NOT_QUEUED)
         }
         model = FeatureModel.objects.get()
-        assert (model.status, model.error) == (FeatureModel.Status.TRAINING, services.NOT_QUEUED)
+        assert (model.status, model.error) == (FeatureModel.Status.TRAINING, publishing.NOT_QUEUED)
 
     # Redis answers again. The worker's connections stayed open (nothing to reconnect), so
     # this process, whose publishes failed, queues the sweep: both uploads are indexed, and
@@ -450,7 +454,7 @@ def test_a_database_outage_raised_outside_a_view_is_a_503_too(rf, path, content_
     saving the session): a database outage is answered as from a view (503, Retry-After)."""
     from django.db import OperationalError
 
-    from retrieval.views import server_error
+    from retrieval.web.views import server_error
 
     try:
         raise OperationalError("connection to server failed: No such file or directory")
@@ -654,7 +658,7 @@ def test_postgres_restart_during_searches_answers_503_then_serves_again_without_
     category = CategoryFactory(name="After restart")
     new = Garment(sku="AFTER-1", title="Indexed after the restart", category=category)
     new.image.save("after.jpg", ContentFile(jpeg_bytes((10, 10, 200))), save=False)
-    services.save_garment(garment=new, image_changed=True)
+    catalogue.save_garment(garment=new, image_changed=True)
     assert wait_until(
         lambda: Garment.objects.get(pk=new.pk).status == Garment.Status.READY, timeout=120
     ), Garment.objects.filter(pk=new.pk).values_list("status", "error").first()

@@ -23,7 +23,8 @@ from django.db import DatabaseError, connection, transaction
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from retrieval import services, tasks
+from retrieval import catalogue
+from retrieval.jobs import tasks
 from retrieval.models import Garment, ImportJob
 from tests.factories import CategoryFactory, GarmentFactory, jpeg_bytes
 from tests.images_corpus import SCRIPT, assert_clean_jpeg, catalogue_zip, jpeg_with_script
@@ -116,16 +117,16 @@ def test_import_stores_fresh_jpegs_and_a_reimport_changes_nothing(media_root, tm
     images = {"900": jpeg_with_script(), "901": jpeg_bytes((10, 200, 10))}
     rows = [("900", "Tshirts", "Tee 900"), ("901", "Tshirts", "Tee 901")]
     source = catalogue_zip(tmp_path / "c.zip", rows, images)
-    job = services.import_catalog(source=source)
+    job = catalogue.import_catalog(source=source)
     assert (job.status, job.created, job.problems) == (ImportJob.Status.DONE, 2, [])
     stored = dict(Garment.objects.values_list("sku", "image"))
     assert all(OURS.fullmatch(name) for name in stored.values())
     for garment in Garment.objects.all():
         assert_clean_jpeg(stored_bytes(garment))
         # The catalogue's own bytes decide whether a re-import changed the image.
-        assert garment.attributes["image_sha256"] == services.image_digest(images[garment.sku])
+        assert garment.attributes["image_sha256"] == catalogue.image_digest(images[garment.sku])
     before = files_under(media_root)
-    again = services.import_catalog(source=source)
+    again = catalogue.import_catalog(source=source)
     assert (again.created, again.updated, again.unchanged) == (0, 0, 2)
     assert dict(Garment.objects.values_list("sku", "image")) == stored
     assert files_under(media_root) == before
@@ -134,7 +135,7 @@ def test_import_stores_fresh_jpegs_and_a_reimport_changes_nothing(media_root, tm
 def test_import_refuses_rows_whose_image_is_not_a_photo(media_root, tmp_path):
     images = {"910": b"<html>" + SCRIPT, "911": jpeg_bytes()}
     rows = [("910", "Tshirts", "Bad"), ("911", "Tshirts", "Good")]
-    job = services.import_catalog(source=catalogue_zip(tmp_path / "c.zip", rows, images))
+    job = catalogue.import_catalog(source=catalogue_zip(tmp_path / "c.zip", rows, images))
     assert job.status == ImportJob.Status.DONE and job.created == 1
     [problem] = job.problems
     assert problem["sku"] == "910" and "not an image" in problem["reason"]
@@ -245,7 +246,7 @@ def test_import_on_an_unwritable_disk_fails_the_job_clearly(unwritable_media, tm
     rows = [("920", "Tshirts", "Tee"), ("921", "Tshirts", "Tee")]
     source = catalogue_zip(tmp_path / "c.zip", rows, {"920": jpeg_bytes(), "921": jpeg_bytes()})
     try:
-        job = services.import_catalog(source=source)
+        job = catalogue.import_catalog(source=source)
     finally:
         source.unlink()  # the fixture checks that nothing else is left in tmp_path
     assert job.status == ImportJob.Status.FAILED
@@ -291,7 +292,7 @@ def test_a_database_failure_after_storing_removes_the_file(
     category = CategoryFactory(name="Media Boom")
     garment = Garment(sku="BOOM", title="x", category=category, image=upload(jpeg_bytes()))
     with django_capture_on_commit_callbacks() as callbacks, pytest.raises(DatabaseError):
-        services.save_garment(garment=garment, image_changed=True)
+        catalogue.save_garment(garment=garment, image_changed=True)
     assert files_under(media_root) == []
     assert not Garment.objects.filter(sku="BOOM").exists() and callbacks == []
 
@@ -302,7 +303,7 @@ def test_a_database_failure_in_an_import_batch_removes_its_files(
     rows = [("930", "Tshirts", "Tee"), ("BOOM", "Tshirts", "Tee")]
     images = {"930": jpeg_bytes(), "BOOM": jpeg_bytes()}
     with pytest.raises(DatabaseError):
-        services.import_catalog(source=catalogue_zip(tmp_path / "c.zip", rows, images))
+        catalogue.import_catalog(source=catalogue_zip(tmp_path / "c.zip", rows, images))
     assert files_under(media_root) == []
     assert not Garment.objects.exists()
 
@@ -399,7 +400,7 @@ def test_a_rolled_back_replacement_keeps_the_old_file(media_root, committed):
     old = garment.image.name
     with committed() as callbacks, pytest.raises(RuntimeError), transaction.atomic():
         garment.image = upload(jpeg_bytes((0, 0, 200)))
-        services.save_garment(garment=garment, image_changed=True)
+        catalogue.save_garment(garment=garment, image_changed=True)
         new = garment.image.name
         raise RuntimeError("the request failed after the garment was saved")
     assert callbacks == []  # discarded with the transaction: nothing deleted
@@ -418,7 +419,7 @@ def test_a_database_failure_in_a_replacement_keeps_the_old_file_and_removes_the_
     garment.sku = "BOOM"  # the trigger refuses the UPDATE, after the new file was stored
     garment.image = upload(jpeg_bytes((0, 0, 200)))
     with committed() as callbacks, pytest.raises(DatabaseError):
-        services.save_garment(garment=garment, image_changed=True)
+        catalogue.save_garment(garment=garment, image_changed=True)
     assert callbacks == []
     assert Garment.objects.get(pk=garment.pk).image.name == old
     assert files_under(media_root) == [old]
@@ -488,7 +489,7 @@ def test_a_file_another_garment_still_names_is_kept(staff_api, media_root, commi
 def test_a_reimport_with_a_changed_image_deletes_the_old_file(media_root, tmp_path, committed):
     rows = [("940", "Tshirts", "Tee"), ("941", "Tshirts", "Tee")]
     with committed():
-        services.import_catalog(
+        catalogue.import_catalog(
             source=catalogue_zip(
                 tmp_path / "a.zip", rows, {"940": jpeg_bytes(), "941": jpeg_bytes()}
             )
@@ -496,7 +497,7 @@ def test_a_reimport_with_a_changed_image_deletes_the_old_file(media_root, tmp_pa
     before = dict(Garment.objects.values_list("sku", "image"))
     changed = {"940": jpeg_bytes((0, 0, 200)), "941": jpeg_bytes()}
     with committed():
-        job = services.import_catalog(source=catalogue_zip(tmp_path / "b.zip", rows, changed))
+        job = catalogue.import_catalog(source=catalogue_zip(tmp_path / "b.zip", rows, changed))
     assert (job.updated, job.unchanged) == (1, 1)
     after = dict(Garment.objects.values_list("sku", "image"))
     assert after["941"] == before["941"] and after["940"] != before["940"]
@@ -527,7 +528,7 @@ def test_real_commits_delete_files_and_a_failed_delete_never_fails_the_request(
         path = media_root / stuck.image.name
         path.unlink()
         (path / "inside").mkdir(parents=True)
-        with caplog.at_level(logging.WARNING, logger="retrieval.services"):
+        with caplog.at_level(logging.WARNING, logger="retrieval.catalogue"):
             assert staff_api.delete(f"{GARMENTS}{stuck.pk}/").status_code == 204
         assert not Garment.objects.exists()
         assert path.is_dir()

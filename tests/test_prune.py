@@ -1,4 +1,4 @@
-"""Retention of inactive models' search data (services.prune_inactive_models), on real
+"""Retention of inactive models' search data (training.retire_inactive_models), on real
 PostgreSQL: partitions looked up in the catalogue (pg_inherits, pg_class), hand-made vectors."""
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from django.core.management import call_command
 from django.db import connection, transaction
 from django.utils import timezone
 
-from retrieval import clustering, search, searchtable, services
+from retrieval import search, training
 from retrieval.models import ClusterRun, FeatureModel, GarmentFeature
+from retrieval.search import clustering
+from retrieval.search import table as searchtable
 from tests.factories import (
     CategoryFactory,
     FeatureModelFactory,
@@ -115,7 +117,7 @@ def test_after_b_is_active_the_partitions_of_a_are_gone_and_b_searches_fine(two_
     old_parts, new_parts = partitions_of(old), partitions_of(new)
     assert len(old_parts) == 2 and len(new_parts) == 2
 
-    report = services.prune_inactive_models(keep=1)
+    report = training.retire_inactive_models(keep=1)
 
     assert attached_partitions() == new_parts  # pg_inherits: only B's two partitions
     for name in old_parts:
@@ -130,19 +132,19 @@ def test_after_b_is_active_the_partitions_of_a_are_gone_and_b_searches_fine(two_
     assert sorted(clustering.partition_name(r) for r in item.runs) == sorted(old_parts)
     assert report.failed_runs == []
     # Idempotent: nothing left to do.
-    again = services.prune_inactive_models(keep=1)
+    again = training.retire_inactive_models(keep=1)
     assert [item.runs for item in again.models] == [[]] and attached_partitions() == new_parts
 
 
 def test_the_active_model_is_never_pruned(two_models):
     old, new, garments, vectors = two_models
     new_parts = partitions_of(new)
-    report = services.prune_inactive_models(keep=0)  # even keeping no previous model
+    report = training.retire_inactive_models(keep=0)  # even keeping no previous model
     assert partitions_of(new) == new_parts and new.features.count() == len(garments)
     assert [item.name for item in report.models] == [old.name]
     assert old.features.count() == 0  # keep 0: the previous model's vectors went too
     # Asked by name (the admin action), the active model is refused with the reason.
-    report = services.prune_inactive_models(model_ids=[new.pk])
+    report = training.retire_inactive_models(model_ids=[new.pk])
     assert report.models == []
     assert "active model" in report.skipped[new.name]
     assert partitions_of(new) == new_parts and new.features.count() == len(garments)
@@ -155,7 +157,7 @@ def test_keep_n_keeps_the_vectors_of_the_most_recently_active_previous_models(tw
     # Trained without being activated (train_model --no-activate), after all the others.
     candidate, _ = make_model(garments, seed=4, active=False, activated_days_ago=None)
 
-    report = services.prune_inactive_models(keep=1)
+    report = training.retire_inactive_models(keep=1)
 
     assert [item.name for item in report.models] == [old.name, oldest.name, candidate.name]
     assert attached_partitions() == partitions_of(new)
@@ -173,7 +175,7 @@ def test_dry_run_changes_nothing_and_says_what_would_go(two_models):
     oldest, _ = make_model(garments, seed=3, active=False, activated_days_ago=30)
     before = state()
 
-    report = services.prune_inactive_models(keep=1, dry_run=True)
+    report = training.retire_inactive_models(keep=1, dry_run=True)
 
     assert state() == before
     by_name = {item.name: item for item in report.models}
@@ -202,7 +204,7 @@ def test_a_model_being_built_is_left_alone(two_models):
     old, new, garments, _ = two_models
     FeatureModel.objects.filter(pk=old.pk).update(status=FeatureModel.Status.INDEXING)
     old_parts = partitions_of(old)
-    report = services.prune_inactive_models(keep=0)
+    report = training.retire_inactive_models(keep=0)
     assert "being built" in report.skipped[old.name]
     assert partitions_of(old) == old_parts and old.features.count() == len(garments)
 
@@ -214,10 +216,10 @@ def test_activating_a_pruned_model_that_kept_its_vectors_rebuilds_its_runs(two_m
     """Its partitions were dropped: the activation fits K-means again before the switch, so
     searches are clustered from the first one (not the exact scan of every vector)."""
     old, new, garments, _ = two_models
-    services.prune_inactive_models(keep=1)
+    training.retire_inactive_models(keep=1)
     assert active_spaces(old) == set() and partitions_of(old) == set()
 
-    services.activate_model(model=old)
+    training.activate_model(model=old)
 
     old.refresh_from_db()
     assert old.active and not FeatureModel.objects.get(pk=new.pk).active
@@ -228,15 +230,15 @@ def test_activating_a_pruned_model_that_kept_its_vectors_rebuilds_its_runs(two_m
     )
     assert_searches_fine(old, garments, old_vectors)
     # And the sweep now retires B the same way.
-    services.prune_inactive_models(keep=1)
+    training.retire_inactive_models(keep=1)
     assert attached_partitions() == partitions_of(old)
 
 
 def test_activating_a_model_whose_vectors_were_deleted_is_refused_clearly(two_models):
     old, new, garments, vectors = two_models
-    services.prune_inactive_models(keep=0)
+    training.retire_inactive_models(keep=0)
     with pytest.raises(ValueError, match=r"no vectors.*recomputes them"):
-        services.activate_model(model=old)
+        training.activate_model(model=old)
     assert FeatureModel.objects.get(active=True) == new  # nothing switched
     assert_searches_fine(new, garments, vectors)
 
@@ -275,7 +277,7 @@ def test_the_partitions_go_without_blocking_searches():
 
     def sweep() -> None:
         try:
-            outcome["report"] = services.prune_inactive_models(keep=1)
+            outcome["report"] = training.retire_inactive_models(keep=1)
         except Exception as exc:  # reported below
             outcome["error"] = exc
         finally:
@@ -346,7 +348,7 @@ def test_activation_queues_the_sweep_and_the_admin_deletes_a_models_search_data(
     new, _ = make_model(garments, seed=2, active=True, activated_days_ago=1)
     new_parts = partitions_of(new)
 
-    services.activate_model(model=old)  # A still has its runs: a plain switch
+    training.activate_model(model=old)  # A still has its runs: a plain switch
 
     assert wait_until(lambda: not (attached_partitions() & new_parts)), attached_partitions()
     assert active_spaces(new) == set() and new.features.count() == len(garments)

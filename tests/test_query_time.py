@@ -107,11 +107,11 @@ def test_crop_runs_the_cnn_again_on_the_garment_region(extractor):
 @pytest.mark.slow
 @pytest.mark.django_db
 def test_category_rerank_lists_the_predicted_category_first(trained_catalogue, settings):
-    from retrieval import search
+    from retrieval import features, search
     from retrieval.models import Garment
 
-    model = search.active_model()
-    extractor = search.extractor_for(backbone=model.backbone, model=model)
+    model = search.require_active_model()
+    extractor = features.extractor_for(backbone=model.backbone, model=model)
 
     def predict(photo: bytes) -> str:
         probs = extractor.extract_query(
@@ -166,10 +166,11 @@ def test_category_rerank_keeps_an_identical_photo_first_whatever_the_head_predic
 ):
     """A catalogue photo searched again comes back first with score 0 (issue #5), even when
     the head predicts another category for it; that category's garments follow."""
-    from retrieval import rerank, search
+    from retrieval import search
     from retrieval.models import Garment, GarmentFeature
+    from retrieval.search import rerank
 
-    model = search.active_model()
+    model = search.require_active_model()
     garment = (
         Garment.objects.filter(pk__in=trained_catalogue.ids[Garment], category__slug="tshirts")
         .order_by("sku")

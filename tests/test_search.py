@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from django.db import connection
 
-from retrieval import clustering, search, services
+from retrieval import indexing, search
 from retrieval.models import GarmentFeature, SearchRow
+from retrieval.search import clustering
 from tests.factories import (
     CategoryFactory,
     FeatureModelFactory,
@@ -138,7 +139,7 @@ def test_more_like_this_uses_stored_vectors_and_excludes_the_garment(catalogue):
 
 def test_without_an_active_model_search_says_so(db):
     with pytest.raises(search.SearchUnavailable):
-        search.active_model()
+        search.require_active_model()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -307,7 +308,7 @@ def test_a_garment_indexed_between_runs_is_searchable_at_once(catalogue):
     fused_run = model.cluster_runs.get(active=True, space="fused")
     garment = GarmentFactory()
     query = (centres[1] + 0.002).astype(np.float32)
-    services.store_garment_features(model=model, garment_ids=[garment.pk], fused=query[None, :])
+    indexing.store_garment_features(model=model, garment_ids=[garment.pk], fused=query[None, :])
     feature = GarmentFeature.objects.get(model=model, garment=garment)
     rows = dict(SearchRow.objects.filter(feature=feature).values_list("run_id", "cluster"))
     assert rows == {fused_run.pk: 1, deep_run.pk: 1}
@@ -317,7 +318,7 @@ def test_a_garment_indexed_between_runs_is_searchable_at_once(catalogue):
         assert result.hits[0].distance == pytest.approx(0.0, abs=1e-5)
     # Re-indexed with another image: moves to the other cluster, one row per run.
     moved = (centres[2] + 0.002).astype(np.float32)
-    services.store_garment_features(model=model, garment_ids=[garment.pk], fused=moved[None, :])
+    indexing.store_garment_features(model=model, garment_ids=[garment.pk], fused=moved[None, :])
     rows = dict(SearchRow.objects.filter(feature=feature).values_list("run_id", "cluster"))
     assert rows == {fused_run.pk: 2, deep_run.pk: 2}
     assert search.search_vectors(fused=moved, model=model, top=1).hits[0].garment_id == garment.pk
@@ -382,8 +383,8 @@ def test_hidden_candidates_widen_the_candidate_list_until_n_are_visible(db):
 
 
 def test_the_search_table_sql_names_the_models_tables():
-    from retrieval import searchtable
     from retrieval.models import Category, ClusterCentroid, ClusterRun, Garment
+    from retrieval.search import table as searchtable
 
     assert SearchRow._meta.db_table == searchtable.SEARCH_TABLE
     assert GarmentFeature._meta.db_table == searchtable.FEATURE_TABLE
@@ -496,7 +497,7 @@ def test_category_rerank_reads_one_snapshot_across_a_kmeans_switch(monkeypatch):
     """A K-means switch committed (from another connection) between the re-rank's plain
     search and its category search is not seen: the whole answer comes from the old run,
     equal to the answer before the switch; the next search reads the new run."""
-    from retrieval import rerank
+    from retrieval.search import rerank
 
     model, garments, centres, tops, run_a, run_b, feature_ids, labels_b = rerank_catalogue()
     query = centres[0] + 0.01
@@ -554,7 +555,7 @@ def test_category_rerank_reads_one_snapshot_across_a_kmeans_switch(monkeypatch):
 def test_category_rerank_runs_in_one_repeatable_read_transaction():
     from django.test.utils import CaptureQueriesContext
 
-    from retrieval import rerank
+    from retrieval.search import rerank
 
     model, garments, centres, *_ = rerank_catalogue()
     probs = np.asarray([0.1, 0.9], np.float32)
@@ -579,7 +580,7 @@ def test_category_rerank_inside_a_callers_transaction(db):
     re-rank runs in the caller's transaction and leaves it usable."""
     from django.db import transaction
 
-    from retrieval import rerank
+    from retrieval.search import rerank
 
     model, garments, centres, tops, *_ = rerank_catalogue()
     probs = np.asarray([0.1, 0.9], np.float32)

@@ -530,7 +530,7 @@ def test_deploy_check_does_catch_a_weakened_production_setting(tmp_path):
 def test_markup_in_a_catalogue_csv_stays_text_in_the_admin_import_report(admin_client, tmp_path):
     """The CSV's image column is shown back in the import's problem list (a missing file):
     escaped like everything else (the browser test covers titles and categories)."""
-    from retrieval import services
+    from retrieval import catalogue
 
     csv = (
         "id,image,articleType,productDisplayName\n"
@@ -541,7 +541,7 @@ def test_markup_in_a_catalogue_csv_stays_text_in_the_admin_import_report(admin_c
     with zipfile.ZipFile(source, "w") as archive:
         archive.writestr("styles.csv", csv)
         archive.writestr("images/961.jpg", jpeg_bytes())
-    job = services.import_catalog(source=source)
+    job = catalogue.import_catalog(source=source)
     assert job.created == 1 and len(job.problems) == 1
     pages = [
         f"/admin/retrieval/importjob/{job.pk}/change/",

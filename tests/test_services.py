@@ -14,7 +14,8 @@ from django.core.files.base import ContentFile
 from PIL import Image
 
 from fashionsite.celery import app
-from retrieval import services, tasks
+from retrieval import catalogue, indexing, training
+from retrieval.jobs import publishing, tasks
 from retrieval.models import BackboneFeature, Garment, GarmentFeature, ImportJob
 from tests.conftest import WorkerProcess
 from tests.factories import CategoryFactory, GarmentFactory, jpeg_bytes
@@ -86,7 +87,7 @@ def bad_catalogue(tmp_path):
 @pytest.mark.django_db
 def test_import_reports_each_bad_row_and_keeps_the_rest(bad_catalogue, settings):
     settings.RETRIEVAL_MAX_UPLOAD_BYTES = 200_000
-    job = services.import_catalog(source=bad_catalogue)
+    job = catalogue.import_catalog(source=bad_catalogue)
     assert job.status == ImportJob.Status.DONE
     reasons = {(p["sku"] or p["file"]): p["reason"] for p in job.problems}
     assert "missing" in reasons["104"]
@@ -111,7 +112,7 @@ def test_indexing_fails_bad_images_with_their_reason_and_indexes_the_rest(bad_ca
     """Imports refuse images that do not decode, but a stored file can still go bad (a disk
     error, a file replaced behind the site's back): indexing fails that garment with the
     reason, never the batch."""
-    services.import_catalog(source=bad_catalogue)
+    catalogue.import_catalog(source=bad_catalogue)
     # 107 (trailing bytes after a valid JPEG, under the default size limit) is fine.
     assert set(Garment.objects.values_list("sku", flat=True)) == {"100", "107"}
     category = Garment.objects.get(sku="100").category
@@ -127,7 +128,7 @@ def test_indexing_fails_bad_images_with_their_reason_and_indexes_the_rest(bad_ca
             image=ContentFile(data, name=f"{sku}.jpg"),
         )
     ids = list(Garment.objects.values_list("id", flat=True))
-    result = services.index_garments(garment_ids=ids)
+    result = indexing.index_garments(garment_ids=ids)
     status = {g.sku: (g.status, g.error) for g in Garment.objects.all()}
     assert status["100"][0] == Garment.Status.READY
     assert status["101"] == (Garment.Status.FAILED, status["101"][1])
@@ -143,7 +144,7 @@ def test_indexing_fails_bad_images_with_their_reason_and_indexes_the_rest(bad_ca
 def test_non_utf8_csv_is_imported_and_reported(tmp_path):
     csv = (HEADER + row("200", title="Café tee")).encode("latin-1")
     path = make_catalogue(tmp_path / "c.zip", "", {"200.jpg": jpeg_bytes()}, csv_bytes=csv)
-    job = services.import_catalog(source=path)
+    job = catalogue.import_catalog(source=path)
     assert Garment.objects.get(sku="200").title == "Café tee"
     assert any("not UTF-8" in p["reason"] for p in job.problems)
 
@@ -153,9 +154,9 @@ def test_reimport_changes_nothing_and_updates_by_sku(tmp_path):
     images = {f"{i}.jpg": jpeg_bytes((10 * i, 0, 0)) for i in range(300, 305)}
     rows = "".join(row(str(i)) for i in range(300, 305))
     path = make_catalogue(tmp_path / "c.zip", rows, images)
-    first = services.import_catalog(source=path)
+    first = catalogue.import_catalog(source=path)
     before = {g.sku: (g.pk, g.updated_at, g.image.name) for g in Garment.objects.all()}
-    second = services.import_catalog(source=path)
+    second = catalogue.import_catalog(source=path)
     after = {g.sku: (g.pk, g.updated_at, g.image.name) for g in Garment.objects.all()}
     assert (first.created, second.created, second.updated, second.unchanged) == (5, 0, 0, 5)
     assert {k: v[0] for k, v in after.items()} == {k: v[0] for k, v in before.items()}
@@ -163,7 +164,7 @@ def test_reimport_changes_nothing_and_updates_by_sku(tmp_path):
 
     # A changed title updates that garment in place, never a duplicate.
     rows = rows.replace("Tee 302", "Better tee")
-    third = services.import_catalog(source=make_catalogue(tmp_path / "d.zip", rows, images))
+    third = catalogue.import_catalog(source=make_catalogue(tmp_path / "d.zip", rows, images))
     assert (third.created, third.updated, third.unchanged) == (0, 1, 4)
     assert Garment.objects.get(sku="302").title == "Better tee"
     assert Garment.objects.count() == 5
@@ -173,11 +174,11 @@ def test_reimport_changes_nothing_and_updates_by_sku(tmp_path):
 def test_categories_are_created_from_the_chosen_column_and_merge_moves_garments(tmp_path):
     rows = row("400", category="Tshirts") + row("401", category="tshirts") + row("402", "Shirts")
     images = {f"{i}.jpg": jpeg_bytes() for i in (400, 401, 402)}
-    services.import_catalog(source=make_catalogue(tmp_path / "c.zip", rows, images))
+    catalogue.import_catalog(source=make_catalogue(tmp_path / "c.zip", rows, images))
     tshirts = Garment.objects.get(sku="400").category
     assert Garment.objects.get(sku="401").category == tshirts  # case-insensitive match
     shirts = Garment.objects.get(sku="402").category
-    moved = services.merge_categories(sources=[shirts], target=tshirts)
+    moved = catalogue.merge_categories(sources=[shirts], target=tshirts)
     assert moved == 1
     assert set(Garment.objects.values_list("category", flat=True)) == {tshirts.pk}
 
@@ -194,7 +195,7 @@ def garment_under_a_dead_lease() -> Garment:
 @pytest.mark.django_db
 def test_stuck_garments_are_requeued(settings):
     garment = garment_under_a_dead_lease()
-    assert services.requeue_stuck_garments() == 1
+    assert indexing.requeue_stuck_garments() == 1
     garment.refresh_from_db()
     assert garment.status == Garment.Status.PENDING and garment.claimed_by == ""
 
@@ -224,23 +225,23 @@ def test_the_sweep_leaves_old_pending_garments_alone_while_their_queue_holds_a_b
     queued at once all the same; once the queue has drained (here: emptied, as by a Redis
     that lost its data) the garments still pending are queued again."""
     waiting = [GarmentFactory(status=Garment.Status.PENDING).pk for _ in range(3)]
-    services.enqueue_indexing(garment_ids=waiting)  # autocommit: published at once
-    assert services.features_backlog() == 1
+    indexing.enqueue_indexing(garment_ids=waiting)  # autocommit: published at once
+    assert publishing.features_backlog() == 1
     old = "2000-01-01T00:00Z"
     Garment.objects.filter(id__in=waiting).update(updated_at=old)
 
-    caplog.set_level("INFO", logger="retrieval.services")
-    assert services.requeue_stuck_garments() == 0
-    assert services.features_backlog() == 1  # no duplicate behind the backlog
+    caplog.set_level("INFO", logger="retrieval.indexing")
+    assert indexing.requeue_stuck_garments() == 0
+    assert publishing.features_backlog() == 1  # no duplicate behind the backlog
     assert "3 pending for over" in caplog.text and "1 tasks still wait" in caplog.text
-    assert services.requeue_stuck_garments() == 0  # nor at the next sweep
-    assert services.features_backlog() == 1
+    assert indexing.requeue_stuck_garments() == 0  # nor at the next sweep
+    assert publishing.features_backlog() == 1
 
     # Never queued (Redis was down at upload): queued at once, backlog or not.
-    unsent = GarmentFactory(status=Garment.Status.PENDING, error=services.NOT_QUEUED)
+    unsent = GarmentFactory(status=Garment.Status.PENDING, error=publishing.NOT_QUEUED)
     Garment.objects.filter(pk=unsent.pk).update(updated_at=old)
-    assert services.requeue_stuck_garments() == 1
-    assert services.features_backlog() == 2
+    assert indexing.requeue_stuck_garments() == 1
+    assert publishing.features_backlog() == 2
     unsent.refresh_from_db()
     assert (unsent.status, unsent.error) == (Garment.Status.PENDING, "")
     assert set(
@@ -250,10 +251,10 @@ def test_the_sweep_leaves_old_pending_garments_alone_while_their_queue_holds_a_b
     # The backlog is gone (drained, or lost): the old pending garments have no task left.
     with app.connection_for_write() as conn:
         conn.default_channel.queue_purge(private_features_queue)
-    assert services.features_backlog() == 0
-    assert services.requeue_stuck_garments() == 3
-    assert services.features_backlog() == 1  # one task for the three (one chunk)
-    assert services.requeue_stuck_garments() == 0  # fresh again, and queued
+    assert publishing.features_backlog() == 0
+    assert indexing.requeue_stuck_garments() == 3
+    assert publishing.features_backlog() == 1  # one task for the three (one chunk)
+    assert indexing.requeue_stuck_garments() == 0  # fresh again, and queued
 
 
 @pytest.mark.django_db(transaction=True)
@@ -263,13 +264,13 @@ def test_the_sweep_still_requeues_stale_leases_while_the_queue_holds_a_backlog(
     """A processing garment under an old lease: its worker died after taking its task, so no
     backlog is hiding a task of it; the sweep takes it back as before."""
     GarmentFactory(status=Garment.Status.PENDING)  # something waits in the queue
-    services.enqueue_indexing(garment_ids=list(Garment.objects.values_list("id", flat=True)))
-    assert services.features_backlog() == 1
+    indexing.enqueue_indexing(garment_ids=list(Garment.objects.values_list("id", flat=True)))
+    assert publishing.features_backlog() == 1
     garment = garment_under_a_dead_lease()
-    assert services.requeue_stuck_garments() == 1
+    assert indexing.requeue_stuck_garments() == 1
     garment.refresh_from_db()
     assert garment.status == Garment.Status.PENDING and garment.claimed_by == ""
-    assert services.features_backlog() == 2
+    assert publishing.features_backlog() == 2
 
 
 def test_cnn_tasks_are_routed_to_the_features_queue_named_by_settings(settings):
@@ -289,10 +290,10 @@ def test_cnn_tasks_are_routed_to_the_features_queue_named_by_settings(settings):
 @pytest.mark.django_db
 def test_a_garment_is_claimed_by_one_worker_at_a_time():
     garment = GarmentFactory(status=Garment.Status.PENDING)
-    assert services.claim_garments(garment_ids=[garment.pk], claim="task-a") == [garment.pk]
-    assert services.claim_garments(garment_ids=[garment.pk], claim="task-b") == []
+    assert indexing.claim_garments(garment_ids=[garment.pk], claim="task-a") == [garment.pk]
+    assert indexing.claim_garments(garment_ids=[garment.pk], claim="task-b") == []
     # The same task redelivered after its worker died takes it back at once.
-    assert services.claim_garments(garment_ids=[garment.pk], claim="task-a") == [garment.pk]
+    assert indexing.claim_garments(garment_ids=[garment.pk], claim="task-a") == [garment.pk]
 
 
 # --------------------------------------------------------------------------- real workers
@@ -304,7 +305,7 @@ def test_upload_is_indexed_by_a_worker_after_commit(celery_worker):
     category = CategoryFactory(name="Jackets")
     garment = Garment(sku="U1", title="Upload", category=category, colour="Blue")
     garment.image.save("u1.jpg", ContentFile(jpeg_bytes((0, 0, 200))), save=False)
-    services.save_garment(garment=garment, image_changed=True)
+    catalogue.save_garment(garment=garment, image_changed=True)
     assert wait_until(lambda: Garment.objects.get(pk=garment.pk).status == Garment.Status.READY)
     assert BackboneFeature.objects.filter(garment=garment).count() == 1
 
@@ -392,7 +393,7 @@ def test_reindex_and_activate_switches_searches_to_a_complete_new_model(trained_
     from retrieval.models import ClusterRun, FeatureModel, SearchRow
 
     old = FeatureModel.objects.get(active=True)
-    new = services.train_model(epochs=2, activate=False)
+    new = training.train_model(epochs=2, activate=False)
     try:
         new.colour_variant = "paper"
         new.save(update_fields=["colour_variant"])
@@ -403,7 +404,7 @@ def test_reindex_and_activate_switches_searches_to_a_complete_new_model(trained_
         GarmentFeature.objects.filter(model=new, garment_id__in=dropped).delete()
         BackboneFeature.objects.filter(garment_id=dropped[0]).delete()
 
-        services.reindex_and_activate(model=new)
+        training.reindex_and_activate(model=new)
 
         new.refresh_from_db()
         old.refresh_from_db()
@@ -440,16 +441,17 @@ def test_switching_back_to_a_retired_model_reuses_its_vectors_and_fits_kmeans(tr
     fits new K-means runs, and its searches are clustered again."""
     from django.utils import timezone
 
-    from retrieval import clustering, search
+    from retrieval import search
     from retrieval.models import ClusterRun, FeatureModel
+    from retrieval.search import clustering
 
     old = FeatureModel.objects.get(active=True)
-    assert old.vectors_key == services.vectors_key(old)  # set when it was trained
+    assert old.vectors_key == training.vectors_key(old)  # set when it was trained
     old_runs = set(old.cluster_runs.filter(active=True).values_list("id", flat=True))
-    new = services.train_model(epochs=2)  # activated
+    new = training.train_model(epochs=2)  # activated
     try:
         assert FeatureModel.objects.get(active=True) == new
-        report = services.prune_inactive_models(keep=1)
+        report = training.retire_inactive_models(keep=1)
         assert [item.name for item in report.models] == [old.name]
         assert not set(clustering.partition_run_ids()) & old_runs
         stamps = dict(old.features.values_list("garment_id", "created_at"))
@@ -460,7 +462,7 @@ def test_switching_back_to_a_retired_model_reuses_its_vectors_and_fits_kmeans(tr
         BackboneFeature.objects.filter(garment_id=touched).update(created_at=timezone.now())
         GarmentFeature.objects.filter(model=old, garment_id=missing).delete()
 
-        services.reindex_and_activate(model=old)
+        training.reindex_and_activate(model=old)
 
         old.refresh_from_db()
         assert old.active and old.status == FeatureModel.Status.READY
@@ -476,7 +478,7 @@ def test_switching_back_to_a_retired_model_reuses_its_vectors_and_fits_kmeans(tr
         result = search.more_like_this(garment=garment, top=5)
         assert result.model == old.name and len(result.hits) == 5 and result.clusters
         # The sweep after this switch retires the new model the same way.
-        services.prune_inactive_models(keep=1)
+        training.retire_inactive_models(keep=1)
         assert not set(new.cluster_runs.values_list("id", flat=True)) & set(
             clustering.partition_run_ids()
         )

@@ -165,7 +165,7 @@ def test_search_without_a_model_explains_and_offers_browsing(client):
 
 
 def test_search_is_throttled_for_anonymous_shoppers(client, settings):
-    from retrieval.api import throttle_cache
+    from retrieval.http.throttle import throttle_cache
 
     settings.REST_FRAMEWORK = {
         **settings.REST_FRAMEWORK,

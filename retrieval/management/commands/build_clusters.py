@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from retrieval import clustering
+from retrieval.search import clustering
 
 
 class Command(BaseCommand):

@@ -53,8 +53,8 @@ class Command(BaseCommand):
             help="Table over colour weight x probes x mode from the cached CNN features "
             "(the active model and its vectors are not changed; no report is stored).",
         )
-        parser.add_argument("--weights", default=",".join(map(str, evaluation.SWEEP_WEIGHTS)))
-        parser.add_argument("--probes", default=",".join(map(str, evaluation.SWEEP_PROBES)))
+        parser.add_argument("--weights", default=",".join(map(str, evaluation.GRID_WEIGHTS)))
+        parser.add_argument("--probes", default=",".join(map(str, evaluation.GRID_PROBES)))
         parser.add_argument(
             "--pipelines",
             default="plain",
@@ -95,7 +95,7 @@ class Command(BaseCommand):
             raise CommandError("--probes must be >= 1 and --weights >= 0")
         pipelines = [p.strip() for p in options["pipelines"].split(",") if p.strip()]
         try:
-            result = evaluation.run_sweep(
+            result = evaluation.run_grid(
                 weights=weights,
                 probes=probes,
                 pipelines=pipelines,
@@ -117,7 +117,7 @@ class Command(BaseCommand):
             f"{'p@5':>6} {'p@10':>6} {'cc@10':>6} {'ms':>7}"
         )
         self.stdout.write(header)
-        model = search.active_model()
+        model = search.require_active_model()
         for row in result["rows"]:
             current = (
                 row["pipeline"] == "plain"

@@ -6,7 +6,7 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from retrieval import search, services
+from retrieval import features, indexing
 from retrieval.models import FeatureModel
 
 
@@ -26,8 +26,8 @@ class Command(BaseCommand):
         from retrieval import images as image_io
 
         model = FeatureModel.objects.filter(active=True).first()
-        backbone = model.backbone if model is not None else services.current_backbone()
-        extractor = search.extractor_for(backbone=backbone, model=model)
+        backbone = model.backbone if model is not None else indexing.current_backbone()
+        extractor = features.extractor_for(backbone=backbone, model=model)
         results, failures = [], 0
         for path in images:
             try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from retrieval import services
+from retrieval import catalogue, indexing, training
 from retrieval.models import Garment, ImportJob
 
 
@@ -46,7 +46,7 @@ class Command(BaseCommand):
                 f"{job.unchanged} unchanged"
             )
 
-        job = services.import_catalog(
+        job = catalogue.import_catalog(
             source=path, category_field=category_field, limit=limit, progress=progress
         )
         if job.status == ImportJob.Status.FAILED:
@@ -70,12 +70,12 @@ class Command(BaseCommand):
         def report() -> None:
             if time.monotonic() - last[0] >= 10:
                 last[0] = time.monotonic()
-                p = services.import_progress(job=job)
+                p = catalogue.import_progress(job=job)
                 self.stdout.write(
                     f"  indexing: {p['ready']} ready, {p['failed']} failed, {p['pending']} to go"
                 )
 
-        counts = services.wait_for_garments(garments=garments, progress=report)
+        counts = indexing.wait_for_garments(garments=garments, progress=report)
         elapsed = time.monotonic() - started
         ready = counts.get(Garment.Status.READY, 0)
         failed = counts.get(Garment.Status.FAILED, 0)
@@ -89,4 +89,4 @@ class Command(BaseCommand):
         for sku, error in failures[:50]:
             self.stderr.write(f"  failed {sku}: {error}")
         if train:
-            self.stdout.write(services.after_import(job=job))
+            self.stdout.write(training.after_import(job=job))

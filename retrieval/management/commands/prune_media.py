@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandError
 
-from retrieval import services
+from retrieval import catalogue
 
 
 class Command(BaseCommand):
@@ -30,7 +30,7 @@ class Command(BaseCommand):
     def handle(self, *args, dry_run: bool, older_than: int, **options) -> None:
         if older_than < 1:
             raise CommandError("--older-than must be at least 1 minute")
-        result = services.prune_media(older_than=timedelta(minutes=older_than), dry_run=dry_run)
+        result = catalogue.prune_media(older_than=timedelta(minutes=older_than), dry_run=dry_run)
         failed = set(result.failed)
         for name in result.orphans:
             if dry_run:

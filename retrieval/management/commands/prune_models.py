@@ -1,17 +1,17 @@
-"""python manage.py prune_models [--keep N] [--dry-run]: the retention sweep, by hand."""
+"""python manage.py prune_models [--keep N] [--dry-run]: model retirement, by hand."""
 
 from __future__ import annotations
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from retrieval import services
+from retrieval import training
 
 
 class Command(BaseCommand):
     help = (
         "Drop the search-table partitions of feature models that are not active, and the "
-        "vectors of all but the N most recently active of them (services.prune_inactive_models; "
+        "vectors of all but the N most recently active of them (training.retire_inactive_models; "
         "it also runs after every activation). Never touches the active model, heads or the "
         "CNN cache; searches never wait."
     )
@@ -31,7 +31,7 @@ class Command(BaseCommand):
     def handle(self, *args, keep, dry_run, **options) -> None:
         if keep is not None and keep < 0:
             raise CommandError("--keep must be 0 or more")
-        report = services.prune_inactive_models(keep=keep, dry_run=dry_run)
+        report = training.retire_inactive_models(keep=keep, dry_run=dry_run)
         lines = report.lines() or ["no inactive models"]
         for line in lines:
             self.stdout.write(f"  {line}")

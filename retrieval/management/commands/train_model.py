@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from retrieval import services
+from retrieval import training
 
 
 class Command(BaseCommand):
@@ -46,7 +46,7 @@ class Command(BaseCommand):
             last_stage[0] = stage
 
         try:
-            model = services.train_model(
+            model = training.train_model(
                 backbone=backbone,
                 epochs=epochs,
                 category_field=category_field,

@@ -16,6 +16,8 @@ from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template import loader
 
+from retrieval.http.errors import error_body
+
 log = logging.getLogger(__name__)
 
 # OperationalError: the server cannot be reached, or went away mid-query (also transient
@@ -34,8 +36,6 @@ def database_unavailable_response(request: HttpRequest) -> HttpResponse:
     The page renders without a request context: context processors may query the database.
     """
     if request.path.startswith("/api/"):
-        from retrieval.api import error_body  # retrieval.api imports this module
-
         body = error_body(
             "database_unavailable",
             DATABASE_UNAVAILABLE_MESSAGE,

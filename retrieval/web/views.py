@@ -23,19 +23,16 @@ from django.template import loader
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_safe
 from django.views.static import serve
-from rest_framework.exceptions import APIException
 
-from retrieval import search
-from retrieval.api import (
-    SearchRateThrottle,
-    error_body,
-    visible_categories,
-    visible_garments,
-)
+from retrieval import catalogue, search
 from retrieval.health import health_report
-from retrieval.middleware import DATABASE_UNAVAILABLE_ERRORS, database_unavailable_response
+from retrieval.http.errors import error_body
+from retrieval.http.middleware import DATABASE_UNAVAILABLE_ERRORS, database_unavailable_response
+from retrieval.http.throttle import SearchRateThrottle
+from retrieval.images import ImageError
 from retrieval.models import Category, FeatureModel, Garment
-from retrieval.serializers import decode_query_image, read_upload
+from retrieval.selectors import visible_categories, visible_garments
+from retrieval.spec import TOPS
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +81,7 @@ class SearchForm(forms.Form):
     )
     top = forms.TypedChoiceField(
         label="Results",
-        choices=[(n, str(n)) for n in search.TOPS],
+        choices=[(n, str(n)) for n in TOPS],
         coerce=int,
         initial=10,
         required=False,
@@ -103,9 +100,10 @@ class SearchForm(forms.Form):
     def clean_image(self):
         upload = self.cleaned_data["image"]
         try:
-            return decode_query_image(read_upload(upload), name=upload.name)
-        except APIException as exc:  # InvalidImage / ImageTooLarge, a person's words
-            raise forms.ValidationError(str(exc.detail), code=exc.default_code) from None
+            return catalogue.decode_upload(catalogue.read_upload(upload), name=upload.name)
+        except ImageError as exc:  # a person's words; the code picks the HTTP status
+            code = "image_too_large" if catalogue.is_too_large(exc) else "invalid_image"
+            raise forms.ValidationError(exc.reason, code=code) from None
 
 
 def _search(request: HttpRequest, form: SearchForm) -> tuple[dict, int]:
@@ -188,7 +186,7 @@ def category_detail(request: HttpRequest, slug: str) -> HttpResponse:
 @require_GET
 def garment_detail(request: HttpRequest, pk: int) -> HttpResponse:
     garment = get_object_or_404(visible_garments(request.user).select_related("category"), pk=pk)
-    top = _int_choice(request.GET.get("top"), search.TOPS, default=10)
+    top = _int_choice(request.GET.get("top"), TOPS, default=10)
     colour = request.GET.get("colour", "on") != "off"
     similar, similar_error = [], None
     if garment.status != Garment.Status.READY:
@@ -213,7 +211,7 @@ def garment_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "similar": similar,
         "similar_error": similar_error,
         "top": top,
-        "tops": search.TOPS,
+        "tops": TOPS,
         "colour": colour,
     }
     return render(request, "retrieval/garment_detail.html", context)
@@ -234,7 +232,7 @@ def _int_choice(raw: str | None, choices, *, default: int) -> int:
 def media_file(request: HttpRequest, path: str) -> HttpResponse:
     """Garment photos from MEDIA_ROOT, where Django serves media (DJANGO_SERVE_MEDIA).
 
-    Only ``garments/**.jpg``: the JPEGs the site re-encoded itself (services.store_garment_image),
+    Only ``garments/**.jpg``: the JPEGs the site re-encoded itself (catalogue.store_garment_image),
     never import archives or anything else in media storage, never a path out of MEDIA_ROOT
     (``..`` is resolved first; serve() refuses what still climbs out). Sent as image/jpeg with
     nosniff and a sandboxing CSP, so even a file that slipped in some other way is never run
@@ -265,7 +263,7 @@ def server_error(request: HttpRequest) -> HttpResponse:
     """handler500: as page_not_found; renders without a request context (it may be broken).
 
     A database outage raised outside a view (in a middleware, e.g. saving the session) is
-    answered 503 like one raised inside (retrieval.middleware). Django calls this handler
+    answered 503 like one raised inside (retrieval.http.middleware). Django calls this handler
     while handling the exception, so sys.exc_info() still names it.
     """
     exception = sys.exc_info()[1]

@@ -13,7 +13,6 @@ import binascii
 import re
 
 from django.conf import settings
-from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import models
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
@@ -21,13 +20,14 @@ from rest_framework import serializers
 from rest_framework import status as http_status
 from rest_framework.exceptions import APIException
 
-from retrieval import images, search, services
+from retrieval import catalogue, search
+from retrieval.images import ImageError
 from retrieval.models import Category, Garment
+from retrieval.spec import SHOPPER_MODES, TOPS
 
 # Largest database integer: bigger "ids" can match nothing (and must not reach PostgreSQL).
 MAX_ID = 2**63 - 1
 _SLUG = re.compile(r"[-a-zA-Z0-9_]+")  # what a SlugField holds
-SEARCH_MODES = ("fused", "deep")
 
 
 # --------------------------------------------------------------------------- errors
@@ -49,34 +49,29 @@ class ImageTooLarge(APIException):
     default_detail = "image too large"
 
 
-def image_problem(message: str) -> APIException:
-    """The API error for an image refusal message from retrieval.images / services."""
-    if "image too large" in message:
-        return ImageTooLarge(message)
-    return InvalidImage(message)
+def image_problem(error: ImageError, *, message: str | None = None) -> APIException:
+    """The API error for an image refusal (:mod:`retrieval.catalogue.uploads`); its message is
+    ``message``, else the refusal's reason (without the file name)."""
+    error_type = ImageTooLarge if catalogue.is_too_large(error) else InvalidImage
+    return error_type(message or error.reason)
 
 
 def decode_query_image(data: bytes, *, name: str | None = None):
-    """Decode a search photo (bytes) into an RGB PIL image, refusing what any upload refuses.
-
-    Raises ImageTooLarge or InvalidImage with a message fit for a person.
-    """
-    limit = settings.RETRIEVAL_MAX_UPLOAD_BYTES
-    if len(data) > limit:
-        raise ImageTooLarge(f"image too large: {len(data)} bytes, the limit is {limit}")
+    """Decode a search photo (bytes) into an RGB PIL image, refusing what any upload refuses
+    (:func:`retrieval.catalogue.decode_upload`). Raises ImageTooLarge or InvalidImage."""
     try:
-        return images.open_image(data, max_pixels=settings.RETRIEVAL_MAX_PIXELS, name=name)
-    except images.ImageError as exc:
-        raise image_problem(exc.reason) from None
+        return catalogue.decode_upload(data, name=name)
+    except ImageError as exc:
+        raise image_problem(exc) from None
 
 
 def read_upload(upload) -> bytes:
-    """The bytes of an uploaded file, refusing one over the limit before reading it."""
-    limit = settings.RETRIEVAL_MAX_UPLOAD_BYTES
-    if upload.size is not None and upload.size > limit:
-        raise ImageTooLarge(f"image too large: {upload.size} bytes, the limit is {limit}")
-    upload.seek(0)
-    return upload.read(limit + 1)
+    """The bytes of an uploaded file (:func:`retrieval.catalogue.read_upload`), refusing one
+    over the limit before reading it. Raises ImageTooLarge."""
+    try:
+        return catalogue.read_upload(upload)
+    except ImageError as exc:
+        raise image_problem(exc) from None
 
 
 # --------------------------------------------------------------------------- fields
@@ -309,19 +304,21 @@ class GarmentWriteSerializer(ChangesSomethingMixin, StrictModelSerializer):
 
     def validate_image(self, upload):
         try:
-            services.validate_upload(upload=upload)
-        except DjangoValidationError as exc:
-            raise image_problem("; ".join(exc.messages)) from None
+            catalogue.decode_upload(catalogue.read_upload(upload), name=upload.name)
+        except ImageError as exc:
+            raise image_problem(exc, message=str(exc)) from None
+        finally:
+            upload.seek(0)
         return upload
 
     def create(self, validated_data: dict) -> Garment:
         garment = Garment(**validated_data)
-        return services.save_garment(garment=garment, image_changed=True)
+        return catalogue.save_garment(garment=garment, image_changed=True)
 
     def update(self, instance: Garment, validated_data: dict) -> Garment:
         for name, value in validated_data.items():
             setattr(instance, name, value)
-        return services.save_garment(garment=instance, image_changed="image" in validated_data)
+        return catalogue.save_garment(garment=instance, image_changed="image" in validated_data)
 
     def to_representation(self, instance: Garment) -> dict:
         return GarmentSerializer(instance, context=self.context).data
@@ -376,10 +373,10 @@ class GarmentFilterSerializer(NoBlankValuesMixin, serializers.Serializer):
 
 class SearchOptionsSerializer(serializers.Serializer):
     top = serializers.ChoiceField(
-        choices=search.TOPS, default=10, help_text="How many garments to return."
+        choices=TOPS, default=10, help_text="How many garments to return."
     )
     mode = serializers.ChoiceField(
-        choices=SEARCH_MODES,
+        choices=SHOPPER_MODES,
         default="fused",
         help_text="fused: shape and colour (the paper's fused feature); deep: shape only.",
     )
@@ -408,7 +405,7 @@ class SearchBase64Serializer(SearchRequestSerializer):
     """application/json: the photo base64-encoded."""
 
     top = StrictIntegerChoiceField(
-        choices=search.TOPS, default=10, help_text="How many garments to return."
+        choices=TOPS, default=10, help_text="How many garments to return."
     )
     image = serializers.CharField(
         trim_whitespace=True,
@@ -449,7 +446,7 @@ class SearchResponseSerializer(serializers.Serializer):
         "clustering yet).",
     )
     model = serializers.CharField(help_text="The feature model that answered.")
-    mode = serializers.ChoiceField(choices=SEARCH_MODES)
+    mode = serializers.ChoiceField(choices=SHOPPER_MODES)
     top = serializers.IntegerField()
     took_ms = serializers.FloatField(help_text="Server time for the search, in milliseconds.")
 

@@ -20,6 +20,6 @@ def delete_image_of_deleted_garment(sender, instance: Garment, **kwargs) -> None
     skip signals; this receiver costs no extra query per row.) Only raw SQL and TRUNCATE
     bypass it: ``manage.py prune_media`` finds what they leave.
     """
-    from retrieval import services
+    from retrieval import catalogue
 
-    services.delete_images_after_commit([instance.image.name])
+    catalogue.delete_images_after_commit([instance.image.name])

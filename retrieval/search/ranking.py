@@ -26,11 +26,10 @@ import numpy as np
 from django.conf import settings
 from django.db import connection, transaction
 
-from retrieval import searchtable
-from retrieval.models import FeatureModel, Garment, GarmentFeature
-
-MODES = ("fused", "deep", "exact")
-TOPS = (5, 10, 20)
+from retrieval.models import FeatureModel, Garment
+from retrieval.search import table as searchtable
+from retrieval.selectors import active_model
+from retrieval.spec import MODES
 
 
 class SearchUnavailable(RuntimeError):
@@ -66,8 +65,9 @@ def _vector_literal(vector: np.ndarray) -> str:
     return "[" + ",".join(f"{float(v):.7g}" for v in vector) + "]"
 
 
-def active_model() -> FeatureModel:
-    model = FeatureModel.objects.filter(active=True).first()
+def require_active_model() -> FeatureModel:
+    """The active feature model; SearchUnavailable when none is (nothing trained yet)."""
+    model = active_model()
     if model is None:
         raise SearchUnavailable(
             "no trained feature model is active yet: import a catalogue and train one "
@@ -180,105 +180,3 @@ def _clusters_by_distance(
     if not rows:
         return None, []
     return rows[0][0], [label for _, label in rows]
-
-
-def extractor_for(*, backbone: str, model: FeatureModel | None = None):
-    """The process-wide feature extractor for a backbone and a model's head (loaded once)."""
-    from retrieval import features
-
-    kwargs = {}
-    if model is not None:
-        kwargs = {
-            "head_path": str(model.head_path) if model.head_file else None,
-            "colour_variant": model.colour_variant,
-            "colour_weight": model.colour_weight,
-            "normalize_deep": model.normalize_deep,
-        }
-    return features.get_extractor(
-        backbone=backbone,
-        weights_path=settings.RETRIEVAL_BACKBONE_WEIGHTS,
-        device=None if settings.RETRIEVAL_DEVICE == "auto" else settings.RETRIEVAL_DEVICE,
-        precision=settings.RETRIEVAL_PRECISION,
-        max_pixels=settings.RETRIEVAL_MAX_PIXELS,
-        num_threads=settings.RETRIEVAL_TORCH_THREADS or None,
-        freeze=settings.RETRIEVAL_FREEZE_GRAPH,
-        tune_malloc=settings.RETRIEVAL_TUNE_MALLOC,
-        **kwargs,
-    )
-
-
-def search_image(
-    *,
-    image,
-    top: int = 10,
-    mode: str = "fused",
-    category_id: int | None = None,
-    probes: int | None = None,
-    include_hidden: bool = False,
-) -> SearchResult:
-    """Search by photo. image: a PIL image (RGB) or bytes.
-
-    Runs the CNN once, as the paper does, unless RETRIEVAL_QUERY_CROP / RETRIEVAL_QUERY_FLIP
-    add a pass each (:meth:`retrieval.features.FeatureExtractor.extract_query`). With
-    RETRIEVAL_RERANK=category, fused and exact searches list the predicted category's garments
-    first (:mod:`retrieval.rerank`; a departure from the paper).
-    """
-    from retrieval import images
-
-    started = time.perf_counter()
-    model = active_model()
-    if isinstance(image, bytes | bytearray):
-        image = images.open_image(bytes(image), max_pixels=settings.RETRIEVAL_MAX_PIXELS)
-    out = extractor_for(backbone=model.backbone, model=model).extract_query(
-        [image], flip=settings.RETRIEVAL_QUERY_FLIP, crop=settings.RETRIEVAL_QUERY_CROP
-    )
-    fused = out["fused"][0]
-    if settings.RETRIEVAL_RERANK == "category" and mode != "deep" and category_id is None:
-        from retrieval import rerank
-
-        result = rerank.search_reranked(
-            fused=fused,
-            probs=out["probs"][0],
-            model=model,
-            top=top,
-            probes=probes,
-            clustered=mode == "fused",
-            min_confidence=settings.RETRIEVAL_RERANK_MIN_CONFIDENCE,
-            include_hidden=include_hidden,
-        )
-    else:
-        result = search_vectors(
-            fused=fused,
-            model=model,
-            top=top,
-            mode=mode,
-            probes=probes,
-            category_id=category_id,
-            include_hidden=include_hidden,
-        )
-    result.took_ms = (time.perf_counter() - started) * 1000.0
-    return result
-
-
-def more_like_this(
-    *,
-    garment: Garment,
-    top: int = 10,
-    mode: str = "fused",
-    probes: int | None = None,
-    include_hidden: bool = False,
-) -> SearchResult:
-    """Garments similar to an indexed one, from its stored vectors (no CNN pass)."""
-    model = active_model()
-    row = GarmentFeature.objects.filter(garment=garment, model=model).values_list("fused").first()
-    if row is None:
-        raise SearchUnavailable(f"garment {garment.sku} is not indexed under the active model")
-    return search_vectors(
-        fused=np.asarray(row[0], dtype=np.float32),
-        model=model,
-        top=top,
-        mode=mode,
-        probes=probes,
-        exclude_garment_ids=(garment.pk,),
-        include_hidden=include_hidden,
-    )

@@ -11,7 +11,7 @@ from celery import shared_task
 from django.conf import settings
 from django.db import DatabaseError, connection
 
-from retrieval import services
+from retrieval import catalogue, indexing, training
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def index_garments(self, garment_ids: list[int]) -> dict:
     The task id is the lease token: a redelivery of this same task after its worker died
     takes its garments straight back; any other worker leaves them alone.
     """
-    result = services.index_garments(garment_ids=garment_ids, claim=self.request.id)
+    result = indexing.index_garments(garment_ids=garment_ids, claim=self.request.id)
     return {
         "ready": len(result.ready),
         "failed": len(result.failed),
@@ -56,17 +56,17 @@ def requeue_stuck() -> dict:
     the next beat tick. Idempotent: a second sweep finds nothing left to queue.
     """
     return {
-        "garments": services.requeue_stuck_garments(),
-        "imports": services.requeue_unqueued_imports(),
-        "trainings": services.requeue_unqueued_trainings(),
+        "garments": indexing.requeue_stuck_garments(),
+        "imports": catalogue.requeue_unqueued_imports(),
+        "trainings": training.requeue_unqueued_trainings(),
     }
 
 
 @shared_task(name="retrieval.tasks.rebuild_clusters", autoretry_for=(DatabaseError,), max_retries=3)
 def rebuild_clusters() -> dict:
     """Periodic (nightly) and after large imports: a new K-means run for the active model."""
-    from retrieval import clustering
     from retrieval.models import FeatureModel
+    from retrieval.search import clustering
 
     model = FeatureModel.objects.filter(active=True).first()
     if model is None or not model.features.exists():
@@ -84,11 +84,11 @@ def rebuild_clusters() -> dict:
     max_retries=5,
 )
 def prune_models(self, model_ids: list[int] | None = None, keep: int | None = None) -> dict:
-    """The retention sweep (queued after every activation): inactive models lose their search
-    partitions, older ones their vectors (services.prune_inactive_models). ``model_ids``: the
+    """Model retirement (queued after every activation): inactive models lose their search
+    partitions, older ones their vectors (training.retire_inactive_models). ``model_ids``: the
     admin's "delete search data" of those models. Idempotent; a partition still in use by a
     long transaction is retried a minute later."""
-    report = services.prune_inactive_models(keep=keep, model_ids=model_ids)
+    report = training.retire_inactive_models(keep=keep, model_ids=model_ids)
     if report.failed_runs and self.request.retries < self.max_retries:
         raise self.retry(countdown=60)
     return report.as_dict()
@@ -101,7 +101,7 @@ def prune_media(older_than_minutes: int | None = None) -> dict:
     RETRIEVAL_PRUNE_MEDIA_MINUTES), as ``manage.py prune_media`` does. Idempotent: a second run
     finds nothing left; a file that cannot be deleted is logged and tried again next time."""
     minutes = older_than_minutes or settings.RETRIEVAL_PRUNE_MEDIA_MINUTES
-    result = services.prune_media(older_than=timedelta(minutes=minutes))
+    result = catalogue.prune_media(older_than=timedelta(minutes=minutes))
     return {
         "deleted": len(result.deleted),
         "failed": len(result.failed),
@@ -118,11 +118,11 @@ def import_catalog(self, job_id: int) -> dict:
 
     job = ImportJob.objects.get(pk=job_id)
     if job.status in {ImportJob.Status.DONE, ImportJob.Status.FAILED}:
-        return services.import_progress(job=job)  # redelivered after it finished: nothing to do
-    job = services.import_catalog(
+        return catalogue.import_progress(job=job)  # redelivered after it finished: nothing to do
+    job = catalogue.import_catalog(
         source=job.upload.path, category_field=job.category_field, limit=job.limit, job=job
     )
-    return services.import_progress(job=job)
+    return catalogue.import_progress(job=job)
 
 
 @shared_task(name="retrieval.tasks.train_model", bind=True, acks_late=True)
@@ -135,7 +135,7 @@ def train_model(
     model = FeatureModel.objects.get(pk=model_id)
     if model.status != FeatureModel.Status.TRAINING:
         return {"skipped": f"model {model.name} is {model.status}"}  # redelivered after the end
-    model = services.train_model(model=model, epochs=epochs, category_field=category_field)
+    model = training.train_model(model=model, epochs=epochs, category_field=category_field)
     return {"model": model.name, "val_accuracy": model.metrics.get("val_accuracy")}
 
 
@@ -146,7 +146,7 @@ def reindex_model(self, model_id: int) -> dict:
     from retrieval.models import FeatureModel
 
     model = FeatureModel.objects.get(pk=model_id)
-    services.reindex_and_activate(model=model)
+    training.reindex_and_activate(model=model)
     return {"model": model.name}
 
 

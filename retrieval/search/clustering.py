@@ -21,7 +21,6 @@ import numpy as np
 from django.conf import settings
 from django.db import DatabaseError, OperationalError, connection, transaction
 
-from retrieval import searchtable
 from retrieval.models import (
     Category,
     ClusterCentroid,
@@ -29,6 +28,7 @@ from retrieval.models import (
     FeatureModel,
     GarmentFeature,
 )
+from retrieval.search import table as searchtable
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def build_clusters(*, model: FeatureModel | None = None, k: int | None = None) -
 def ensure_active_runs(*, model: FeatureModel, k: int | None = None) -> list[ClusterRun]:
     """Fit a run for each space in which ``model`` has no active run; returns the new runs.
 
-    A model retired by ``services.prune_inactive_models`` has no runs left (their search
+    A model retired by ``training.retire_inactive_models`` has no runs left (their search
     partitions were dropped, the runs deactivated): activating it must rebuild them first, or
     its searches would fall back to the exact scan of every vector.
     """

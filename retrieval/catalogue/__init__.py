@@ -1,0 +1,67 @@
+"""The catalogue: categories, garments and their image files, uploads and bulk imports.
+
+One validation path for uploads (:mod:`.uploads`), media files (:mod:`.media`), edits
+(:mod:`.garments`), imports (:mod:`.imports`) and the import format reader (:mod:`.source`).
+"""
+
+from retrieval.catalogue.garments import (
+    get_or_create_category,
+    merge_categories,
+    move_garments,
+    save_garment,
+)
+from retrieval.catalogue.imports import (
+    import_catalog,
+    import_progress,
+    requeue_unqueued_imports,
+    save_import_job,
+    start_import,
+)
+from retrieval.catalogue.media import (
+    STORAGE_UNAVAILABLE,
+    MediaPruneResult,
+    MediaStorageError,
+    delete_images_after_commit,
+    delete_stored_image,
+    delete_unreferenced_images,
+    prune_media,
+    store_garment_image,
+)
+from retrieval.catalogue.source import CatalogError, CatalogRow, CatalogSource, Problem, read_rows
+from retrieval.catalogue.uploads import (
+    decode_upload,
+    image_digest,
+    is_too_large,
+    read_upload,
+    validate_upload,
+)
+
+__all__ = [
+    "STORAGE_UNAVAILABLE",
+    "CatalogError",
+    "CatalogRow",
+    "CatalogSource",
+    "MediaPruneResult",
+    "MediaStorageError",
+    "Problem",
+    "decode_upload",
+    "delete_images_after_commit",
+    "delete_stored_image",
+    "delete_unreferenced_images",
+    "get_or_create_category",
+    "image_digest",
+    "import_catalog",
+    "import_progress",
+    "is_too_large",
+    "merge_categories",
+    "move_garments",
+    "prune_media",
+    "read_rows",
+    "read_upload",
+    "requeue_unqueued_imports",
+    "save_garment",
+    "save_import_job",
+    "start_import",
+    "store_garment_image",
+    "validate_upload",
+]

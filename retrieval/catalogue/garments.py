@@ -1,0 +1,107 @@
+"""Catalogue edits: categories, moves and merges, saving a garment (admin, API)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from django.db import transaction
+from django.utils import timezone
+
+from retrieval.catalogue.media import (
+    delete_images_after_commit,
+    delete_stored_image,
+    store_garment_image,
+)
+from retrieval.catalogue.uploads import read_upload
+from retrieval.indexing import enqueue_indexing
+from retrieval.models import (
+    BackboneFeature,
+    Category,
+    Garment,
+    GarmentFeature,
+)
+
+
+def get_or_create_category(*, name: str) -> Category:
+    name = name.strip()
+    category = Category.objects.filter(name__iexact=name).first()
+    if category is None:
+        category = Category(name=name)
+        category.save()
+    return category
+
+
+@transaction.atomic
+def move_garments(*, garment_ids: Sequence[int], category: Category) -> int:
+    """Move garments to another category (an admin action); their vectors stay valid."""
+    return Garment.objects.filter(id__in=garment_ids).update(
+        category=category, updated_at=timezone.now()
+    )
+
+
+@transaction.atomic
+def merge_categories(*, sources: Sequence[Category], target: Category) -> int:
+    """Move every garment of ``sources`` into ``target`` and delete the sources."""
+    source_ids = [c.pk for c in sources if c.pk != target.pk]
+    moved = Garment.objects.filter(category_id__in=source_ids).update(
+        category=target, updated_at=timezone.now()
+    )
+    Category.objects.filter(parent_id__in=source_ids).update(parent=target)
+    Category.objects.filter(id__in=source_ids).delete()
+    return moved
+
+
+def save_garment(*, garment: Garment, image_changed: bool) -> Garment:
+    """Create or update a garment (admin, API); a new image is re-encoded, stored, and
+    indexed after commit.
+
+    Nothing is half-saved: a new upload is stored first (:func:`store_garment_image`), so
+    when the storage refuses it (:class:`MediaStorageError`) no row is written and nothing
+    is queued; when the database write then fails, the stored file is removed again.
+    A replaced image's file is deleted once the new one is committed (never before: a
+    rollback leaves the row naming the old file, and the file there).
+    """
+    from django.core.exceptions import ValidationError
+
+    from retrieval import images
+
+    stored = None
+    # An upload assigned but not stored yet (the check FileField.pre_save itself makes).
+    if image_changed and garment.image and not garment.image._committed:
+        upload = garment.image.file
+        try:
+            stored = store_garment_image(
+                garment=garment, source=read_upload(upload), name=upload.name
+            )
+        except images.ImageError as exc:  # callers validate first; this is the backstop
+            raise ValidationError({"image": str(exc)}) from exc
+    try:
+        with transaction.atomic():
+            replaced = None
+            if stored is not None and garment.pk is not None:
+                # The file the row names now, deleted after commit. Locked, so of two
+                # replacements at once the second replaces (and deletes) the first one's file.
+                replaced = (
+                    Garment.objects.select_for_update()
+                    .filter(pk=garment.pk)
+                    .values_list("image", flat=True)
+                    .first()
+                )
+            reindex = image_changed or garment.pk is None
+            if reindex:
+                garment.status = Garment.Status.PENDING
+                garment.error = ""
+                garment.claimed_by = ""
+            garment.save()
+            if reindex:
+                # Vectors of the previous image would match the wrong picture: drop them now.
+                GarmentFeature.objects.filter(garment=garment).delete()
+                BackboneFeature.objects.filter(garment=garment).delete()
+                enqueue_indexing(garment_ids=[garment.pk])
+            if replaced and replaced != stored:
+                delete_images_after_commit([replaced])
+    except Exception:
+        if stored is not None:
+            delete_stored_image(stored)
+        raise
+    return garment

@@ -1,0 +1,241 @@
+"""Evaluation reports: run the metrics over the query sets for a model and store the report."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from retrieval.evaluation.metrics import Labelled, summarise, timed
+from retrieval.evaluation.queries import _external_queries, _held_out_queries
+from retrieval.jobs.publishing import publish
+from retrieval.models import (
+    EvaluationReport,
+    FeatureModel,
+)
+from retrieval.spec import TOPS
+
+
+def run_evaluation(
+    *,
+    model=None,
+    limit: int | None = None,
+    tops: Sequence[int] = TOPS,
+    queries_path=None,
+    category_field: str = "articleType",
+    examples: int = 6,
+    report=None,
+    seed: int = 0,
+):
+    """Evaluate ``model`` (default: the active one) and store an EvaluationReport.
+
+    Default queries: the model's held-out test split (never trained on), each searched
+    against the rest of the catalogue with itself excluded, from its stored vectors. With
+    ``queries_path`` (a catalogue zip/folder), those images are run through the CNN and
+    searched against the catalogue without being added to it; queries whose category the
+    catalogue lacks are skipped and counted.
+    """
+    from django.utils import timezone
+
+    from retrieval import search
+    from retrieval.models import EvaluationReport, Garment
+
+    model = model or search.require_active_model()
+    tops = sorted(set(int(k) for k in tops))
+    parameters = {
+        "model": model.name,
+        "limit": limit,
+        "tops": tops,
+        "queries": str(queries_path) if queries_path else "held-out test split",
+        "category_field": category_field,
+        "colour_variant": model.colour_variant,
+        "colour_weight": model.colour_weight,
+        "probes": settings.RETRIEVAL_PROBES,
+        "query_crop": settings.RETRIEVAL_QUERY_CROP,
+        "query_flip": settings.RETRIEVAL_QUERY_FLIP,
+        "rerank": settings.RETRIEVAL_RERANK,
+        "rerank_min_confidence": settings.RETRIEVAL_RERANK_MIN_CONFIDENCE,
+    }
+    rerank_on = settings.RETRIEVAL_RERANK == "category"
+    modes = ("fused", "deep", "rerank") if rerank_on else ("fused", "deep")
+    if report is None:
+        report = EvaluationReport.objects.create(model=model, parameters=parameters)
+    else:
+        report.model, report.parameters = model, parameters
+        report.status = EvaluationReport.Status.RUNNING
+        report.save()
+    try:
+        if queries_path:
+            queries, skipped = _external_queries(
+                model=model, path=queries_path, category_field=category_field, limit=limit
+            )
+        else:
+            queries = _held_out_queries(model=model, limit=limit, seed=seed, probs=rerank_on)
+            skipped = 0
+        if not queries:
+            raise ValueError(
+                "no queries: the model has no held-out garments with vectors"
+                if not queries_path
+                else "no query matched a catalogue category"
+            )
+        top = max(tops)
+        result_ids: set[int] = set()
+        raw: dict[tuple[str, bool], list] = {}
+        for mode in modes:
+            for clustered in (True, False):
+                rows = []
+                for query in queries:
+                    if mode == "rerank":
+                        from retrieval.search import rerank
+
+                        result, seconds = timed(
+                            rerank.search_reranked,
+                            fused=query["fused"],
+                            probs=query["probs"],
+                            model=model,
+                            top=top,
+                            clustered=clustered,
+                            min_confidence=settings.RETRIEVAL_RERANK_MIN_CONFIDENCE,
+                            exclude_garment_ids=query["exclude"],
+                        )
+                    else:
+                        result, seconds = timed(
+                            search.search_vectors,
+                            fused=query["fused"],
+                            model=model,
+                            top=top,
+                            mode=mode,
+                            clustered=clustered,
+                            exclude_garment_ids=query["exclude"],
+                        )
+                    ids = [h.garment_id for h in result.hits]
+                    result_ids.update(ids)
+                    rows.append((query, result, seconds))
+                raw[(mode, clustered)] = rows
+        labels = {
+            gid: Labelled(category=name, colour=colour or "")
+            for gid, name, colour in Garment.objects.filter(id__in=result_ids).values_list(
+                "id", "category__name", "colour"
+            )
+        }
+        runs = {}
+        for key, rows in raw.items():
+            runs[key] = [
+                (
+                    query["label"],
+                    [labels[h.garment_id] for h in result.hits if h.garment_id in labels],
+                    seconds,
+                )
+                for query, result, seconds in rows
+            ]
+        summaries = {key: summarise(rows, tops=tops) for key, rows in runs.items()}
+        headline = ("p@", "cc@")
+        metrics = {
+            "queries": len(queries),
+            "skipped": skipped,
+            "modes": {
+                mode: {
+                    **{
+                        f"{h}{k}": summaries[(mode, True)][f"{h}{k}"]
+                        for h in headline
+                        for k in tops
+                    },
+                    "ms_mean": summaries[(mode, True)]["ms_mean"],
+                    "ms_p95": summaries[(mode, True)]["ms_p95"],
+                }
+                for mode in modes
+            },
+            "exact": {
+                mode: {
+                    key: value
+                    for key, value in summaries[(mode, False)].items()
+                    if key != "per_category_p@5"
+                }
+                for mode in modes
+            },
+            "per_category_p@5": {
+                mode: summaries[(mode, True)]["per_category_p@5"] for mode in modes
+            },
+            "examples": _examples(raw, queries, examples=examples),
+        }
+        report.metrics = metrics
+        report.status = EvaluationReport.Status.DONE
+    except Exception as exc:
+        report.status = EvaluationReport.Status.FAILED
+        report.error = f"{exc.__class__.__name__}: {exc}"[:2000]
+        report.finished_at = timezone.now()
+        report.save()
+        raise
+    report.finished_at = timezone.now()
+    report.save()
+    return report
+
+
+def _examples(raw, queries, *, examples: int) -> list[dict]:
+    """The top 5 of each mode for a few queries, side by side (the paper's Figure 4)."""
+    from retrieval.models import Garment
+
+    picks = list(range(0, len(queries), max(1, len(queries) // max(1, examples))))[:examples]
+    ids = set()
+    for index in picks:
+        for mode in ("fused", "deep"):
+            ids.update(h.garment_id for h in raw[(mode, True)][index][1].hits[:5])
+        if isinstance(queries[index]["id"], int):
+            ids.add(queries[index]["id"])
+    garments = Garment.objects.select_related("category").in_bulk(ids)
+
+    def describe(garment_id, score=None):
+        g = garments.get(garment_id)
+        if g is None:
+            return None
+        item = {
+            "id": g.pk,
+            "sku": g.sku,
+            "title": g.title,
+            "category": g.category.name,
+            "colour": g.colour,
+            "image": g.image.url if g.image else "",
+        }
+        if score is not None:
+            item["score"] = round(score, 4)
+        return item
+
+    out = []
+    for index in picks:
+        query = queries[index]
+        entry = {
+            "query": describe(query["id"])
+            if isinstance(query["id"], int)
+            else {"sku": query["id"], "category": query["label"].category},
+        }
+        for mode in ("fused", "deep"):
+            hits = raw[(mode, True)][index][1].hits[:5]
+            entry[mode] = [describe(h.garment_id, h.score) for h in hits]
+        out.append(entry)
+    return out
+
+
+log = logging.getLogger(__name__)
+
+
+def queue_evaluation(*, model: FeatureModel) -> EvaluationReport:
+    """Create a running EvaluationReport for ``model`` and queue its evaluation after commit;
+    with the broker down the report is marked failed with the reason (start it again later)."""
+
+    report = EvaluationReport.objects.create(model=model, parameters={"model": model.name})
+
+    def send() -> None:
+        error = publish("retrieval.tasks.evaluate", args=[report.pk])
+        if error is not None:
+            log.warning("broker unavailable, evaluation %s not started: %s", report.pk, error)
+            EvaluationReport.objects.filter(pk=report.pk).update(
+                status=EvaluationReport.Status.FAILED,
+                error="not started: Redis (the task queue) was unavailable; start it again",
+                finished_at=timezone.now(),
+            )
+
+    transaction.on_commit(send)
+    return report

@@ -1,0 +1,88 @@
+"""Features (Hou, He & Liu 2020): the only package that imports torch/torchvision.
+
+Everything it returns is numpy or plain Python, so no other package handles tensors.
+:mod:`.backbones` (CNN trunks), :mod:`.colour` (numpy only), :mod:`.head` (FC1/FC2),
+:mod:`.extractor` (image -> features), :mod:`.cpu` (CPU speed-ups), :mod:`.configured`
+(the extractor that settings describe).
+"""
+
+from retrieval.features.backbones import (
+    WEIGHTS_ENV,
+    Backbone,
+    BackboneUnavailable,
+    load_backbone,
+    resolve_backbone,
+)
+from retrieval.features.colour import (
+    CROP_MAX_AREA,
+    activation_map,
+    colour_feature,
+    colour_positions,
+    crop_box,
+    fuse,
+    pooled_rgb_at,
+    srgb_to_lab,
+)
+from retrieval.features.configured import extractor_for
+from retrieval.features.cpu import freeze_backbone, keep_freed_memory_for_reuse
+from retrieval.features.extractor import ExtractedBatch, FeatureExtractor, get_extractor
+from retrieval.features.head import (
+    ClothingHead,
+    auto_epochs,
+    classify,
+    deep_from_pooled,
+    load_head,
+    save_head,
+    train_head,
+)
+from retrieval.spec import (
+    BACKBONES,
+    COLOUR_DIM,
+    COLOUR_VARIANTS,
+    DEEP_DIM,
+    DEFAULT_COLOUR_VARIANT,
+    DEFAULT_COLOUR_WEIGHT,
+    DEFAULT_NORMALIZE_DEEP,
+    FUSED_DIM,
+    NUM_POSITIONS,
+    POOLED_DIMS,
+)
+
+__all__ = [
+    "BACKBONES",
+    "COLOUR_DIM",
+    "COLOUR_VARIANTS",
+    "CROP_MAX_AREA",
+    "DEEP_DIM",
+    "DEFAULT_COLOUR_VARIANT",
+    "DEFAULT_COLOUR_WEIGHT",
+    "DEFAULT_NORMALIZE_DEEP",
+    "FUSED_DIM",
+    "NUM_POSITIONS",
+    "POOLED_DIMS",
+    "WEIGHTS_ENV",
+    "Backbone",
+    "BackboneUnavailable",
+    "ClothingHead",
+    "ExtractedBatch",
+    "FeatureExtractor",
+    "activation_map",
+    "auto_epochs",
+    "classify",
+    "colour_feature",
+    "colour_positions",
+    "crop_box",
+    "deep_from_pooled",
+    "extractor_for",
+    "freeze_backbone",
+    "fuse",
+    "get_extractor",
+    "keep_freed_memory_for_reuse",
+    "load_backbone",
+    "load_head",
+    "pooled_rgb_at",
+    "resolve_backbone",
+    "save_head",
+    "srgb_to_lab",
+    "train_head",
+]

@@ -1,0 +1,35 @@
+"""The process-wide feature extractor configured by settings, for a backbone and a model's head."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+
+from retrieval.features.extractor import FeatureExtractor, get_extractor
+
+if TYPE_CHECKING:  # the features package works without Django apps loaded (scripts, bench)
+    from retrieval.models import FeatureModel
+
+
+def extractor_for(*, backbone: str, model: FeatureModel | None = None) -> FeatureExtractor:
+    """The process-wide feature extractor for a backbone and a model's head (loaded once)."""
+    kwargs = {}
+    if model is not None:
+        kwargs = {
+            "head_path": str(model.head_path) if model.head_file else None,
+            "colour_variant": model.colour_variant,
+            "colour_weight": model.colour_weight,
+            "normalize_deep": model.normalize_deep,
+        }
+    return get_extractor(
+        backbone=backbone,
+        weights_path=settings.RETRIEVAL_BACKBONE_WEIGHTS,
+        device=None if settings.RETRIEVAL_DEVICE == "auto" else settings.RETRIEVAL_DEVICE,
+        precision=settings.RETRIEVAL_PRECISION,
+        max_pixels=settings.RETRIEVAL_MAX_PIXELS,
+        num_threads=settings.RETRIEVAL_TORCH_THREADS or None,
+        freeze=settings.RETRIEVAL_FREEZE_GRAPH,
+        tune_malloc=settings.RETRIEVAL_TUNE_MALLOC,
+        **kwargs,
+    )

@@ -1,0 +1,47 @@
+"""The method's fixed names and sizes, torch-free: what every layer may import.
+
+Vector sizes follow the paper: the deep feature is FC1's 512 outputs, the colour feature the
+RGB (or CIELAB, our departure) of the 10 strongest of 49 conv-map positions (10 x 3 = 30), the
+fused vector their concatenation (542).
+"""
+
+from __future__ import annotations
+
+#: FC1 output, the paper's deep feature.
+DEEP_DIM = 512
+#: Positions of the channel-mean conv map whose pooled colour is kept.
+NUM_POSITIONS = 10
+#: 10 positions x 3 channels, the paper's colour feature.
+COLOUR_DIM = NUM_POSITIONS * 3
+#: deep + colour = 542.
+FUSED_DIM = DEEP_DIM + COLOUR_DIM
+
+#: Backbones (CNN without its classifier) and the size of their pooled feature.
+BACKBONES: tuple[str, ...] = ("resnet50", "efficientnet_lite0")
+POOLED_DIMS: dict[str, int] = {"resnet50": 2048, "efficientnet_lite0": 1280}
+
+#: Colour variants, all computed from the same raw ``(10, 3)`` RGB (0..255) at the top-10
+#: positions, all 30-d (so the fused vector is 542-d whichever is used):
+#:
+#: - ``"paper"``: the paper exactly: z-score over the whole 10x3 matrix, ``(x - mu) / sigma``.
+#: - ``"lab"``: CIELAB (D65) per position, every channel / 100, *not* z-scored: the
+#:   per-position Euclidean distance is CIE76 Delta-E / 100.
+#: - ``"lab_mean"`` (default, ours): the mean L*a*b* of the 10 positions with L* half-weighted
+#:   (L/200, a/100, b/100), repeated for the 10 slots. Order-invariant: two garments of one
+#:   colour match even when their salient blocks rank differently, and half-weighted
+#:   lightness tolerates the shading/exposure differences between studio shots.
+#: - ``"rgb"``: ablation: raw RGB / 255 per position (absolute colour without Lab).
+COLOUR_VARIANTS: tuple[str, ...] = ("paper", "lab", "lab_mean", "rgb")
+
+#: Defaults chosen by ``bench/colour_sweep.py`` on the shared catalogue (docs/benchmarks.md).
+DEFAULT_COLOUR_VARIANT = "lab_mean"
+DEFAULT_COLOUR_WEIGHT = 0.6
+DEFAULT_NORMALIZE_DEEP = True
+
+#: Search modes: "fused" (the paper's fused feature), "deep" (the deep-only baseline), and
+#: "exact" (fused, ranking the whole catalogue instead of the nearest cluster).
+MODES: tuple[str, ...] = ("fused", "deep", "exact")
+#: The modes a shopper (site, API) may choose.
+SHOPPER_MODES: tuple[str, ...] = ("fused", "deep")
+#: The list lengths the paper reports (P@5/10/20), offered to shoppers too.
+TOPS: tuple[int, ...] = (5, 10, 20)

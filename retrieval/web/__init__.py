@@ -1,0 +1,1 @@
+"""The shop's pages: home and search by photo, categories, garments, media, error pages."""
