@@ -7,4 +7,7 @@ class RetrievalConfig(AppConfig):
     verbose_name = "Retrieval"
 
     def ready(self) -> None:
-        from retrieval import signals  # noqa: F401  (connects the receivers)
+        from retrieval import (
+            checks,  # noqa: F401  (registers the settings checks)
+            signals,  # noqa: F401  (connects the receivers)
+        )

@@ -57,6 +57,7 @@ from retrieval.images import (
     pooled_grid,
     resize_rgb,
 )
+from retrieval.spec import BACKBONES, COLOUR_VARIANTS, PRECISIONS
 
 logger = logging.getLogger(__name__)
 
@@ -95,25 +96,11 @@ __all__ = [
     "train_head",
 ]
 
-BACKBONES: tuple[str, ...] = ("resnet50", "efficientnet_lite0")
 POOLED_DIMS: dict[str, int] = {"resnet50": 2048, "efficientnet_lite0": 1280}
 DEEP_DIM = 512
 NUM_POSITIONS = 10
 COLOUR_DIM = NUM_POSITIONS * 3
 FUSED_DIM = DEEP_DIM + COLOUR_DIM
-
-#: Colour variants, all computed from the same raw ``(10, 3)`` RGB (0..255) at the top-10
-#: positions, all 30-d (so the fused vector is 542-d whichever is used):
-#:
-#: - ``"paper"``: the paper exactly: z-score over the whole 10x3 matrix, ``(x - mu) / sigma``.
-#: - ``"lab"``: CIELAB (D65) per position, every channel / 100, *not* z-scored: the
-#:   per-position Euclidean distance is CIE76 Delta-E / 100.
-#: - ``"lab_mean"`` (default, ours): the mean L*a*b* of the 10 positions with L* half-weighted
-#:   (L/200, a/100, b/100), repeated for the 10 slots. Order-invariant: two garments of one
-#:   colour match even when their salient blocks rank differently, and half-weighted
-#:   lightness tolerates the shading/exposure differences between studio shots.
-#: - ``"rgb"``: ablation: raw RGB / 255 per position (absolute colour without Lab).
-COLOUR_VARIANTS: tuple[str, ...] = ("paper", "lab", "lab_mean", "rgb")
 
 #: Defaults chosen by ``bench/colour_sweep.py`` on the shared catalogue (docs/benchmarks.md).
 DEFAULT_COLOUR_VARIANT = "lab_mean"
@@ -1107,7 +1094,7 @@ class FeatureExtractor:
         cuda = self.device.type == "cuda"
         if precision == "auto":
             return "fp16" if cuda else "fp32"
-        if precision not in ("fp32", "bf16", "fp16"):
+        if precision not in PRECISIONS:
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}")
         if precision == "fp16" and not cuda:
             raise ValueError("fp16 autocast is for CUDA; use bf16 or fp32 on CPU")

@@ -28,8 +28,8 @@ from django.db import connection, transaction
 
 from retrieval import searchtable
 from retrieval.models import FeatureModel, Garment, GarmentFeature
+from retrieval.spec import SEARCH_MODES as MODES
 
-MODES = ("fused", "deep", "exact")
 TOPS = (5, 10, 20)
 
 
