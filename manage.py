@@ -7,6 +7,10 @@ import sys
 
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fashionsite.settings")
+    from fashionsite.embedded import ensure_services
+
+    # The embedded PostgreSQL and Redis (where DATABASE_URL / REDIS_URL are unset), var/.
+    ensure_services()
     from django.core.management import execute_from_command_line
 
     execute_from_command_line(sys.argv)

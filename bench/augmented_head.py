@@ -46,6 +46,9 @@ def main(argv=None) -> int:
 
     import django
 
+    from fashionsite.embedded import ensure_services
+
+    ensure_services()  # an entry point: the embedded servers, as manage.py
     django.setup()
     from PIL import Image
 

@@ -113,6 +113,9 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))
     import django
 
+    from fashionsite.embedded import ensure_services
+
+    ensure_services()  # an entry point: the embedded servers, as manage.py
     django.setup()
     from django.db.models import Count
 

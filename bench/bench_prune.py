@@ -46,6 +46,9 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))
     import django
 
+    from fashionsite.embedded import ensure_services
+
+    ensure_services()  # an entry point: the embedded servers, as manage.py
     django.setup()
     from django.core.management import call_command
     from django.db import connection

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from celery import Celery, bootsteps
+from celery import Celery, bootsteps, signals
 from celery.schedules import crontab
 from kombu import Queue
 
@@ -13,6 +13,25 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fashionsite.settings")
 
 app = Celery("fashionsite")
 app.config_from_object("django.conf:settings", namespace="CELERY")
+
+
+@app.on_configure.connect
+def _ensure_services(sender: Celery, **_: object) -> None:
+    """The worker's and beat's entry point to the embedded servers: before the app reads its
+    configuration (the broker URL among it) from the settings, start or attach to them (once
+    per process: in a web process or the test session its entry point already did)."""
+    from fashionsite.embedded import ensure_services
+
+    ensure_services()
+
+
+@signals.import_modules.connect(sender=app)
+def _check_settings(sender: Celery, **_: object) -> None:
+    """A worker or beat with a bad RETRIEVAL_* choice stops with one line per error. Sent once
+    they start, after Celery's Django fixup has loaded the apps (it is connected first)."""
+    from retrieval.checks import exit_on_errors
+
+    exit_on_errors()
 
 
 def _cron(expr: str) -> crontab:

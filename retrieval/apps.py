@@ -7,4 +7,5 @@ class RetrievalConfig(AppConfig):
     verbose_name = "Retrieval"
 
     def ready(self) -> None:
+        from retrieval import checks  # noqa: F401  (registers the settings checks)
         from retrieval.catalogue import signals  # noqa: F401  (connects the receivers)

@@ -1,4 +1,5 @@
-"""The method's fixed names and sizes, torch-free: what every layer may import.
+"""The method's fixed names and sizes, free of torch and Django: what every layer (and the
+settings checks, :mod:`retrieval.checks`) may import.
 
 Vector sizes follow the paper: the deep feature is FC1's 512 outputs, the colour feature the
 RGB (or CIELAB, our departure) of the 10 strongest of 49 conv-map positions (10 x 3 = 30), the
@@ -18,6 +19,8 @@ FUSED_DIM = DEEP_DIM + COLOUR_DIM
 
 #: Backbones (CNN without its classifier) and the size of their pooled feature.
 BACKBONES: tuple[str, ...] = ("resnet50", "efficientnet_lite0")
+#: ``RETRIEVAL_BACKBONE`` also takes ``"auto"``: resnet50 where its weights are found.
+BACKBONE_CHOICES: tuple[str, ...] = ("auto", *BACKBONES)
 POOLED_DIMS: dict[str, int] = {"resnet50": 2048, "efficientnet_lite0": 1280}
 
 #: Colour variants, all computed from the same raw ``(10, 3)`` RGB (0..255) at the top-10
@@ -37,6 +40,15 @@ COLOUR_VARIANTS: tuple[str, ...] = ("paper", "lab", "lab_mean", "rgb")
 DEFAULT_COLOUR_VARIANT = "lab_mean"
 DEFAULT_COLOUR_WEIGHT = 0.6
 DEFAULT_NORMALIZE_DEEP = True
+
+#: CNN precisions a feature extractor runs at (``RETRIEVAL_PRECISION`` also takes ``"auto"``:
+#: fp16 autocast on CUDA, fp32 on CPU).
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+PRECISION_CHOICES: tuple[str, ...] = ("auto", *PRECISIONS)
+
+#: ``RETRIEVAL_RERANK``: ``"none"`` = the paper's ranking by fused distance, ``"category"`` =
+#: the garments of the category the head predicts first (:mod:`retrieval.search.rerank`).
+RERANK_MODES: tuple[str, ...] = ("none", "category")
 
 #: Search modes: "fused" (the paper's fused feature), "deep" (the deep-only baseline), and
 #: "exact" (fused, ranking the whole catalogue instead of the nearest cluster).

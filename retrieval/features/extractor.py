@@ -73,6 +73,7 @@ from retrieval.spec import (
     DEFAULT_COLOUR_WEIGHT,
     DEFAULT_NORMALIZE_DEEP,
     NUM_POSITIONS,
+    PRECISIONS,
 )
 
 logger = logging.getLogger(__name__)
@@ -228,7 +229,7 @@ class FeatureExtractor:
         cuda = self.device.type == "cuda"
         if precision == "auto":
             return "fp16" if cuda else "fp32"
-        if precision not in ("fp32", "bf16", "fp16"):
+        if precision not in PRECISIONS:
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}")
         if precision == "fp16" and not cuda:
             raise ValueError("fp16 autocast is for CUDA; use bf16 or fp32 on CPU")

@@ -1,0 +1,170 @@
+"""System checks of the retrieval method's settings: ``manage.py check`` names each bad one.
+
+Two kinds of bad configuration, two places:
+
+- a value that cannot be read at all (``RETRIEVAL_BATCH_SIZE=abc``, ``RETRIEVAL_QUERY_CROP=
+  maybe``, a malformed ``DATABASE_URL``) has no value to check: settings.py stops the process
+  with one line while it is imported, as before;
+- a value that reads but is not one of the choices or out of range (``RETRIEVAL_BACKBONE=vgg``,
+  ``RETRIEVAL_BATCH_SIZE=0``) is an Error here, with an id per kind:
+
+  ========================  ===========================================================
+  ``retrieval.E001``        ``RETRIEVAL_BACKBONE`` is not auto or a backbone
+  ``retrieval.E002``        ``RETRIEVAL_COLOUR`` is not a colour variant
+  ``retrieval.E003``        ``RETRIEVAL_PRECISION`` is not auto or a precision
+  ``retrieval.E004``        ``RETRIEVAL_RERANK`` is not a re-rank mode
+  ``retrieval.E005``        ``RETRIEVAL_SEARCH_THROTTLE`` is not N/unit (or off)
+  ``retrieval.E006``        an integer setting is below its minimum (:data:`MINIMUMS`)
+  ``retrieval.E007``        a cron schedule is not five valid fields
+  ========================  ===========================================================
+
+Django runs them before management commands (``check``, ``migrate``, ``runserver``, ...);
+the entry points that run no command (``fashionsite.wsgi``, ``fashionsite.asgi``, the Celery
+worker and beat) call :func:`exit_on_errors` once the apps are loaded, so a bad choice stops
+them too. Registered by :meth:`retrieval.apps.RetrievalConfig.ready`; the choices come from
+:mod:`retrieval.spec` (no torch here).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
+from django.conf import settings
+from django.core import checks
+
+from retrieval import spec
+
+#: The check tag (``manage.py check --tag retrieval`` runs these only).
+TAG = "retrieval"
+
+#: Integer settings and their least allowed value.
+MINIMUMS: dict[str, int] = {
+    "RETRIEVAL_TORCH_THREADS": 0,  # 0 = torch's default
+    "RETRIEVAL_BATCH_SIZE": 1,
+    "RETRIEVAL_LOADER_WORKERS": 0,
+    "RETRIEVAL_KMEANS_K": 0,  # 0 = the number of active categories
+    "RETRIEVAL_PROBES": 1,
+    "RETRIEVAL_SWEEP_MINUTES": 1,
+    "RETRIEVAL_PRUNE_MEDIA_MINUTES": 1,
+    "RETRIEVAL_STUCK_MINUTES": 1,
+    "RETRIEVAL_KEEP_MODELS": 0,
+    "RETRIEVAL_MAX_UPLOAD_BYTES": 1,
+    "RETRIEVAL_MAX_PIXELS": 1,
+    "RETRIEVAL_MAX_IMPORT_BYTES": 1,
+}
+
+#: Cron expressions (minute hour day-of-month month day-of-week) beat runs tasks on.
+SCHEDULES: tuple[str, ...] = ("RETRIEVAL_KMEANS_SCHEDULE", "RETRIEVAL_PRUNE_MEDIA_SCHEDULE")
+
+_CHOICES: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("RETRIEVAL_BACKBONE", spec.BACKBONE_CHOICES, "retrieval.E001"),
+    ("RETRIEVAL_COLOUR", spec.COLOUR_VARIANTS, "retrieval.E002"),
+    ("RETRIEVAL_PRECISION", spec.PRECISION_CHOICES, "retrieval.E003"),
+    ("RETRIEVAL_RERANK", spec.RERANK_MODES, "retrieval.E004"),
+)
+
+# N/unit, a positive N and a unit Django REST framework reads (it looks at the first letter).
+_THROTTLE = re.compile(r"[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)")
+
+
+def _one_of(choices: tuple[str, ...]) -> str:
+    return ", ".join(choices[:-1]) + " or " + choices[-1]
+
+
+@checks.register(TAG)
+def check_choices(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    """retrieval.E001-E004: each choice setting names one of its choices."""
+    errors = []
+    for name, choices, check_id in _CHOICES:
+        value = getattr(settings, name)
+        if value not in choices:
+            errors.append(
+                checks.Error(
+                    f"{name}={value!r} is not one of its choices.",
+                    hint=f"Use {_one_of(choices)}.",
+                    id=check_id,
+                )
+            )
+    return errors
+
+
+@checks.register(TAG)
+def check_search_throttle(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    """retrieval.E005: RETRIEVAL_SEARCH_THROTTLE is N/unit (settings turned off into None)."""
+    rate = settings.RETRIEVAL_SEARCH_THROTTLE
+    if rate is None or (isinstance(rate, str) and _THROTTLE.fullmatch(rate)):
+        return []
+    return [
+        checks.Error(
+            f"RETRIEVAL_SEARCH_THROTTLE={rate!r} is not a rate.",
+            hint="Use N/second, N/minute, N/hour or N/day (e.g. 30/min), or off.",
+            id="retrieval.E005",
+        )
+    ]
+
+
+@checks.register(TAG)
+def check_minimums(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    """retrieval.E006: integer settings at least their minimum (:data:`MINIMUMS`)."""
+    errors = []
+    for name, minimum in MINIMUMS.items():
+        value = getattr(settings, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            errors.append(
+                checks.Error(
+                    f"{name}={value!r} must be an integer of at least {minimum}.",
+                    id="retrieval.E006",
+                )
+            )
+    return errors
+
+
+@checks.register(TAG)
+def check_schedules(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    """retrieval.E007: beat's cron schedules are five fields Celery's crontab accepts."""
+    from celery.schedules import ParseException, crontab
+
+    errors = []
+    for name in SCHEDULES:
+        expr = getattr(settings, name)
+        fields = expr.split() if isinstance(expr, str) else []
+        problem = None
+        if len(fields) != 5:
+            problem = "is not five fields"
+        else:
+            minute, hour, day_of_month, month_of_year, day_of_week = fields
+            try:
+                # crontab() parses each field (ValueError or ParseException when it can't).
+                crontab(minute, hour, day_of_week, day_of_month, month_of_year)
+            except (ValueError, ParseException) as exc:
+                problem = f"does not parse ({str(exc).rstrip('.')})"
+        if problem:
+            errors.append(
+                checks.Error(
+                    f"{name}={expr!r} {problem}.",
+                    hint="Use a cron expression: minute hour day-of-month month day-of-week, "
+                    "e.g. '0 3 * * *'.",
+                    id="retrieval.E007",
+                )
+            )
+    return errors
+
+
+def exit_on_errors() -> None:
+    """Run these checks; on any error write one line per error to stderr and exit (status 2).
+
+    For the entry points that run no management command (Django runs the checks for those).
+    The apps must be loaded.
+    """
+    errors = [
+        message
+        for message in checks.run_checks(tags=[TAG])
+        if message.level >= checks.ERROR and not message.is_silenced()
+    ]
+    if not errors:
+        return
+    for error in errors:
+        hint = f" {error.hint}" if error.hint else ""
+        sys.stderr.write(f"fashionsite: ({error.id}) {error.msg}{hint}\n")
+    raise SystemExit(2)
