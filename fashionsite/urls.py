@@ -18,7 +18,7 @@ urlpatterns = [
 ]
 
 if settings.SERVE_MEDIA:
-    # Garment photos only, through a view that refuses anything else (retrieval.views).
+    # Garment photos only, through a view that refuses anything else (retrieval.web.views).
     urlpatterns += [path("media/<path:path>", views.media_file, name="media")]
 
 # JSON errors under /api/, the shop's pages elsewhere.

@@ -278,7 +278,7 @@ class SearchRow(models.Model):
     """What a clustered search scans: one row per (K-means run, garment vector).
 
     The table is LIST-partitioned by ``run`` (migration 0003; partitions are created, filled
-    and attached by ``retrieval.clustering``). A run's partition is written in cluster order
+    and attached by ``retrieval.search.clustering``). A run's partition is written in cluster order
     when the run is built, so the rows of one cluster sit on adjacent pages (the locality a
     ``CLUSTER`` gave, without its exclusive lock); switching runs flips ``ClusterRun.active``
     and the old run's partition is dropped afterwards. ``scan_vector`` is the run's space

@@ -29,7 +29,7 @@ GRID_PROBES = (1, 2, 3)
 
 
 #: Ranking modes of the grid: the paper's fused and deep-only, and the category re-rank
-#: (:mod:`retrieval.rerank`) at two confidence thresholds.
+#: (:mod:`retrieval.search.rerank`) at two confidence thresholds.
 GRID_MODES = ("fused", "deep", "rerank", "rerank>=0.5")
 
 

@@ -32,7 +32,7 @@ def search_image(
     Runs the CNN once, as the paper does, unless RETRIEVAL_QUERY_CROP / RETRIEVAL_QUERY_FLIP
     add a pass each (:meth:`retrieval.features.FeatureExtractor.extract_query`). With
     RETRIEVAL_RERANK=category, fused and exact searches list the predicted category's garments
-    first (:mod:`retrieval.rerank`; a departure from the paper).
+    first (:mod:`retrieval.search.rerank`; a departure from the paper).
     """
     from retrieval import images
     from retrieval.features import extractor_for

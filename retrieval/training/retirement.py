@@ -122,7 +122,7 @@ def retire_inactive_models(
 
     Every inactive model (not being trained or indexed) loses its search-table partitions:
     its active runs are deactivated, then their partitions are detached CONCURRENTLY and
-    dropped (:func:`retrieval.clustering.drop_partitions`; searches never wait; inside a
+    dropped (:func:`retrieval.search.clustering.drop_partitions`; searches never wait; inside a
     transaction block a short locked drop, retried). The ``keep`` (RETRIEVAL_KEEP_MODELS)
     most recently active of them keep their vectors; the others' vectors are deleted in short
     batches. ``model_ids``: only these models, which lose their vectors too whatever ``keep``
