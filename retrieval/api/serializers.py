@@ -3,7 +3,8 @@
 Writes go through :mod:`retrieval.catalogue` (``decode_upload``, ``save_garment``), searches
 through :mod:`retrieval.search`. The query image of a search is decoded here, once, with the
 same limits and messages as every other upload (:func:`decode_query_image`); the web page's
-form reads through the same path (:mod:`retrieval.catalogue.uploads`), so a shopper and an app see the same words for the same file.
+form reads through the same path (:mod:`retrieval.catalogue.uploads`), so a shopper and an
+app see the same words for the same file.
 """
 
 from __future__ import annotations

@@ -289,82 +289,48 @@ def run_grid(
     run = ClusterRun.objects.filter(model=model, space=ClusterRun.Space.FUSED, active=True).first()
     k = run.k if run is not None else clustering.default_k()
     deep_lib = features.deep_from_pooled(head, library["pooled"])
-    classes = list(model.classes)
     settings_list = grid_colour_settings(model=model, weights=weights)
     probe_list: list[int | None] = [*sorted(set(int(p) for p in probes)), None]
 
-    def fused_of(deep, rgb10, setting: ColourSetting) -> np.ndarray:
-        colour = features.colour_feature(rgb10, variant=setting.variant)
-        return features.fuse(
-            deep, colour, weight=setting.weight, normalize_deep=setting.normalize_deep
-        )
-
-    def deep_of(deep) -> np.ndarray:
-        # The deep-only baseline as stored: the deep part of the model's fused vector.
-        if not model.normalize_deep:
-            return np.asarray(deep, np.float32)
-        return (deep / np.maximum(np.linalg.norm(deep, axis=1, keepdims=True), 1e-12)).astype(
-            np.float32
-        )
-
-    indexes: dict = {}
     say(f"K-means (k={k}) over {len(library['ids'])} garments, {len(settings_list) + 1} spaces")
     deep_setting = ColourSetting("deep", 0.0, model.normalize_deep)
-    indexes[deep_setting] = MemoryIndex(deep_of(deep_lib), k=k, seed=seed)
+    indexes = {deep_setting: MemoryIndex(_deep_of(deep_lib, model=model), k=k, seed=seed)}
     for setting in settings_list:
         indexes[setting] = MemoryIndex(
-            fused_of(deep_lib, library["rgb10"], setting), k=k, seed=seed
+            _fused_of(deep_lib, library["rgb10"], setting), k=k, seed=seed
         )
+    plans = [("deep", deep_setting)]
+    plans += [(mode, s) for s in settings_list for mode in GRID_MODES if mode != "deep"]
     rows, accuracy, ceiling = [], {}, {}
     for pipeline, qs in query_sets.items():
         if not len(qs["labels"]):
             continue
-        deep_q = features.deep_from_pooled(head, qs["pooled"])
         probs = features.classify(head, qs["pooled"])
-        predicted = np.asarray([classes[i] for i in probs.argmax(1)], dtype=object)
-        confidence = probs.max(1)
+        predicted = np.asarray([model.classes[i] for i in probs.argmax(1)], dtype=object)
         accuracy[pipeline] = round(
             float(np.mean([p == q.category for p, q in zip(predicted, qs["labels"], strict=True)])),
             4,
         )
-        # The best p@5 any ranking could reach: a category with fewer than 5 other garments
-        # in the catalogue caps its queries.
-        counts = collections.Counter(library["categories"].tolist())
-        ceiling[pipeline] = round(
-            float(
-                np.mean(
-                    [
-                        min(5, counts[q.category] - (1 if e >= 0 else 0)) / 5
-                        for q, e in zip(qs["labels"], qs["exclude"], strict=True)
-                    ]
-                )
-            ),
-            4,
-        )
-        plans = [("deep", deep_setting)]
-        plans += [(mode, s) for s in settings_list for mode in GRID_MODES if mode != "deep"]
+        ceiling[pipeline] = _p5_ceiling(library=library, queries=qs)
+        deep_q = features.deep_from_pooled(head, qs["pooled"])
         for mode, setting in plans:
-            index = indexes[setting]
             deep_mode = mode == "deep"
-            vectors = deep_of(deep_q) if deep_mode else fused_of(deep_q, qs["rgb10"], setting)
+            vectors = (
+                _deep_of(deep_q, model=model)
+                if deep_mode
+                else _fused_of(deep_q, qs["rgb10"], setting)
+            )
             for n_probes in probe_list:
-                ranked = []
-                for i, label in enumerate(qs["labels"]):
-                    same = None
-                    if mode.startswith("rerank"):
-                        threshold = 0.5 if mode == "rerank>=0.5" else 0.0
-                        if confidence[i] >= threshold:
-                            same = library["categories"] == predicted[i]
-                    started = time.perf_counter()
-                    hits = index.reranked(
-                        vectors[i],
-                        top=10,
-                        probes=n_probes,
-                        exclude=int(qs["exclude"][i]),
-                        same_category=same,
-                    )
-                    seconds = time.perf_counter() - started
-                    ranked.append((label, [library["labels"][h] for h in hits], seconds))
+                ranked = _rank_queries(
+                    index=indexes[setting],
+                    vectors=vectors,
+                    queries=qs,
+                    library=library,
+                    mode=mode,
+                    probes=n_probes,
+                    predicted=predicted,
+                    confidence=probs.max(1),
+                )
                 summary = summarise(ranked, tops=(5, 10))
                 rows.append(
                     {
@@ -393,3 +359,74 @@ def run_grid(
         "p@5_ceiling": ceiling,
         "rows": rows,
     }
+
+
+def _fused_of(deep: np.ndarray, rgb10: np.ndarray, setting: ColourSetting) -> np.ndarray:
+    """Fused vectors ``(N, 542)`` float32 of deep ``(N, 512)`` and raw colours ``(N, 10, 3)``
+    under one colour setting."""
+    from retrieval import features
+
+    colour = features.colour_feature(rgb10, variant=setting.variant)
+    return features.fuse(deep, colour, weight=setting.weight, normalize_deep=setting.normalize_deep)
+
+
+def _deep_of(deep: np.ndarray, *, model) -> np.ndarray:
+    """The deep-only baseline as stored: the deep part of the model's fused vector,
+    ``(N, 512)`` float32."""
+    if not model.normalize_deep:
+        return np.asarray(deep, np.float32)
+    return (deep / np.maximum(np.linalg.norm(deep, axis=1, keepdims=True), 1e-12)).astype(
+        np.float32
+    )
+
+
+def _p5_ceiling(*, library: dict, queries: dict) -> float:
+    """The best p@5 any ranking could reach: a category with fewer than 5 other garments in
+    the catalogue caps its queries."""
+    counts = collections.Counter(library["categories"].tolist())
+    return round(
+        float(
+            np.mean(
+                [
+                    min(5, counts[q.category] - (1 if e >= 0 else 0)) / 5
+                    for q, e in zip(queries["labels"], queries["exclude"], strict=True)
+                ]
+            )
+        ),
+        4,
+    )
+
+
+def _rank_queries(
+    *,
+    index: MemoryIndex,
+    vectors: np.ndarray,
+    queries: dict,
+    library: dict,
+    mode: str,
+    probes: int | None,
+    predicted: np.ndarray,
+    confidence: np.ndarray,
+) -> list:
+    """Each query's top 10 in ``index``: ``[(label, [Labelled], seconds)]`` for summarise.
+
+    vectors: ``(Q, D)`` float32 query vectors in the index's space; predicted / confidence:
+    ``(Q,)`` the head's category and its probability (used by the re-rank modes)."""
+    ranked = []
+    for i, label in enumerate(queries["labels"]):
+        same = None
+        if mode.startswith("rerank"):
+            threshold = 0.5 if mode == "rerank>=0.5" else 0.0
+            if confidence[i] >= threshold:
+                same = library["categories"] == predicted[i]
+        started = time.perf_counter()
+        hits = index.reranked(
+            vectors[i],
+            top=10,
+            probes=probes,
+            exclude=int(queries["exclude"][i]),
+            same_category=same,
+        )
+        seconds = time.perf_counter() - started
+        ranked.append((label, [library["labels"][h] for h in hits], seconds))
+    return ranked

@@ -8,7 +8,7 @@ from django.conf import settings
 from retrieval.evaluation.metrics import Labelled
 
 
-def _held_out_queries(*, model, limit: int | None, seed: int, probs: bool = False) -> list[dict]:
+def held_out_queries(*, model, limit: int | None, seed: int, probs: bool = False) -> list[dict]:
     """The model's held-out test garments as queries, from their stored vectors.
 
     Each query: ``fused`` (542,) float32, ``label``, ``exclude`` (its own id), and with
@@ -115,7 +115,7 @@ def extract_queries(*, extractor, sources, flip: bool, crop: bool, batch: int = 
     return keys, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, errors
 
 
-def _external_queries(*, model, path, category_field: str, limit: int | None):
+def external_queries(*, model, path, category_field: str, limit: int | None):
     """Query images from a labelled catalogue file, run through the CNN as a shopper's photo
     would be (RETRIEVAL_QUERY_CROP / _FLIP), never stored."""
     from retrieval import features

@@ -10,12 +10,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from retrieval.evaluation.metrics import Labelled, summarise, timed
-from retrieval.evaluation.queries import _external_queries, _held_out_queries
+from retrieval.evaluation.queries import external_queries, held_out_queries
 from retrieval.jobs.publishing import publish
-from retrieval.models import (
-    EvaluationReport,
-    FeatureModel,
-)
+from retrieval.models import EvaluationReport, FeatureModel, Garment
 from retrieval.spec import TOPS
 
 
@@ -38,14 +35,63 @@ def run_evaluation(
     searched against the catalogue without being added to it; queries whose category the
     catalogue lacks are skipped and counted.
     """
-    from django.utils import timezone
-
     from retrieval import search
-    from retrieval.models import EvaluationReport, Garment
 
     model = model or search.require_active_model()
     tops = sorted(set(int(k) for k in tops))
-    parameters = {
+    parameters = _parameters(
+        model=model,
+        limit=limit,
+        tops=tops,
+        queries_path=queries_path,
+        category_field=category_field,
+    )
+    rerank_on = settings.RETRIEVAL_RERANK == "category"
+    modes = ("fused", "deep", "rerank") if rerank_on else ("fused", "deep")
+    if report is None:
+        report = EvaluationReport.objects.create(model=model, parameters=parameters)
+    else:
+        report.model, report.parameters = model, parameters
+        report.status = EvaluationReport.Status.RUNNING
+        report.save()
+    try:
+        if queries_path:
+            queries, skipped = external_queries(
+                model=model, path=queries_path, category_field=category_field, limit=limit
+            )
+        else:
+            queries = held_out_queries(model=model, limit=limit, seed=seed, probs=rerank_on)
+            skipped = 0
+        if not queries:
+            raise ValueError(
+                "no queries: the model has no held-out garments with vectors"
+                if not queries_path
+                else "no query matched a catalogue category"
+            )
+        raw = _search_all(model=model, queries=queries, modes=modes, top=max(tops))
+        summaries = {key: summarise(rows, tops=tops) for key, rows in _labelled_runs(raw).items()}
+        metrics = _metrics(summaries, modes=modes, tops=tops)
+        report.metrics = {
+            "queries": len(queries),
+            "skipped": skipped,
+            **metrics,
+            "examples": _examples(raw, queries, examples=examples),
+        }
+        report.status = EvaluationReport.Status.DONE
+    except Exception as exc:
+        report.status = EvaluationReport.Status.FAILED
+        report.error = f"{exc.__class__.__name__}: {exc}"[:2000]
+        report.finished_at = timezone.now()
+        report.save()
+        raise
+    report.finished_at = timezone.now()
+    report.save()
+    return report
+
+
+def _parameters(*, model, limit, tops, queries_path, category_field) -> dict:
+    """What a report was run with (stored with it, shown in the admin)."""
+    return {
         "model": model.name,
         "limit": limit,
         "tops": tops,
@@ -59,119 +105,91 @@ def run_evaluation(
         "rerank": settings.RETRIEVAL_RERANK,
         "rerank_min_confidence": settings.RETRIEVAL_RERANK_MIN_CONFIDENCE,
     }
-    rerank_on = settings.RETRIEVAL_RERANK == "category"
-    modes = ("fused", "deep", "rerank") if rerank_on else ("fused", "deep")
-    if report is None:
-        report = EvaluationReport.objects.create(model=model, parameters=parameters)
-    else:
-        report.model, report.parameters = model, parameters
-        report.status = EvaluationReport.Status.RUNNING
-        report.save()
-    try:
-        if queries_path:
-            queries, skipped = _external_queries(
-                model=model, path=queries_path, category_field=category_field, limit=limit
-            )
-        else:
-            queries = _held_out_queries(model=model, limit=limit, seed=seed, probs=rerank_on)
-            skipped = 0
-        if not queries:
-            raise ValueError(
-                "no queries: the model has no held-out garments with vectors"
-                if not queries_path
-                else "no query matched a catalogue category"
-            )
-        top = max(tops)
-        result_ids: set[int] = set()
-        raw: dict[tuple[str, bool], list] = {}
-        for mode in modes:
-            for clustered in (True, False):
-                rows = []
-                for query in queries:
-                    if mode == "rerank":
-                        from retrieval.search import rerank
 
-                        result, seconds = timed(
-                            rerank.search_reranked,
-                            fused=query["fused"],
-                            probs=query["probs"],
-                            model=model,
-                            top=top,
-                            clustered=clustered,
-                            min_confidence=settings.RETRIEVAL_RERANK_MIN_CONFIDENCE,
-                            exclude_garment_ids=query["exclude"],
-                        )
-                    else:
-                        result, seconds = timed(
-                            search.search_vectors,
-                            fused=query["fused"],
-                            model=model,
-                            top=top,
-                            mode=mode,
-                            clustered=clustered,
-                            exclude_garment_ids=query["exclude"],
-                        )
-                    ids = [h.garment_id for h in result.hits]
-                    result_ids.update(ids)
-                    rows.append((query, result, seconds))
-                raw[(mode, clustered)] = rows
-        labels = {
-            gid: Labelled(category=name, colour=colour or "")
-            for gid, name, colour in Garment.objects.filter(id__in=result_ids).values_list(
-                "id", "category__name", "colour"
+
+def _search_all(*, model, queries: list[dict], modes: Sequence[str], top: int) -> dict:
+    """Every query searched in every mode, clustered (the paper's search) and exact:
+    ``{(mode, clustered): [(query, SearchResult, seconds)]}``."""
+    from retrieval import search
+    from retrieval.search import rerank
+
+    raw: dict[tuple[str, bool], list] = {}
+    for mode in modes:
+        for clustered in (True, False):
+            rows = []
+            for query in queries:
+                if mode == "rerank":
+                    result, seconds = timed(
+                        rerank.search_reranked,
+                        fused=query["fused"],
+                        probs=query["probs"],
+                        model=model,
+                        top=top,
+                        clustered=clustered,
+                        min_confidence=settings.RETRIEVAL_RERANK_MIN_CONFIDENCE,
+                        exclude_garment_ids=query["exclude"],
+                    )
+                else:
+                    result, seconds = timed(
+                        search.search_vectors,
+                        fused=query["fused"],
+                        model=model,
+                        top=top,
+                        mode=mode,
+                        clustered=clustered,
+                        exclude_garment_ids=query["exclude"],
+                    )
+                rows.append((query, result, seconds))
+            raw[(mode, clustered)] = rows
+    return raw
+
+
+def _labelled_runs(raw: dict) -> dict:
+    """The raw runs with each result garment replaced by its category and colour (what
+    relevance is judged on): ``{key: [(query label, [Labelled], seconds)]}``."""
+    result_ids = {h.garment_id for rows in raw.values() for _, r, _ in rows for h in r.hits}
+    labels = {
+        gid: Labelled(category=name, colour=colour or "")
+        for gid, name, colour in Garment.objects.filter(id__in=result_ids).values_list(
+            "id", "category__name", "colour"
+        )
+    }
+    return {
+        key: [
+            (
+                query["label"],
+                [labels[h.garment_id] for h in result.hits if h.garment_id in labels],
+                seconds,
             )
-        }
-        runs = {}
-        for key, rows in raw.items():
-            runs[key] = [
-                (
-                    query["label"],
-                    [labels[h.garment_id] for h in result.hits if h.garment_id in labels],
-                    seconds,
-                )
-                for query, result, seconds in rows
-            ]
-        summaries = {key: summarise(rows, tops=tops) for key, rows in runs.items()}
-        headline = ("p@", "cc@")
-        metrics = {
-            "queries": len(queries),
-            "skipped": skipped,
-            "modes": {
-                mode: {
-                    **{
-                        f"{h}{k}": summaries[(mode, True)][f"{h}{k}"]
-                        for h in headline
-                        for k in tops
-                    },
-                    "ms_mean": summaries[(mode, True)]["ms_mean"],
-                    "ms_p95": summaries[(mode, True)]["ms_p95"],
-                }
-                for mode in modes
-            },
-            "exact": {
-                mode: {
-                    key: value
-                    for key, value in summaries[(mode, False)].items()
-                    if key != "per_category_p@5"
-                }
-                for mode in modes
-            },
-            "per_category_p@5": {
-                mode: summaries[(mode, True)]["per_category_p@5"] for mode in modes
-            },
-            "examples": _examples(raw, queries, examples=examples),
-        }
-        report.metrics = metrics
-        report.status = EvaluationReport.Status.DONE
-    except Exception as exc:
-        report.status = EvaluationReport.Status.FAILED
-        report.error = f"{exc.__class__.__name__}: {exc}"[:2000]
-        report.finished_at = timezone.now()
-        report.save()
-        raise
-    report.finished_at = timezone.now()
-    report.save()
-    return report
+            for query, result, seconds in rows
+        ]
+        for key, rows in raw.items()
+    }
+
+
+def _metrics(summaries: dict, *, modes: Sequence[str], tops: Sequence[int]) -> dict:
+    """The report's metrics: headline precision per mode through the cluster search, the
+    same through exact search, and per-category p@5."""
+    headline = ("p@", "cc@")
+    return {
+        "modes": {
+            mode: {
+                **{f"{h}{k}": summaries[(mode, True)][f"{h}{k}"] for h in headline for k in tops},
+                "ms_mean": summaries[(mode, True)]["ms_mean"],
+                "ms_p95": summaries[(mode, True)]["ms_p95"],
+            }
+            for mode in modes
+        },
+        "exact": {
+            mode: {
+                key: value
+                for key, value in summaries[(mode, False)].items()
+                if key != "per_category_p@5"
+            }
+            for mode in modes
+        },
+        "per_category_p@5": {mode: summaries[(mode, True)]["per_category_p@5"] for mode in modes},
+    }
 
 
 def _examples(raw, queries, *, examples: int) -> list[dict]:

@@ -132,8 +132,6 @@ def train_model(
     when all of that is done. Progress is saved on the model row (the admin shows it).
     ``model``: a row created beforehand (status training) by whoever queued the training.
     """
-    import numpy as np
-
     from retrieval import features
     from retrieval.search import clustering
 
@@ -151,50 +149,14 @@ def train_model(
 
     try:
         ensure_backbone_features(backbone=backbone, progress=report)
-        ids, skus, labels, pooled = load_backbone_features(
-            backbone=backbone, category_field=category_field
-        )
-        classes = sorted(set(labels.tolist()))
-        if len(classes) < 2:
-            raise ValueError(
-                f"need garments in at least 2 categories to train (found {len(classes)}); "
-                "import a catalogue first"
-            )
-        y = np.asarray([classes.index(label) for label in labels], np.int64)
-        split = split_catalogue(skus=skus, labels=labels.tolist(), seed=seed)
-        train, val = np.asarray(split["train"]), np.asarray(split["val"])
-
-        def on_epoch(epoch: int, total: int, metrics: dict) -> None:
-            report({"stage": "training", "epoch": epoch, "epochs": total, **metrics})
-
-        started = time.perf_counter()
-        head, metrics = features.train_head(
-            pooled[train],
-            y[train],
-            num_classes=len(classes),
+        _fit_head(
+            model=model,
+            backbone=backbone,
+            category_field=category_field,
             epochs=epochs,
             seed=seed,
-            val_pooled=pooled[val] if len(val) else None,
-            val_labels=y[val] if len(val) else None,
-            class_names=classes,
-            backbone=backbone,
-            progress=on_epoch,
+            report=report,
         )
-        metrics.update(
-            train_seconds=round(time.perf_counter() - started, 2),
-            n_train=len(train),
-            n_val=len(val),
-            n_test=len(split["test"]),
-            category_field=category_field,
-        )
-        model.head_file = f"heads/{model.name}.pt"
-        features.save_head(settings.RETRIEVAL_MODELS_DIR / model.head_file, head)
-        model.backbone_dim = pooled.shape[1]
-        model.classes = classes
-        model.metrics = metrics
-        model.split = {"seed": seed, "test": ids[split["test"]].tolist(), "val": ids[val].tolist()}
-        model.status = FeatureModel.Status.INDEXING
-        model.save()
         recompute_vectors(model=model, progress=report)
         if activate:
             report({"stage": "clustering"})
@@ -210,6 +172,68 @@ def train_model(
         raise
     model.refresh_from_db()
     return model
+
+
+def _fit_head(
+    *,
+    model: FeatureModel,
+    backbone: str,
+    category_field: str,
+    epochs: int | None,
+    seed: int,
+    report,
+) -> None:
+    """Train the model's head on the cached pooled features of the catalogue's train split
+    and save it atomically; the model row gets its head file, classes, metrics and split and
+    goes to status indexing (its vectors are computed next)."""
+    import numpy as np
+
+    from retrieval import features
+
+    ids, skus, labels, pooled = load_backbone_features(
+        backbone=backbone, category_field=category_field
+    )
+    classes = sorted(set(labels.tolist()))
+    if len(classes) < 2:
+        raise ValueError(
+            f"need garments in at least 2 categories to train (found {len(classes)}); "
+            "import a catalogue first"
+        )
+    y = np.asarray([classes.index(label) for label in labels], np.int64)
+    split = split_catalogue(skus=skus, labels=labels.tolist(), seed=seed)
+    train, val = np.asarray(split["train"]), np.asarray(split["val"])
+
+    def on_epoch(epoch: int, total: int, metrics: dict) -> None:
+        report({"stage": "training", "epoch": epoch, "epochs": total, **metrics})
+
+    started = time.perf_counter()
+    head, metrics = features.train_head(
+        pooled[train],
+        y[train],
+        num_classes=len(classes),
+        epochs=epochs,
+        seed=seed,
+        val_pooled=pooled[val] if len(val) else None,
+        val_labels=y[val] if len(val) else None,
+        class_names=classes,
+        backbone=backbone,
+        progress=on_epoch,
+    )
+    metrics.update(
+        train_seconds=round(time.perf_counter() - started, 2),
+        n_train=len(train),
+        n_val=len(val),
+        n_test=len(split["test"]),
+        category_field=category_field,
+    )
+    model.head_file = f"heads/{model.name}.pt"
+    features.save_head(settings.RETRIEVAL_MODELS_DIR / model.head_file, head)
+    model.backbone_dim = pooled.shape[1]
+    model.classes = classes
+    model.metrics = metrics
+    model.split = {"seed": seed, "test": ids[split["test"]].tolist(), "val": ids[val].tolist()}
+    model.status = FeatureModel.Status.INDEXING
+    model.save()
 
 
 def queue_training(*, backbone: str | None = None, epochs: int | None = None) -> FeatureModel:
