@@ -14,7 +14,6 @@ from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from retrieval import features
 from retrieval.jobs.publishing import workers_available
 from retrieval.models import (
     FEATURE_VERSION,
@@ -146,6 +145,8 @@ def extract_and_store(
             result.failed[garment.pk] = "no image"
             continue
         items.append((garment.pk, source(garment)))
+    from retrieval import features  # torch: loaded by the processes that run the CNN only
+
     extractor = features.extractor_for(backbone=backbone, model=model)
     workers = settings.RETRIEVAL_LOADER_WORKERS if len(items) > 8 else 0
     for batch in extractor.extract_paths(

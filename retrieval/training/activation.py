@@ -10,7 +10,6 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from retrieval import features
 from retrieval.indexing import ensure_backbone_features, store_garment_features
 from retrieval.jobs.publishing import QueueUnavailable, publish
 from retrieval.models import (
@@ -62,6 +61,8 @@ def recompute_vectors(
     Returns the number of garments written.
     """
     import numpy as np
+
+    from retrieval import features  # torch: loaded by the processes that run the CNN only
 
     key = vectors_key(model)
     stored_key = FeatureModel.objects.filter(pk=model.pk).values_list("vectors_key", flat=True)
