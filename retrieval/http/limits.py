@@ -114,29 +114,39 @@ class BodyLimitMiddleware:
 
 
 class LimitedUploadHandler(FileUploadHandler):
-    """First of FILE_UPLOAD_HANDLERS: refuses a file once more than its limit has streamed.
+    """First of FILE_UPLOAD_HANDLERS: no uploaded file is stored past its limit.
 
-    Counts each file's bytes before the next handler (memory or temporary file) stores them,
-    and raises RequestDataTooBig (answered 413 by the API, 400 by Django elsewhere) the moment a
-    file passes the limit: the rest of the body is not read and no temporary file grows past it.
+    Counts each file's bytes before the next handler (memory or temporary file) stores them.
+    A photo over RETRIEVAL_MAX_UPLOAD_BYTES is cut at the limit + 1 byte: the handlers after
+    this one never see more, and the usual checks (catalogue.read_upload) refuse it with their
+    usual answer (a form error, ``image_too_large``); the rest of the body, at most
+    BodyLimitMiddleware's limit, is read and dropped. An import archive over
+    RETRIEVAL_MAX_IMPORT_BYTES (the admin's import pages) stops the upload at once with
+    RequestDataTooBig, answered 413 (a cut archive would only be reported as corrupt).
     """
 
     def __init__(self, request: HttpRequest | None = None) -> None:
         super().__init__(request)
-        self.limit = file_limit(request.path if request is not None else "")
+        path = request.path if request is not None else ""
+        self.limit = file_limit(path)
+        self.cut = not is_import_path(path)
         self.received = 0
 
     def new_file(self, *args: Any, **kwargs: Any) -> None:
         super().new_file(*args, **kwargs)
         self.received = 0
 
-    def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes:
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes | None:
+        kept = max(0, self.limit + 1 - self.received)
         self.received += len(raw_data)
-        if self.received > self.limit:
-            if self.request is not None:
-                setattr(self.request, EXCEEDED_ATTRIBUTE, self.limit)
-            raise RequestDataTooBig(f"an uploaded file is over the limit of {self.limit} bytes")
-        return raw_data
+        if self.received <= self.limit:
+            return raw_data
+        if self.cut:
+            # None stops the chain: the next handlers store nothing more of this file.
+            return raw_data[:kept] or None
+        if self.request is not None:
+            setattr(self.request, EXCEEDED_ATTRIBUTE, self.limit)
+        raise RequestDataTooBig(f"an uploaded file is over the limit of {self.limit} bytes")
 
     def file_complete(self, file_size: int) -> None:
         return None  # the next handler builds the file

@@ -91,13 +91,12 @@ def test_an_over_limit_body_is_refused_from_content_length_without_reading_it(
         assert b"too large" in response.content
 
 
-@pytest.mark.django_db
-@pytest.mark.parametrize("path", ["/", "/api/v1/search/"])
-def test_a_file_over_its_limit_is_stopped_while_it_streams(small_limits, path, monkeypatch):
-    # The body fits (file + form margin), the file does not: stopped once past the limit.
-    biggest: list[int] = [0]
+@pytest.fixture
+def largest_stored(monkeypatch, small_limits) -> list[int]:
+    """[the largest size any upload temporary file reached], watched chunk by chunk."""
     from django.core.files.uploadhandler import TemporaryFileUploadHandler
 
+    biggest = [0]
     original = TemporaryFileUploadHandler.receive_data_chunk
 
     def watch(self, raw_data, start):
@@ -107,11 +106,33 @@ def test_a_file_over_its_limit_is_stopped_while_it_streams(small_limits, path, m
 
     monkeypatch.setattr(TemporaryFileUploadHandler, "receive_data_chunk", watch)
     small_limits.FILE_UPLOAD_MAX_MEMORY_SIZE = 0  # every file goes to a temporary file
+    return biggest
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/", "/api/v1/search/"])
+def test_a_photo_over_its_limit_is_never_stored_past_it(largest_stored, path):
+    # The body fits (photo + form margin), the photo does not: cut at the limit + 1 byte, so
+    # the usual check refuses it with its usual answer.
     body = CountingInput(LIMIT + MARGIN // 2)
     response = post(Client(), path, body)
     assert response.status_code == 413
+    assert 0 < largest_stored[0] <= LIMIT + 1
+    if path.startswith("/api/"):
+        assert response.json()["error"]["code"] == "image_too_large"
+    else:
+        assert "image too large" in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_an_import_archive_over_its_limit_is_stopped_while_it_streams(largest_stored, admin_user):
+    client = Client()
+    client.force_login(admin_user)
+    body = CountingInput(8 * LIMIT + MARGIN // 2, field="upload")
+    response = post(client, "/admin/retrieval/importjob/add/", body)
+    assert response.status_code == 413
     assert body.read_bytes < body.size
-    assert 0 < biggest[0] <= LIMIT
+    assert largest_stored[0] <= 8 * LIMIT
 
 
 @pytest.mark.django_db
