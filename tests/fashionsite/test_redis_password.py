@@ -38,6 +38,7 @@ def test_the_embedded_redis_refuses_clients_without_its_password(datadir):
     assert stat.S_IMODE((datadir / "redis.conf").stat().st_mode) == 0o600
 
     port = urlparse(url).port
+    assert port is not None
     with pytest.raises(redis.AuthenticationError):
         redis.Redis(host="127.0.0.1", port=port).ping()
     with pytest.raises(redis.AuthenticationError):

@@ -8,6 +8,7 @@ the limit. Limits are set small (a few hundred KB) so the tests stay small and f
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import pytest
 from django.test import Client
@@ -55,13 +56,12 @@ class CountingInput(io.RawIOBase):
 
 
 def post(client: Client, path: str, body: CountingInput, *, declared: int | None = None):
-    return client.generic(
-        "POST",
-        path,
-        CONTENT_TYPE=f"multipart/form-data; boundary={BOUNDARY}",
-        CONTENT_LENGTH=str(body.size if declared is None else declared),
-        **{"wsgi.input": io.BufferedReader(body)},
-    )
+    environ: dict[str, Any] = {
+        "CONTENT_TYPE": f"multipart/form-data; boundary={BOUNDARY}",
+        "CONTENT_LENGTH": str(body.size if declared is None else declared),
+        "wsgi.input": io.BufferedReader(body),
+    }
+    return client.generic("POST", path, **environ)
 
 
 @pytest.fixture
