@@ -139,6 +139,11 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First, so that CORS headers are added even to responses other middleware returns early.
     "corsheaders.middleware.CorsMiddleware",
+    # Every error under /api/ as JSON, whatever answered it (DEBUG pages included).
+    "retrieval.http.api_errors.ApiJsonErrorsMiddleware",
+    # Bodies over the limit answered 413 from Content-Length, before the CSRF check (or anything
+    # else) reads them.
+    "retrieval.http.limits.BodyLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -320,8 +325,9 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 if not DEBUG:
     SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
-    SESSION_COOKIE_SECURE = True
-    CSRF_COOKIE_SECURE = True
+    # Off only where the site is served over plain HTTP on purpose (`make run` on 127.0.0.1).
+    SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", True)
+    CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
     SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 31536000)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
@@ -441,6 +447,12 @@ RETRIEVAL_RERANK = env_str("RETRIEVAL_RERANK", "category")
 RETRIEVAL_RERANK_MIN_CONFIDENCE = env_float("RETRIEVAL_RERANK_MIN_CONFIDENCE", 0.0)
 DATA_UPLOAD_MAX_MEMORY_SIZE = RETRIEVAL_MAX_UPLOAD_BYTES + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+# An uploaded file is stopped while it streams once past its limit (retrieval.http.limits).
+FILE_UPLOAD_HANDLERS = [
+    "retrieval.http.limits.LimitedUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
 
 # The shared sample catalogue `make run` imports into an empty site.
 SAMPLE_CATALOG = (
