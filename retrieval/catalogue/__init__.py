@@ -14,6 +14,8 @@ from retrieval.catalogue.imports import (
     import_catalog,
     import_progress,
     requeue_unqueued_imports,
+    rescue_stalled_imports,
+    resume_import,
     save_import_job,
     start_import,
 )
@@ -59,6 +61,8 @@ __all__ = [
     "read_rows",
     "read_upload",
     "requeue_unqueued_imports",
+    "rescue_stalled_imports",
+    "resume_import",
     "save_garment",
     "save_import_job",
     "start_import",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from retrieval.catalogue.media import (
@@ -21,14 +21,32 @@ from retrieval.models import (
     GarmentFeature,
 )
 
+# Attempts at creating a category that keep colliding with concurrent creations.
+CATEGORY_CREATE_ATTEMPTS = 5
+
 
 def get_or_create_category(*, name: str) -> Category:
+    """The category named ``name`` (case-insensitively), created if there is none.
+
+    Safe against concurrent callers (two imports, an import and the API): the insert runs in
+    a savepoint, and when another transaction created the same name, or took the slug just
+    computed, meanwhile (the unique indexes wait for it to commit, then refuse), the name is
+    looked up again, or a fresh slug computed, instead of failing the caller's transaction.
+    """
     name = name.strip()
-    category = Category.objects.filter(name__iexact=name).first()
-    if category is None:
-        category = Category(name=name)
-        category.save()
-    return category
+    for _attempt in range(CATEGORY_CREATE_ATTEMPTS):
+        category = Category.objects.filter(name__iexact=name).first()
+        if category is not None:
+            return category
+        try:
+            with transaction.atomic():
+                return Category.objects.create(name=name)
+        except IntegrityError:
+            continue
+    raise IntegrityError(
+        f"category {name!r} could not be created: its name or slug kept being taken "
+        f"({CATEGORY_CREATE_ATTEMPTS} attempts)"
+    )
 
 
 @transaction.atomic
