@@ -5,6 +5,8 @@ One validation path for uploads (:mod:`.uploads`), media files (:mod:`.media`), 
 """
 
 from retrieval.catalogue.garments import (
+    CategoryNameTaken,
+    create_category,
     get_or_create_category,
     merge_categories,
     move_garments,
@@ -43,9 +45,11 @@ __all__ = [
     "CatalogError",
     "CatalogRow",
     "CatalogSource",
+    "CategoryNameTaken",
     "MediaPruneResult",
     "MediaStorageError",
     "Problem",
+    "create_category",
     "decode_upload",
     "delete_images_after_commit",
     "delete_stored_image",

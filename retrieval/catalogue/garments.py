@@ -19,34 +19,59 @@ from retrieval.models import (
     Category,
     Garment,
     GarmentFeature,
+    unique_slug,
 )
 
-# Attempts at creating a category that keep colliding with concurrent creations.
+# Attempts at creating a category while concurrent creations keep taking its slug.
 CATEGORY_CREATE_ATTEMPTS = 5
 
 
-def get_or_create_category(*, name: str) -> Category:
-    """The category named ``name`` (case-insensitively), created if there is none.
+class CategoryNameTaken(ValueError):
+    """A category of that name (compared case-insensitively) exists already."""
 
-    Safe against concurrent callers (two imports, an import and the API): the insert runs in
-    a savepoint, and when another transaction created the same name, or took the slug just
-    computed, meanwhile (the unique indexes wait for it to commit, then refuse), the name is
-    looked up again, or a fresh slug computed, instead of failing the caller's transaction.
+    def __init__(self, category: Category):
+        super().__init__(f"a category named {category.name!r} already exists")
+        self.category = category
+
+
+def create_category(
+    *, name: str, slug: str = "", parent: Category | None = None, active: bool = True
+) -> Category:
+    """Create a category (API, imports); :class:`CategoryNameTaken` when the name exists.
+
+    Safe against concurrent creators: the insert runs in a savepoint, and when another
+    transaction created the same name, or took the slug just made from it, in the meantime
+    (the unique index waits for it to commit, then refuses), the name is looked up again and
+    a fresh slug made, instead of failing the caller's transaction. A slug the caller gave
+    that is taken is the caller's conflict: the IntegrityError is raised.
     """
     name = name.strip()
     for _attempt in range(CATEGORY_CREATE_ATTEMPTS):
-        category = Category.objects.filter(name__iexact=name).first()
-        if category is not None:
-            return category
+        existing = Category.objects.filter(name__iexact=name).first()
+        if existing is not None:
+            raise CategoryNameTaken(existing)
+        category = Category(name=name, slug=slug or unique_slug(name), parent=parent, active=active)
         try:
             with transaction.atomic():
-                return Category.objects.create(name=name)
+                category.save()
         except IntegrityError:
+            if slug and Category.objects.filter(slug=slug).exists():
+                raise
             continue
+        return category
     raise IntegrityError(
-        f"category {name!r} could not be created: its name or slug kept being taken "
+        f"category {name!r} could not be created: its slug kept being taken "
         f"({CATEGORY_CREATE_ATTEMPTS} attempts)"
     )
+
+
+def get_or_create_category(*, name: str) -> Category:
+    """The category named ``name`` (case-insensitively), created if there is none; safe
+    against concurrent creators (:func:`create_category`)."""
+    try:
+        return create_category(name=name)
+    except CategoryNameTaken as taken:
+        return taken.category
 
 
 @transaction.atomic
