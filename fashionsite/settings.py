@@ -363,7 +363,15 @@ SPECTACULAR_SETTINGS = {
 RETRIEVAL_SEARCH_THROTTLE = env_str("RETRIEVAL_SEARCH_THROTTLE", "30/min")
 if RETRIEVAL_SEARCH_THROTTLE.lower() in {"", "off", "none"}:
     RETRIEVAL_SEARCH_THROTTLE = None
-REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {"search": RETRIEVAL_SEARCH_THROTTLE}
+# Signed-in shoppers and API token holders (not staff): per account, a higher rate, so a
+# leaked or scripted shopper token cannot run the CNN without bound either.
+RETRIEVAL_SEARCH_USER_THROTTLE = env_str("RETRIEVAL_SEARCH_USER_THROTTLE", "120/min")
+if RETRIEVAL_SEARCH_USER_THROTTLE.lower() in {"", "off", "none"}:
+    RETRIEVAL_SEARCH_USER_THROTTLE = None
+REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {
+    "search": RETRIEVAL_SEARCH_THROTTLE,
+    "search_user": RETRIEVAL_SEARCH_USER_THROTTLE,
+}
 # Client address for throttling: 0 = the connection's address (nothing in front of gunicorn);
 # N = the N-th address from the right of X-Forwarded-For (N trusted proxies in front).
 REST_FRAMEWORK["NUM_PROXIES"] = env_int("DJANGO_NUM_PROXIES", 0, minimum=0)
