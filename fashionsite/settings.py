@@ -433,6 +433,9 @@ RETRIEVAL_SWEEP_MINUTES = env_int("RETRIEVAL_SWEEP_MINUTES", 10)
 RETRIEVAL_PRUNE_MEDIA_SCHEDULE = env_str("RETRIEVAL_PRUNE_MEDIA_SCHEDULE", "30 4 * * *")
 RETRIEVAL_PRUNE_MEDIA_MINUTES = env_int("RETRIEVAL_PRUNE_MEDIA_MINUTES", 60)
 RETRIEVAL_STUCK_MINUTES = env_int("RETRIEVAL_STUCK_MINUTES", 15)
+# /healthz answers anonymous monitors from the last probe of the web process; one older than
+# this is still answered while a background thread probes again (a probe takes ~2 s).
+RETRIEVAL_HEALTH_CACHE_SECONDS = env_int("RETRIEVAL_HEALTH_CACHE_SECONDS", 5, minimum=1)
 # Retention (training.retire_inactive_models, run after every activation): inactive models lose
 # their search-table partitions; the N most recently active of them keep their vectors, so a
 # switch back to one of them needs a K-means run only; older ones lose their vectors too.
