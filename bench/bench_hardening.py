@@ -81,6 +81,7 @@ def make_photo(path: Path, *, target_mb: float) -> int:
 
     rng = np.random.default_rng(17)
     pixels = rng.integers(0, 255, (4800, 6400, 3), dtype=np.uint8)  # 30.7 MP
+    out = io.BytesIO()
     for quality in range(80, 101):  # the first quality that reaches the size
         out = io.BytesIO()
         Image.fromarray(pixels).save(out, "JPEG", quality=quality, subsampling=2)

@@ -365,9 +365,10 @@ if RETRIEVAL_SEARCH_THROTTLE.lower() in {"", "off", "none"}:
     RETRIEVAL_SEARCH_THROTTLE = None
 # Signed-in shoppers and API token holders (not staff): per account, a higher rate, so a
 # leaked or scripted shopper token cannot run the CNN without bound either.
-RETRIEVAL_SEARCH_USER_THROTTLE = env_str("RETRIEVAL_SEARCH_USER_THROTTLE", "120/min")
-if RETRIEVAL_SEARCH_USER_THROTTLE.lower() in {"", "off", "none"}:
-    RETRIEVAL_SEARCH_USER_THROTTLE = None
+_user_throttle = env_str("RETRIEVAL_SEARCH_USER_THROTTLE", "120/min")
+RETRIEVAL_SEARCH_USER_THROTTLE: str | None = (
+    None if _user_throttle.lower() in {"", "off", "none"} else _user_throttle
+)
 REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {
     "search": RETRIEVAL_SEARCH_THROTTLE,
     "search_user": RETRIEVAL_SEARCH_USER_THROTTLE,

@@ -94,7 +94,7 @@ def check_choices(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
 def check_search_throttle(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
     """retrieval.E005: RETRIEVAL_SEARCH_THROTTLE and RETRIEVAL_SEARCH_USER_THROTTLE are N/unit
     (settings turned off into None)."""
-    errors = []
+    errors: list[checks.CheckMessage] = []
     for name in ("RETRIEVAL_SEARCH_THROTTLE", "RETRIEVAL_SEARCH_USER_THROTTLE"):
         rate = getattr(settings, name)
         if rate is None or (isinstance(rate, str) and _THROTTLE.fullmatch(rate)):

@@ -12,8 +12,9 @@ import json
 import re
 from typing import IO, Any
 
+from django.conf import settings
 from rest_framework.exceptions import ParseError
-from rest_framework.parsers import JSONParser, get_encoding
+from rest_framework.parsers import JSONParser
 from rest_framework.utils.json import strict_constant
 
 # The API's bodies nest two or three levels (a garment's attributes object at most); the
@@ -50,10 +51,10 @@ class BoundedJSONParser(JSONParser):
     def parse(
         self, stream: IO[bytes], media_type: str | None = None, parser_context: Any = None
     ) -> Any:
-        encoding = get_encoding(parser_context or {})  # refuses a charset that is not text
+        encoding = (parser_context or {}).get("encoding") or settings.DEFAULT_CHARSET
         try:
             text = codecs.getreader(encoding)(stream).read()
-        except ValueError as exc:  # UnicodeDecodeError among them
+        except (ValueError, LookupError) as exc:  # undecodable, or no such charset
             raise ParseError(f"JSON parse error - {exc}") from None
         if json_too_deep(text):
             raise ParseError(f"JSON parse error - nested deeper than {MAX_JSON_DEPTH} levels")

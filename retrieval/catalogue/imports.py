@@ -344,7 +344,7 @@ def _import_batch(
                 }
                 created = garment is None
                 # Written (and counted) by an earlier run of this job: not counted again.
-                counted = not created and garment.import_job_id == job.pk
+                counted = garment is not None and garment.import_job_id == job.pk
                 image_changed = created or garment.attributes.get("image_sha256") != digest
                 if not image_changed and all(
                     getattr(garment, name) == value for name, value in fields.items()

@@ -74,12 +74,11 @@ class SearchRateThrottle(SimpleRateThrottle):
         if user is not None and user.is_staff:
             return True
         signed_in = user is not None and user.is_authenticated
-        self.rate = api_settings.DEFAULT_THROTTLE_RATES.get(
-            self.user_scope if signed_in else self.scope
-        )
-        if self.rate is None:
+        rate = api_settings.DEFAULT_THROTTLE_RATES.get(self.user_scope if signed_in else self.scope)
+        if not isinstance(rate, str):  # None: off
             return True
-        self.num_requests, self.duration = self.parse_rate(self.rate)
+        self.rate = rate
+        self.num_requests, self.duration = self.parse_rate(rate)
         try:
             return super().allow_request(request, view)
         except RedisError as exc:

@@ -14,7 +14,7 @@ from rest_framework.test import APIClient
 from retrieval.api.parsers import MAX_JSON_DEPTH, json_too_deep
 from retrieval.models import Category, Garment
 from tests.blocking import in_thread, race
-from tests.factories import CategoryFactory, jpeg_bytes
+from tests.factories import jpeg_bytes
 
 GARMENTS = "/api/v1/garments/"
 CATEGORIES = "/api/v1/categories/"
@@ -54,7 +54,7 @@ def test_a_category_created_concurrently_answers_400_on_the_name(staff_user):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_sku_created_concurrently_answers_400_on_the_sku(staff_user, media_root):
-    category = CategoryFactory()
+    category = Category.objects.create(name="Raced", slug="raced")
 
     def create():
         image = SimpleUploadedFile("p.jpg", jpeg_bytes(), content_type="image/jpeg")

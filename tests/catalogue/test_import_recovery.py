@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import zipfile
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.core.files.base import ContentFile
@@ -97,7 +98,7 @@ def test_a_redelivered_import_task_resumes_and_counts_each_row_once(
     # The worker runs the task and dies after its first batch: the job stays running.
     with pytest.raises(WorkerDied):
         catalogue.import_catalog(
-            source=job.upload.path, job=job, claim="task-1", progress=die_after_first_batch
+            source=Path(job.upload.path), job=job, claim="task-1", progress=die_after_first_batch
         )
     job.refresh_from_db()
     assert job.status == ImportJob.Status.RUNNING
