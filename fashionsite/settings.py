@@ -342,6 +342,12 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticatedOrReadOnly"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # JSON nesting bounded before parsing (a deeply nested body is a 400, not a RecursionError).
+    "DEFAULT_PARSER_CLASSES": [
+        "retrieval.api.parsers.BoundedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 24,
 }
@@ -363,7 +369,16 @@ SPECTACULAR_SETTINGS = {
 RETRIEVAL_SEARCH_THROTTLE = env_str("RETRIEVAL_SEARCH_THROTTLE", "30/min")
 if RETRIEVAL_SEARCH_THROTTLE.lower() in {"", "off", "none"}:
     RETRIEVAL_SEARCH_THROTTLE = None
-REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {"search": RETRIEVAL_SEARCH_THROTTLE}
+# Signed-in shoppers and API token holders (not staff): per account, a higher rate, so a
+# leaked or scripted shopper token cannot run the CNN without bound either.
+_user_throttle = env_str("RETRIEVAL_SEARCH_USER_THROTTLE", "120/min")
+RETRIEVAL_SEARCH_USER_THROTTLE: str | None = (
+    None if _user_throttle.lower() in {"", "off", "none"} else _user_throttle
+)
+REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {
+    "search": RETRIEVAL_SEARCH_THROTTLE,
+    "search_user": RETRIEVAL_SEARCH_USER_THROTTLE,
+}
 # Client address for throttling: 0 = the connection's address (nothing in front of gunicorn);
 # N = the N-th address from the right of X-Forwarded-For (N trusted proxies in front).
 REST_FRAMEWORK["NUM_PROXIES"] = env_int("DJANGO_NUM_PROXIES", 0, minimum=0)
@@ -425,6 +440,9 @@ RETRIEVAL_SWEEP_MINUTES = env_int("RETRIEVAL_SWEEP_MINUTES", 10)
 RETRIEVAL_PRUNE_MEDIA_SCHEDULE = env_str("RETRIEVAL_PRUNE_MEDIA_SCHEDULE", "30 4 * * *")
 RETRIEVAL_PRUNE_MEDIA_MINUTES = env_int("RETRIEVAL_PRUNE_MEDIA_MINUTES", 60)
 RETRIEVAL_STUCK_MINUTES = env_int("RETRIEVAL_STUCK_MINUTES", 15)
+# /healthz answers anonymous monitors from the last probe of the web process; one older than
+# this is still answered while a background thread probes again (a probe takes ~2 s).
+RETRIEVAL_HEALTH_CACHE_SECONDS = env_int("RETRIEVAL_HEALTH_CACHE_SECONDS", 5, minimum=1)
 # Retention (training.retire_inactive_models, run after every activation): inactive models lose
 # their search-table partitions; the N most recently active of them keep their vectors, so a
 # switch back to one of them needs a K-means run only; older ones lose their vectors too.

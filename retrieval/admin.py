@@ -449,11 +449,29 @@ class ImportJobAdmin(UploadAdminMixin, admin.ModelAdmin):
         *("error", "created_by", "created_at", "finished_at"),
     )
     change_form_template = "admin/retrieval/importjob/change_form.html"
+    actions = ("resume_imports",)
 
     def get_fields(self, request, obj=None):
         if obj is None:
             return ("upload", "category_field", "limit")
         return self.readonly_fields
+
+    @admin.action(
+        description="Resume the selected imports (the rows not imported yet)",
+        permissions=["add"],
+    )
+    def resume_imports(self, request, queryset) -> None:
+        resumed = [job.pk for job in queryset if catalogue.resume_import(job=job)]
+        if resumed:
+            self.message_user(request, f"Resumed imports {', '.join(map(str, resumed))}.")
+        left = queryset.count() - len(resumed)
+        if left:
+            self.message_user(
+                request,
+                f"{left} import(s) left alone: done already, or started by manage.py "
+                "(resume those with manage.py import_catalog --resume ID)",
+                level=messages.WARNING,
+            )
 
     def has_change_permission(self, request, obj=None) -> bool:
         return obj is None and super().has_change_permission(request, obj)

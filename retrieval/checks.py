@@ -13,7 +13,8 @@ Two kinds of bad configuration, two places:
   ``retrieval.E002``        ``RETRIEVAL_COLOUR`` is not a colour variant
   ``retrieval.E003``        ``RETRIEVAL_PRECISION`` is not auto or a precision
   ``retrieval.E004``        ``RETRIEVAL_RERANK`` is not a re-rank mode
-  ``retrieval.E005``        ``RETRIEVAL_SEARCH_THROTTLE`` is not N/unit (or off)
+  ``retrieval.E005``        ``RETRIEVAL_SEARCH_THROTTLE`` or ``RETRIEVAL_SEARCH_USER_THROTTLE``
+                            is not N/unit (or off)
   ``retrieval.E006``        an integer setting is below its minimum (:data:`MINIMUMS`)
   ``retrieval.E007``        a cron schedule is not five valid fields
   ========================  ===========================================================
@@ -91,17 +92,21 @@ def check_choices(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
 
 @checks.register(TAG)
 def check_search_throttle(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
-    """retrieval.E005: RETRIEVAL_SEARCH_THROTTLE is N/unit (settings turned off into None)."""
-    rate = settings.RETRIEVAL_SEARCH_THROTTLE
-    if rate is None or (isinstance(rate, str) and _THROTTLE.fullmatch(rate)):
-        return []
-    return [
-        checks.Error(
-            f"RETRIEVAL_SEARCH_THROTTLE={rate!r} is not a rate.",
-            hint="Use N/second, N/minute, N/hour or N/day (e.g. 30/min), or off.",
-            id="retrieval.E005",
+    """retrieval.E005: RETRIEVAL_SEARCH_THROTTLE and RETRIEVAL_SEARCH_USER_THROTTLE are N/unit
+    (settings turned off into None)."""
+    errors: list[checks.CheckMessage] = []
+    for name in ("RETRIEVAL_SEARCH_THROTTLE", "RETRIEVAL_SEARCH_USER_THROTTLE"):
+        rate = getattr(settings, name)
+        if rate is None or (isinstance(rate, str) and _THROTTLE.fullmatch(rate)):
+            continue
+        errors.append(
+            checks.Error(
+                f"{name}={rate!r} is not a rate.",
+                hint="Use N/second, N/minute, N/hour or N/day (e.g. 30/min), or off.",
+                id="retrieval.E005",
+            )
         )
-    ]
+    return errors
 
 
 @checks.register(TAG)

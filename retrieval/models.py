@@ -362,6 +362,14 @@ class ImportJob(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Lease of the run working on the job (its task id, or host:pid of manage.py), renewed by
+    # every batch: a run that died leaves it to age past RETRIEVAL_STUCK_MINUTES, and the sweep
+    # (catalogue.rescue_stalled_imports) then queues the job again or marks it failed.
+    claimed_by = models.CharField(max_length=64, blank=True, editable=False)
+    heartbeat_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Runs started (the first, redeliveries, rescues): the sweep stops re-queueing a job whose
+    # runs keep dying (a row that kills the worker) and marks it failed instead.
+    attempts = models.PositiveSmallIntegerField(default=0, editable=False)
 
     class Meta:
         ordering = ["-created_at"]

@@ -243,6 +243,14 @@ class CategorySerializer(ChangesSomethingMixin, StrictModelSerializer):
             raise serializers.ValidationError("a category cannot be its own parent")
         return value
 
+    def create(self, validated_data: dict) -> Category:
+        # The same check as validate_name, again at the insert: a create of the same name
+        # that committed meanwhile (a race validate_name cannot see) is answered alike.
+        try:
+            return catalogue.create_category(**validated_data)
+        except catalogue.CategoryNameTaken as taken:
+            raise serializers.ValidationError({"name": [str(taken)]}) from None
+
 
 # --------------------------------------------------------------------------- garments
 

@@ -22,7 +22,7 @@ from drf_spectacular.utils import (
 )
 from rest_framework import viewsets
 from rest_framework.decorators import action
-from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import (
     SAFE_METHODS,
     AllowAny,
@@ -35,6 +35,7 @@ from rest_framework.views import APIView
 from retrieval import catalogue, search
 from retrieval.api.errors import STORAGE_ERROR, NotIndexed, Protected, StorageUnavailable, errors
 from retrieval.api.pagination import ApiPagination
+from retrieval.api.parsers import BoundedJSONParser
 from retrieval.api.serializers import (
     CategorySerializer,
     GarmentFilterSerializer,
@@ -97,7 +98,7 @@ class SearchView(APIView):
 
     permission_classes = [AllowAny]
     throttle_classes = [SearchRateThrottle]
-    parser_classes = [MultiPartParser, JSONParser]
+    parser_classes = [MultiPartParser, BoundedJSONParser]
 
     @extend_schema(
         operation_id="search_by_photo",
@@ -185,7 +186,7 @@ class GarmentViewSet(viewsets.ModelViewSet):
     # IsAuthenticatedOrReadOnly is implied; named so the schema shows reads as public.
     permission_classes = [IsAuthenticatedOrReadOnly, IsStaffOrReadOnly]
     pagination_class = ApiPagination
-    parser_classes = [MultiPartParser, JSONParser]
+    parser_classes = [MultiPartParser, BoundedJSONParser]
     queryset = Garment.objects.none()  # for the schema; requests use get_queryset()
 
     def get_queryset(self):
@@ -273,7 +274,7 @@ class CategoryViewSet(viewsets.ModelViewSet):
     permission_classes = [IsAuthenticatedOrReadOnly, IsStaffOrReadOnly]
     serializer_class = CategorySerializer
     pagination_class = None
-    parser_classes = [JSONParser]
+    parser_classes = [BoundedJSONParser]
     queryset = Category.objects.none()  # for the schema; requests use get_queryset()
 
     def get_queryset(self):

@@ -5,6 +5,8 @@ One validation path for uploads (:mod:`.uploads`), media files (:mod:`.media`), 
 """
 
 from retrieval.catalogue.garments import (
+    CategoryNameTaken,
+    create_category,
     get_or_create_category,
     merge_categories,
     move_garments,
@@ -14,6 +16,8 @@ from retrieval.catalogue.imports import (
     import_catalog,
     import_progress,
     requeue_unqueued_imports,
+    rescue_stalled_imports,
+    resume_import,
     save_import_job,
     start_import,
 )
@@ -41,9 +45,11 @@ __all__ = [
     "CatalogError",
     "CatalogRow",
     "CatalogSource",
+    "CategoryNameTaken",
     "MediaPruneResult",
     "MediaStorageError",
     "Problem",
+    "create_category",
     "decode_upload",
     "delete_images_after_commit",
     "delete_stored_image",
@@ -59,6 +65,8 @@ __all__ = [
     "read_rows",
     "read_upload",
     "requeue_unqueued_imports",
+    "rescue_stalled_imports",
+    "resume_import",
     "save_garment",
     "save_import_job",
     "start_import",

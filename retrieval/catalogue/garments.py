@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from retrieval.catalogue.media import (
@@ -19,16 +19,59 @@ from retrieval.models import (
     Category,
     Garment,
     GarmentFeature,
+    unique_slug,
 )
+
+# Attempts at creating a category while concurrent creations keep taking its slug.
+CATEGORY_CREATE_ATTEMPTS = 5
+
+
+class CategoryNameTaken(ValueError):
+    """A category of that name (compared case-insensitively) exists already."""
+
+    def __init__(self, category: Category):
+        super().__init__(f"a category named {category.name!r} already exists")
+        self.category = category
+
+
+def create_category(
+    *, name: str, slug: str = "", parent: Category | None = None, active: bool = True
+) -> Category:
+    """Create a category (API, imports); :class:`CategoryNameTaken` when the name exists.
+
+    Safe against concurrent creators: the insert runs in a savepoint, and when another
+    transaction created the same name, or took the slug just made from it, in the meantime
+    (the unique index waits for it to commit, then refuses), the name is looked up again and
+    a fresh slug made, instead of failing the caller's transaction. A slug the caller gave
+    that is taken is the caller's conflict: the IntegrityError is raised.
+    """
+    name = name.strip()
+    for _attempt in range(CATEGORY_CREATE_ATTEMPTS):
+        existing = Category.objects.filter(name__iexact=name).first()
+        if existing is not None:
+            raise CategoryNameTaken(existing)
+        category = Category(name=name, slug=slug or unique_slug(name), parent=parent, active=active)
+        try:
+            with transaction.atomic():
+                category.save()
+        except IntegrityError:
+            if slug and Category.objects.filter(slug=slug).exists():
+                raise
+            continue
+        return category
+    raise IntegrityError(
+        f"category {name!r} could not be created: its slug kept being taken "
+        f"({CATEGORY_CREATE_ATTEMPTS} attempts)"
+    )
 
 
 def get_or_create_category(*, name: str) -> Category:
-    name = name.strip()
-    category = Category.objects.filter(name__iexact=name).first()
-    if category is None:
-        category = Category(name=name)
-        category.save()
-    return category
+    """The category named ``name`` (case-insensitively), created if there is none; safe
+    against concurrent creators (:func:`create_category`)."""
+    try:
+        return create_category(name=name)
+    except CategoryNameTaken as taken:
+        return taken.category
 
 
 @transaction.atomic

@@ -193,7 +193,10 @@ def read_rows(
     if problem is not None:
         yield problem
     reader = csv.reader(io.StringIO(text, newline=""))
-    header = [h.strip() for h in next(reader, [])]
+    try:
+        header = [h.strip() for h in next(reader, [])]
+    except csv.Error as exc:
+        raise CatalogError(f"{csv_name} has an unreadable header line: {exc}") from exc
     if "id" not in header:
         raise CatalogError(f"{csv_name} has no 'id' column (header: {','.join(header)[:200]})")
     if category_field not in header:
@@ -204,9 +207,21 @@ def read_rows(
     base = posixpath.dirname(csv_name)
     seen: set[str] = set()
     count = 0
-    for number, values in enumerate(reader, start=1):
+    number = 0
+    while True:
         if limit is not None and count >= limit:
             return
+        number += 1
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            # A field over csv.field_size_limit() (131,072 characters), or a malformed line:
+            # that row is refused, the reader goes on with the next line. (A quoted field
+            # spanning lines may leave a stray fragment, refused as a row of its own.)
+            yield Problem(row=number, reason=f"unreadable CSV row: {exc}")
+            continue
         if not any(v.strip() for v in values):
             continue
         if len(values) > len(header):

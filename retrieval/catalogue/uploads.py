@@ -15,7 +15,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from PIL import Image
 
-from retrieval.images import ImageError, open_image
+from retrieval.images import DECODE_MAX_SIDE, ImageError, open_image
 
 TOO_LARGE = "image too large"
 
@@ -44,11 +44,20 @@ def read_upload(upload) -> bytes:
 
 def decode_upload(data: bytes, *, name: str | None = None) -> Image.Image:
     """Decode uploaded bytes into an upright sRGB RGB image, refusing what no upload may be
-    (over the byte or pixel limits, not an allowed format, corrupt). Raises ImageError."""
+    (over the byte or pixel limits, not an allowed format, corrupt). Raises ImageError.
+
+    The image is at most DECODE_MAX_SIDE pixels long (a JPEG is decoded downscaled): what a
+    search reads (448 px at most) and enough to check an upload, without a 40 MP photo's
+    120 MB of pixels, copied by each conversion, in the web worker. Every byte is still
+    decoded, so a truncated or corrupt file is refused as before; stored images are
+    re-encoded from the upload's bytes at full size (:func:`store_garment_image`).
+    """
     limit = settings.RETRIEVAL_MAX_UPLOAD_BYTES
     if len(data) > limit:
         raise ImageError(f"{TOO_LARGE}: {len(data)} bytes, the limit is {limit}")
-    return open_image(data, max_pixels=settings.RETRIEVAL_MAX_PIXELS, name=name)
+    return open_image(
+        data, max_pixels=settings.RETRIEVAL_MAX_PIXELS, name=name, max_side=DECODE_MAX_SIDE
+    )
 
 
 def validate_upload(*, upload) -> None:

@@ -58,6 +58,7 @@ def requeue_stuck() -> dict:
     return {
         "garments": indexing.requeue_stuck_garments(),
         "imports": catalogue.requeue_unqueued_imports(),
+        "stalled_imports": catalogue.rescue_stalled_imports(),
         "trainings": training.requeue_unqueued_trainings(),
     }
 
@@ -113,14 +114,22 @@ def prune_media(older_than_minutes: int | None = None) -> dict:
 
 @shared_task(name="retrieval.tasks.import_catalog", bind=True)
 def import_catalog(self, job_id: int) -> dict:
-    """An import uploaded in the admin: read the zip, create garments, queue their indexing."""
+    """An import uploaded in the admin: read the zip, create garments, queue their indexing.
+
+    The task id is the job's lease token: a redelivery of this task after its worker died
+    takes the job straight back and resumes it, counting each row once.
+    """
     from retrieval.models import ImportJob
 
     job = ImportJob.objects.get(pk=job_id)
     if job.status in {ImportJob.Status.DONE, ImportJob.Status.FAILED}:
         return catalogue.import_progress(job=job)  # redelivered after it finished: nothing to do
     job = catalogue.import_catalog(
-        source=job.upload.path, category_field=job.category_field, limit=job.limit, job=job
+        source=job.upload.path,
+        category_field=job.category_field,
+        limit=job.limit,
+        job=job,
+        claim=self.request.id,
     )
     return catalogue.import_progress(job=job)
 

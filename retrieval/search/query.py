@@ -40,7 +40,9 @@ def search_image(
     started = time.perf_counter()
     model = require_active_model()
     if isinstance(image, bytes | bytearray):
-        image = images.open_image(bytes(image), max_pixels=settings.RETRIEVAL_MAX_PIXELS)
+        image = images.open_image(
+            bytes(image), max_pixels=settings.RETRIEVAL_MAX_PIXELS, max_side=images.DECODE_MAX_SIDE
+        )
     out = extractor_for(backbone=model.backbone, model=model).extract_query(
         [image], flip=settings.RETRIEVAL_QUERY_FLIP, crop=settings.RETRIEVAL_QUERY_CROP
     )

@@ -25,7 +25,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django.views.static import serve
 
 from retrieval import catalogue, search
-from retrieval.health import health_report
+from retrieval.health import cached_health_report, fresh_health_report, public_report
 from retrieval.http.errors import error_body
 from retrieval.http.middleware import DATABASE_UNAVAILABLE_ERRORS, database_unavailable_response
 from retrieval.http.throttle import SearchRateThrottle
@@ -53,10 +53,16 @@ UNAVAILABLE = (
 )
 
 
-@require_GET
+@require_safe
 @never_cache
 def healthz(request: HttpRequest) -> JsonResponse:
-    healthy, report = health_report()
+    """Monitors (GET or HEAD) get the verdict from the cached probe at once; staff get a
+    fresh probe with every detail (worker names, versions, errors)."""
+    if request.user.is_staff:
+        healthy, report = fresh_health_report()
+    else:
+        healthy, report = cached_health_report()
+        report = public_report(report)
     return JsonResponse(report, status=200 if healthy else 503)
 
 
@@ -132,7 +138,7 @@ def _search(request: HttpRequest, form: SearchForm) -> tuple[dict, int]:
     return {"result": result, "hits": result.garments(), "top": data["top"], "mode": mode}, 200
 
 
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 def home(request: HttpRequest) -> HttpResponse:
     """Search by photo. A POST answers the whole page, or only the results fragment when the
     page's script asks (X-Requested-With: fetch)."""

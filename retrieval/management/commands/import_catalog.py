@@ -1,4 +1,5 @@
-"""python manage.py import_catalog PATH [--limit N] [--category-field articleType] [--wait]"""
+"""python manage.py import_catalog PATH [--limit N] [--category-field articleType] [--wait]
+python manage.py import_catalog --resume JOB_ID [--wait]"""
 
 from __future__ import annotations
 
@@ -17,7 +18,14 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("path", type=Path)
+        parser.add_argument("path", type=Path, nargs="?")
+        parser.add_argument(
+            "--resume",
+            type=int,
+            metavar="JOB_ID",
+            help="Run a failed or stalled import again, from its own source: the rows not "
+            "imported yet are imported, each row is counted once.",
+        )
         parser.add_argument("--limit", type=int, default=None, help="Import at most N valid rows.")
         parser.add_argument("--category-field", default="articleType")
         parser.add_argument(
@@ -34,10 +42,29 @@ class Command(BaseCommand):
         )
 
     def handle(
-        self, *args, path: Path, limit, category_field: str, wait: bool, train: bool, **options
+        self,
+        *args,
+        path: Path | None,
+        resume: int | None,
+        limit,
+        category_field: str,
+        wait: bool,
+        train: bool,
+        **options,
     ):
         if limit is not None and limit < 1:
             raise CommandError("--limit must be at least 1")
+        previous = None
+        if resume is not None:
+            previous = ImportJob.objects.filter(pk=resume).first()
+            if previous is None:
+                raise CommandError(f"no import {resume}")
+            if previous.status == ImportJob.Status.DONE:
+                raise CommandError(f"import {resume} is done already")
+            path = Path(previous.upload.path if previous.upload else previous.source)
+            category_field, limit = previous.category_field, previous.limit
+        elif path is None:
+            raise CommandError("give the catalogue's PATH, or --resume JOB_ID")
         started = time.monotonic()
 
         def progress(job: ImportJob) -> None:
@@ -47,8 +74,10 @@ class Command(BaseCommand):
             )
 
         job = catalogue.import_catalog(
-            source=path, category_field=category_field, limit=limit, progress=progress
+            source=path, category_field=category_field, limit=limit, job=previous, progress=progress
         )
+        if job.status == ImportJob.Status.RUNNING:
+            raise CommandError(f"import {job.pk} is being run elsewhere right now (left alone)")
         if job.status == ImportJob.Status.FAILED:
             raise CommandError(f"import failed: {job.error}")
         for problem in job.problems[:50]:
