@@ -37,9 +37,11 @@ from retrieval.api.errors import STORAGE_ERROR, NotIndexed, Protected, StorageUn
 from retrieval.api.pagination import ApiPagination
 from retrieval.api.serializers import (
     CategorySerializer,
+    FacetsSerializer,
     GarmentFilterSerializer,
     GarmentSerializer,
     GarmentWriteSerializer,
+    KeywordSerializer,
     SearchBase64Serializer,
     SearchResponseSerializer,
     SearchUploadSerializer,
@@ -52,11 +54,21 @@ from retrieval.selectors import visible_categories, visible_garments
 log = logging.getLogger(__name__)
 
 
-def search_response(request, result: search.SearchResult, *, top: int) -> Response:
-    """The API answer for a search or a more-like-this. Hidden garments (inactive category,
-    not ready) are already excluded in SQL for shoppers (search_vectors(include_hidden=False))."""
-    body = SearchResponseSerializer.present(result, result.garments(), top=top)
+def search_response(request, result: search.SearchResult, *, options: dict) -> Response:
+    """The API answer for a search or a more-like-this (``options``: the validated query,
+    with its ``top``, ``filters`` and ``facets``). Hidden garments (inactive category, not
+    ready) are already excluded in SQL for shoppers (search_vectors(include_hidden=False))."""
+    body = SearchResponseSerializer.present(result, result.garments(), top=options["top"])
+    if options.get("facets"):
+        body["facets"] = facets_body(request, filters=options["filters"])
     return Response(SearchResponseSerializer(body, context={"request": request}).data)
+
+
+def facets_body(request, *, filters: search.SearchFilters, queryset=None) -> dict:
+    """``facets`` of an answer: over ``queryset`` (default: every garment the caller sees)."""
+    if queryset is None:
+        queryset = visible_garments(request.user)
+    return FacetsSerializer.present(search.facet_counts(queryset=queryset, filters=filters))
 
 
 class IsStaffOrReadOnly(BasePermission):
@@ -124,15 +136,14 @@ class SearchView(APIView):
             serializer = SearchBase64Serializer(data=data)
         serializer.is_valid(raise_exception=True)
         options = serializer.validated_data
-        category = options.get("category")
         result = search.search_image(
             image=options["image"],
             top=options["top"],
             mode=options["mode"],
-            category_id=category.pk if category is not None else None,
+            filters=options["filters"],
             include_hidden=request.user.is_staff,
         )
-        return search_response(request, result, top=options["top"])
+        return search_response(request, result, options=options)
 
 
 @extend_schema_view(
@@ -196,11 +207,25 @@ class GarmentViewSet(viewsets.ModelViewSet):
             data=self.request.query_params, context={"request": self.request}
         )
         query.is_valid(raise_exception=True)
-        if category := query.validated_data.get("category"):
-            queryset = queryset.filter(category=category)
-        if (wanted := query.validated_data.get("status")) and self.request.user.is_staff:
+        options = query.validated_data
+        if (wanted := options.get("status")) and self.request.user.is_staff:
             queryset = queryset.filter(status=wanted)
-        return queryset
+        # What the list is drawn from before the shopper's filters: the facets count over it.
+        self.unfiltered, self.keyword, self.options = queryset, None, options
+        if "q" in options:
+            self.keyword = search.keyword.keyword_search(queryset=queryset, q=options["q"])
+            self.unfiltered = self.keyword.garments
+        return self.unfiltered.filter(options["filters"].q())
+
+    def list(self, request, *args, **kwargs):
+        response = super().list(request, *args, **kwargs)
+        if self.keyword is not None:
+            response.data["keyword"] = KeywordSerializer(self.keyword).data
+        if self.options["facets"]:
+            response.data["facets"] = facets_body(
+                request, filters=self.options["filters"], queryset=self.unfiltered
+            )
+        return response
 
     def get_serializer_class(self):
         if self.action in {"create", "update", "partial_update"}:
@@ -233,11 +258,15 @@ class GarmentViewSet(viewsets.ModelViewSet):
         query.is_valid(raise_exception=True)
         if garment.status != Garment.Status.READY:
             raise NotIndexed(f"garment {garment.sku} is {garment.status}, not indexed yet")
-        top, mode = query.validated_data["top"], query.validated_data["mode"]
+        options = query.validated_data
         result = search.more_like_this(
-            garment=garment, top=top, mode=mode, include_hidden=request.user.is_staff
+            garment=garment,
+            top=options["top"],
+            mode=options["mode"],
+            filters=options["filters"],
+            include_hidden=request.user.is_staff,
         )
-        return search_response(request, result, top=top)
+        return search_response(request, result, options=options)
 
 
 @extend_schema_view(

@@ -166,6 +166,10 @@ def _import_batch(*, job: ImportJob, catalog, rows: list, problems: list[dict]) 
                     "title": row.title,
                     "category_id": category.pk,
                     "colour": row.colour,
+                    "gender": row.gender,
+                    "season": row.season,
+                    "usage": row.usage,
+                    "year": row.year,
                     "attributes": {**row.attributes, "image_sha256": digest},
                 }
                 created = garment is None

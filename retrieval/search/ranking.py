@@ -28,6 +28,7 @@ from django.db import connection, transaction
 
 from retrieval.models import FeatureModel, Garment
 from retrieval.search import table as searchtable
+from retrieval.search.filters import SearchFilters
 from retrieval.selectors import active_model
 from retrieval.spec import MODES
 
@@ -108,6 +109,7 @@ def search_vectors(
     exclude_garment_ids: tuple[int, ...] = (),
     clustered: bool = True,
     include_hidden: bool = False,
+    filters: SearchFilters | None = None,
 ) -> SearchResult:
     """Rank the catalogue against one query vector.
 
@@ -116,6 +118,9 @@ def search_vectors(
     "exact" (= fused with clustered=False). clustered: restrict to the nearest K-means
     cluster(s) as the paper does; False ranks the whole catalogue exactly. include_hidden:
     also rank garments shoppers do not see (inactive category, not ready): for staff.
+    filters: the shopper's gender, colour, season, usage and category, applied inside the
+    cluster scan (clusters are added until N garments pass them, so the top N is complete);
+    category_id: a category on top of them (the re-rank's predicted category).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
@@ -133,6 +138,7 @@ def search_vectors(
         include_hidden=include_hidden,
         category_id=category_id,
         exclude_garment_ids=exclude_garment_ids,
+        filters=filters,
     )
 
     with one_snapshot(), connection.cursor() as cursor:
@@ -159,7 +165,8 @@ def search_vectors(
                 top=top,
                 filters=filters,
                 params=params,
-                filter_in_scan=category_id is not None,
+                # Chosen filters are selective: most of a cluster's nearest rows fail them.
+                filter_in_scan=category_id is not None or bool(filters),
             )
     return SearchResult(
         hits=[Hit(gid, float(d)) for gid, d in rows],
