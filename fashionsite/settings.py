@@ -446,3 +446,6 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 SAMPLE_CATALOG = (
     BASE_DIR.parent / "shared" / "data" / "fashion-product-images-small.zip"
 ).resolve()
+# The demo catalogue in the repository (3,110 products of the sample, demo/README.md): what
+# `make run` imports into an empty catalogue when no CATALOG is given and the sample is absent.
+DEMO_CATALOG = BASE_DIR / "demo" / "catalogue.zip"

@@ -32,7 +32,7 @@ from retrieval.http.middleware import DATABASE_UNAVAILABLE_ERRORS, database_unav
 from retrieval.http.throttle import SearchRateThrottle
 from retrieval.images import ImageError
 from retrieval.models import Category, FeatureModel, Garment
-from retrieval.selectors import visible_categories, visible_garments
+from retrieval.selectors import setup_progress, visible_categories, visible_garments
 from retrieval.spec import TOPS
 
 log = logging.getLogger(__name__)
@@ -253,6 +253,7 @@ def home(request: HttpRequest) -> HttpResponse:
         categories=_categories_with_counts(request.user),
         garment_count=visible_garments(request.user).filter(status=Garment.Status.READY).count(),
         search_available=FeatureModel.objects.filter(active=True).exists(),
+        setup=setup_progress(),
     )
     return render(request, "retrieval/home.html", context, status=status)
 
