@@ -15,8 +15,10 @@ from __future__ import annotations
 import logging
 
 from django.db.models import Count, Q
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiExample,
+    OpenApiParameter,
     extend_schema,
     extend_schema_view,
 )
@@ -104,6 +106,61 @@ SEARCH_EXAMPLE = OpenApiExample(
 )
 
 
+def _parameter(name: str, serializer, examples: dict[str, object]) -> OpenApiParameter:
+    """A query parameter documented from its serializer field, with examples."""
+    field = serializer().fields[name]
+    return OpenApiParameter(
+        name,
+        OpenApiTypes.BOOL if name == "facets" else OpenApiTypes.STR,
+        OpenApiParameter.QUERY,
+        description=str(field.help_text),
+        examples=[OpenApiExample(label, value=value) for label, value in examples.items()],
+    )
+
+
+def filter_parameters(serializer) -> list[OpenApiParameter]:
+    """The shopper filters and ``facets`` as documented query parameters, with examples."""
+    return [
+        _parameter("gender", serializer, {"Women": "Women", "Men": "Men"}),
+        _parameter("colour", serializer, {"Red": "Red", "Navy Blue": "Navy Blue"}),
+        _parameter("season", serializer, {"Summer": "Summer"}),
+        _parameter("usage", serializer, {"Casual": "Casual", "Formal": "Formal"}),
+        _parameter("category", serializer, {"By slug": "tshirts", "By id": "12"}),
+        _parameter("facets", serializer, {"With facet counts": True}),
+    ]
+
+
+FACETS_EXAMPLE = {
+    "gender": [
+        {"value": "Women", "label": "Women", "count": 1204, "selected": True},
+        {"value": "Men", "label": "Men", "count": 980, "selected": False},
+    ],
+    "colour": [{"value": "Red", "label": "Red", "count": 312, "selected": False}],
+    "season": [{"value": "Summer", "label": "Summer", "count": 640, "selected": False}],
+    "usage": [{"value": "Casual", "label": "Casual", "count": 1003, "selected": False}],
+    "category": [{"value": "dresses", "label": "Dresses", "count": 211, "selected": False}],
+}
+
+SEARCH_FILTERED_EXAMPLE = OpenApiExample(
+    "Women's red garments, with facet counts",
+    value={
+        "image": "(the photo file)",
+        "top": 10,
+        "gender": "Women",
+        "colour": "Red",
+        "facets": True,
+    },
+    request_only=True,
+)
+
+
+SEARCH_FACETS_EXAMPLE = OpenApiExample(
+    "With facets=true",
+    value={**SEARCH_EXAMPLE.value, "facets": FACETS_EXAMPLE},
+    response_only=True,
+)
+
+
 class SearchView(APIView):
     """Search the catalogue by photo."""
 
@@ -117,15 +174,19 @@ class SearchView(APIView):
         description=(
             "Send a photo (multipart `image` file, or JSON with the image base64-encoded) and "
             "get the `top` most similar garments, most similar first. `mode=fused` matches shape "
-            "and colour (the paper's fused feature), `mode=deep` shape only. Anonymous clients "
-            "are throttled (HTTP 429 with Retry-After)."
+            "and colour (the paper's fused feature), `mode=deep` shape only. `gender`, "
+            "`colour`, `season`, `usage` and `category` narrow the search inside the catalogue's "
+            "clusters (the top N stays complete: clusters are added until N garments pass); a "
+            "value no garment has is a 400 listing the known ones. `facets=true` adds each "
+            "filter's values with their counts. Anonymous clients are throttled (HTTP 429 with "
+            "Retry-After)."
         ),
         request={
             "multipart/form-data": SearchUploadSerializer,
             "application/json": SearchBase64Serializer,
         },
         responses={200: SearchResponseSerializer, **errors(400, 413, 415, 429, 503)},
-        examples=[SEARCH_EXAMPLE],
+        examples=[SEARCH_EXAMPLE, SEARCH_FILTERED_EXAMPLE, SEARCH_FACETS_EXAMPLE],
         tags=["search"],
     )
     def post(self, request):
@@ -152,8 +213,24 @@ class SearchView(APIView):
         description="Paginated, newest first. Shoppers see indexed garments of active "
         "categories; staff see every garment. Page numbers (`page`) answer `count`, `next`, "
         "`previous` and `results`; `cursor` (empty for the first page, then the `next` link) "
-        "answers `next` and `results` only, at the same cost at any depth.",
-        parameters=[GarmentFilterSerializer],
+        "answers `next` and `results` only, at the same cost at any depth.\n\n"
+        "Keyword search: `q` lists the garments holding every word, best match first (page "
+        "numbers only) and adds `keyword` (`terms` searched, `corrected` words when the typed "
+        "ones matched nothing). Filters `gender`, `colour`, `season`, `usage`, `category` "
+        "(values matched case-insensitively; a value no garment has is a 400 listing the "
+        "known ones). `facets=true` adds `facets`: for each filter, its values with how many "
+        "garments choosing each gives, the other chosen filters applied, e.g. "
+        '`{"gender": [{"value": "Women", "label": "Women", "count": 1204, '
+        '"selected": false}, ...], ...}`.',
+        parameters=[
+            GarmentFilterSerializer,
+            _parameter(
+                "q",
+                GarmentFilterSerializer,
+                {"Words": "red dress", "Prefix": "jack", "Misspelt": "jeens"},
+            ),
+            *filter_parameters(GarmentFilterSerializer),
+        ],
         responses={200: GarmentSerializer(many=True), **errors(400, 404)},
     ),
     retrieve=extend_schema(
@@ -247,7 +324,7 @@ class GarmentViewSet(viewsets.ModelViewSet):
     @extend_schema(
         summary="Similar garments (more like this)",
         description="The garments most similar to this one, from its stored vectors.",
-        parameters=[SimilarQuerySerializer],
+        parameters=[SimilarQuerySerializer, *filter_parameters(SimilarQuerySerializer)],
         responses={200: SearchResponseSerializer, **errors(400, 404, 409, 503)},
         tags=["search"],
     )
