@@ -57,9 +57,10 @@ def setup_progress() -> SetupProgress | None:
     if training is not None:
         return _training_progress(training.progress or {})
     counts = dict(
-        Garment.objects.order_by().values_list("status").annotate(n=Count("id")).values_list(
-            "status", "n"
-        )
+        Garment.objects.order_by()
+        .values_list("status")
+        .annotate(n=Count("id"))
+        .values_list("status", "n")
     )
     waiting = counts.get(Garment.Status.PENDING, 0) + counts.get(Garment.Status.PROCESSING, 0)
     if waiting:

@@ -400,7 +400,8 @@ class FilterParamsMixin(serializers.Serializer):
 
 class FacetValueSerializer(serializers.Serializer):
     value = serializers.CharField(help_text="What the filter parameter takes (a category's slug).")
-    label = serializers.CharField(help_text="What to show.")
+    # A field named like Field.label: the serializer's metaclass moves it into _declared_fields.
+    label = serializers.CharField(help_text="What to show.")  # type: ignore[assignment]
     count = serializers.IntegerField(help_text="Garments that choosing this value gives.")
     selected = serializers.BooleanField(help_text="The value chosen now.")
 

@@ -13,8 +13,9 @@ at /api/v1/docs/ and Redoc at /api/v1/redoc/ (assets from drf-spectacular-sideca
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from django.db.models import Count, Q
+from django.db.models import Count, Q, QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiExample,
@@ -22,7 +23,7 @@ from drf_spectacular.utils import (
     extend_schema,
     extend_schema_view,
 )
-from rest_framework import viewsets
+from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.permissions import (
@@ -31,6 +32,7 @@ from rest_framework.permissions import (
     BasePermission,
     IsAuthenticatedOrReadOnly,
 )
+from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -56,7 +58,7 @@ from retrieval.selectors import visible_categories, visible_garments
 log = logging.getLogger(__name__)
 
 
-def search_response(request, result: search.SearchResult, *, options: dict) -> Response:
+def search_response(request: Request, result: search.SearchResult, *, options: dict) -> Response:
     """The API answer for a search or a more-like-this (``options``: the validated query,
     with its ``top``, ``filters`` and ``facets``). Hidden garments (inactive category, not
     ready) are already excluded in SQL for shoppers (search_vectors(include_hidden=False))."""
@@ -66,7 +68,9 @@ def search_response(request, result: search.SearchResult, *, options: dict) -> R
     return Response(SearchResponseSerializer(body, context={"request": request}).data)
 
 
-def facets_body(request, *, filters: search.SearchFilters, queryset=None) -> dict:
+def facets_body(
+    request: Request, *, filters: search.SearchFilters, queryset: QuerySet[Garment] | None = None
+) -> dict:
     """``facets`` of an answer: over ``queryset`` (default: every garment the caller sees)."""
     if queryset is None:
         queryset = visible_garments(request.user)
@@ -106,7 +110,9 @@ SEARCH_EXAMPLE = OpenApiExample(
 )
 
 
-def _parameter(name: str, serializer, examples: dict[str, object]) -> OpenApiParameter:
+def _parameter(
+    name: str, serializer: type[serializers.Serializer], examples: dict[str, object]
+) -> OpenApiParameter:
     """A query parameter documented from its serializer field, with examples."""
     field = serializer().fields[name]
     return OpenApiParameter(
@@ -118,7 +124,7 @@ def _parameter(name: str, serializer, examples: dict[str, object]) -> OpenApiPar
     )
 
 
-def filter_parameters(serializer) -> list[OpenApiParameter]:
+def filter_parameters(serializer: type[serializers.Serializer]) -> list[OpenApiParameter]:
     """The shopper filters and ``facets`` as documented query parameters, with examples."""
     return [
         _parameter("gender", serializer, {"Women": "Women", "Men": "Men"}),
@@ -288,19 +294,19 @@ class GarmentViewSet(viewsets.ModelViewSet):
         if (wanted := options.get("status")) and self.request.user.is_staff:
             queryset = queryset.filter(status=wanted)
         # What the list is drawn from before the shopper's filters: the facets count over it.
-        self.unfiltered, self.keyword, self.options = queryset, None, options
+        self.unfiltered, self.keyword, self.list_options = queryset, None, options
         if "q" in options:
             self.keyword = search.keyword.keyword_search(queryset=queryset, q=options["q"])
             self.unfiltered = self.keyword.garments
         return self.unfiltered.filter(options["filters"].q())
 
-    def list(self, request, *args, **kwargs):
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         response = super().list(request, *args, **kwargs)
         if self.keyword is not None:
             response.data["keyword"] = KeywordSerializer(self.keyword).data
-        if self.options["facets"]:
+        if self.list_options["facets"]:
             response.data["facets"] = facets_body(
-                request, filters=self.options["filters"], queryset=self.unfiltered
+                request, filters=self.list_options["filters"], queryset=self.unfiltered
             )
         return response
 

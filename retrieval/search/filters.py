@@ -55,7 +55,16 @@ class SearchFilters:
         facet's counts are taken over, so its other values show what choosing them gives."""
         if name == "category":
             return replace(self, category_id=None)
-        return replace(self, **{name: ""})
+        if name not in FILTER_FIELDS:
+            raise ValueError(f"not a filter: {name}")
+        values = {field: "" if field == name else getattr(self, field) for field in FILTER_FIELDS}
+        return SearchFilters(
+            gender=values["gender"],
+            colour=values["colour"],
+            season=values["season"],
+            usage=values["usage"],
+            category_id=self.category_id,
+        )
 
     def sql(self, *, garment: str = "g") -> tuple[str, dict]:
         """SQL conditions on the garment table aliased ``garment`` (each starting with

@@ -134,7 +134,7 @@ def search_vectors(
     column = "deep" if mode == "deep" else "fused"
     vector = fused[:deep_dims] if mode == "deep" else fused
     query = _vector_literal(vector)
-    filters, params = searchtable.shopper_filters(
+    conditions, params = searchtable.shopper_filters(
         include_hidden=include_hidden,
         category_id=category_id,
         exclude_garment_ids=exclude_garment_ids,
@@ -149,7 +149,7 @@ def search_vectors(
         used: list[int] = []
         if not labels:  # exact mode, or no K-means run yet: rank everything
             cursor.execute(
-                searchtable.EXACT_SQL.format(column=column, filters=filters),
+                searchtable.EXACT_SQL.format(column=column, filters=conditions),
                 {**params, "q": query, "top": top, "model": model.pk},
             )
             rows = cursor.fetchall()
@@ -163,7 +163,7 @@ def search_vectors(
                 labels=labels,
                 probes=probes,
                 top=top,
-                filters=filters,
+                filters=conditions,
                 params=params,
                 # Chosen filters are selective: most of a cluster's nearest rows fail them.
                 filter_in_scan=category_id is not None or bool(filters),

@@ -13,6 +13,7 @@ studio and on shoppers' photos.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +55,7 @@ def search_reranked(
     so they may rise again after the predicted category's garments.
     """
     started = time.perf_counter()
-    common = {
+    common: dict[str, Any] = {
         "fused": fused,
         "model": model,
         "mode": "fused",

@@ -13,11 +13,12 @@ import posixpath
 import re
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 from django import forms
 from django.conf import settings
 from django.core.paginator import Paginator
-from django.db.models import Count, Q
+from django.db.models import Count, Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, QueryDict
 from django.shortcuts import get_object_or_404, render
 from django.template import loader
@@ -93,8 +94,8 @@ class FilterForm(forms.Form):
         empty_label="All categories",
     )
 
-    def clean(self):
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
         category = data.get("category")
         try:
             data["filters"] = search.resolve_filters(
@@ -222,7 +223,7 @@ def _search(request: HttpRequest, form: SearchForm) -> tuple[dict, int]:
 def home(request: HttpRequest) -> HttpResponse:
     """Search by photo. A POST answers the whole page, or only the results fragment when the
     page's script asks (X-Requested-With: fetch)."""
-    context = {
+    context: dict[str, Any] = {
         "max_upload_bytes": settings.RETRIEVAL_MAX_UPLOAD_BYTES,
         "max_pixels": settings.RETRIEVAL_MAX_PIXELS,
     }
@@ -311,7 +312,7 @@ def keyword_search(request: HttpRequest) -> HttpResponse:
 
 
 def _filtered_list(
-    request: HttpRequest, *, form: FilterForm, garments, facets: tuple[str, ...]
+    request: HttpRequest, *, form: FilterForm, garments: QuerySet[Garment], facets: tuple[str, ...]
 ) -> tuple[dict, int]:
     """A page of ``garments`` narrowed by the form's filters, and the facets over them:
     (template context, HTTP status: 400 for an unknown filter value)."""

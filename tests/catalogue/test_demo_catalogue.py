@@ -62,6 +62,7 @@ def test_the_demo_catalogue_imports_trains_and_is_searchable(media_root):
     assert garments.filter(gender="Women").count() == by_gender["Women"]
     # Search by photo: a demo photo finds itself first, and within filters only matches.
     garment = garments.filter(gender="Women", colour="Black").order_by("sku").first()
+    assert garment is not None
     with garment.image.open("rb") as handle:
         photo = handle.read()
     result = search.search_image(image=photo, top=10)

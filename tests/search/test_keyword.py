@@ -4,11 +4,13 @@ stemming, typo correction, filters inside the clustered search, disjunctive face
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import pytest
 
 from retrieval import search
-from retrieval.models import Category, Garment
+from retrieval.models import Category, FeatureModel, Garment
 from retrieval.search import keyword
 from tests.factories import (
     CategoryFactory,
@@ -154,20 +156,22 @@ def test_filters_apply_inside_the_clustered_search_and_top_n_stays_complete(db):
     """Two clusters; the query sits in cluster A, whose garments are all Men's: a Women
     filter must still return N Women's garments (from cluster B), nearest first."""
     rng = np.random.default_rng(3)
-    model = FeatureModelFactory()
+    model = cast(FeatureModel, FeatureModelFactory())
     category = CategoryFactory(name="Tops")
     centres = np.zeros((2, 542), np.float32)
     centres[0, 0], centres[1, 1] = 1.0, 1.0
-    garments, vectors, labels = [], [], {}
+    garments: list[Garment] = []
+    rows: list[np.ndarray] = []
+    labels: dict[int, int] = {}
     for i in range(24):
         label = 0 if i < 12 else 1
         gender = "Men" if label == 0 else "Women"
         colour = "Red" if i % 2 else "Blue"
-        garment = GarmentFactory(category=category, gender=gender, colour=colour)
+        garment = cast(Garment, GarmentFactory(category=category, gender=gender, colour=colour))
         garments.append(garment)
-        vectors.append(centres[label] + rng.normal(0, 0.05, 542).astype(np.float32))
+        rows.append(centres[label] + rng.normal(0, 0.05, 542).astype(np.float32))
         labels[garment.pk] = label
-    vectors = np.stack(vectors)
+    vectors = np.stack(rows)
     add_vectors(model, garments, vectors)
     add_cluster_run(model, centres, labels)
     query = centres[0]
