@@ -74,7 +74,8 @@ def facets_body(
     """``facets`` of an answer: over ``queryset`` (default: every garment the caller sees)."""
     if queryset is None:
         queryset = visible_garments(request.user)
-    return FacetsSerializer.present(search.facet_counts(queryset=queryset, filters=filters))
+    facets = search.facet_counts(queryset=queryset, filters=filters)
+    return FacetsSerializer(FacetsSerializer.present(facets)).data
 
 
 class IsStaffOrReadOnly(BasePermission):
