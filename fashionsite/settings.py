@@ -476,3 +476,6 @@ FILE_UPLOAD_HANDLERS = [
 SAMPLE_CATALOG = (
     BASE_DIR.parent / "shared" / "data" / "fashion-product-images-small.zip"
 ).resolve()
+# The demo catalogue in the repository (3,110 products of the sample, demo/README.md): what
+# `make run` imports into an empty catalogue when no CATALOG is given and the sample is absent.
+DEMO_CATALOG = BASE_DIR / "demo" / "catalogue.zip"

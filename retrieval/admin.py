@@ -109,7 +109,19 @@ class UploadAdminMixin:
 class GarmentForm(forms.ModelForm):
     class Meta:
         model = Garment
-        fields = ("sku", "title", "description", "category", "colour", "image", "attributes")
+        fields = (
+            "sku",
+            "title",
+            "description",
+            "category",
+            "colour",
+            "gender",
+            "season",
+            "usage",
+            "year",
+            "image",
+            "attributes",
+        )
 
     def clean_image(self):
         upload = self.cleaned_data.get("image")
@@ -122,9 +134,18 @@ class GarmentForm(forms.ModelForm):
 class GarmentAdmin(UploadAdminMixin, admin.ModelAdmin):
     form = GarmentForm
     action_form = CategoryActionForm
-    list_display = ("thumbnail", "sku", "title", "category", "colour", "status_badge", "updated_at")
+    list_display = (
+        "thumbnail",
+        "sku",
+        "title",
+        "category",
+        "colour",
+        "gender",
+        "status_badge",
+        "updated_at",
+    )
     list_display_links = ("thumbnail", "sku")
-    list_filter = ("status", "category")
+    list_filter = ("status", "gender", "season", "usage", "category")
     search_fields = ("sku", "title", "colour")
     list_select_related = ("category",)
     readonly_fields = ("status", "error", "created_at", "updated_at", "preview")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.search import SearchVectorField
 from django.db import models
 from django.db.models import Q
 from django.utils.text import slugify
@@ -73,9 +75,31 @@ class Garment(models.Model):
     title = models.CharField(max_length=255)
     description = models.TextField(blank=True)
     category = models.ForeignKey(Category, on_delete=models.PROTECT, related_name="garments")
-    colour = models.CharField(max_length=50, blank=True, help_text="Colour name, e.g. Navy Blue.")
+    colour = models.CharField(
+        max_length=50, blank=True, db_index=True, help_text="Colour name, e.g. Navy Blue."
+    )
+    # Shopper filters (the catalogue's gender, season, usage and year columns): real columns so
+    # that searches filter on them in SQL, inside the clustered scan (retrieval.search.filters).
+    gender = models.CharField(
+        max_length=20, blank=True, db_index=True, help_text="Men, Women, Boys, Girls, Unisex."
+    )
+    season = models.CharField(
+        max_length=20, blank=True, db_index=True, help_text="Spring, Summer, Fall, Winter."
+    )
+    usage = models.CharField(
+        max_length=30, blank=True, db_index=True, help_text="Casual, Formal, Sports, Ethnic..."
+    )
+    year = models.PositiveSmallIntegerField(
+        null=True, blank=True, db_index=True, help_text="Catalogue year (season's collection)."
+    )
     image = models.FileField(upload_to="garments/%Y/%m/", max_length=255)
-    attributes = models.JSONField(default=dict, blank=True)
+    attributes = models.JSONField(
+        default=dict, blank=True, help_text="The catalogue row's other columns, as imported."
+    )
+    # Keyword search document: written by a database trigger from the title, the category's
+    # name, the colour and the attributes (migration 0007), so a category rename or an UPDATE
+    # that bypasses save() keeps it right. Whatever Django writes here is replaced.
+    search_vector = SearchVectorField(null=True, editable=False)
     status = models.CharField(
         max_length=12, choices=Status.choices, default=Status.PENDING, db_index=True
     )
@@ -101,6 +125,8 @@ class Garment(models.Model):
             # The list order (newest first): a page reads its rows from this index instead
             # of sorting every visible garment (API list, category pages; migration 0006).
             models.Index(fields=["-created_at", "-id"], name="retrieval_garment_newest_idx"),
+            # Keyword search (retrieval.search.keyword): tsquery @@ search_vector.
+            GinIndex(fields=["search_vector"], name="retrieval_garment_search_idx"),
         ]
 
     def __str__(self) -> str:

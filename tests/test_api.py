@@ -21,7 +21,10 @@ pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_search_throttle
 SEARCH = "/api/v1/search/"
 GARMENTS = "/api/v1/garments/"
 CATEGORIES = "/api/v1/categories/"
-HIT_FIELDS = {"id", "sku", "title", "category", "colour", "image_url", "score"}
+HIT_FIELDS = {
+    *("id", "sku", "title", "category", "colour", "image_url", "score"),
+    *("gender", "season", "usage"),
+}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -306,6 +309,7 @@ def test_garment_list_is_paginated_and_filterable(anon):
         "description",
         "category",
         "colour",
+        *("gender", "season", "usage", "year"),
         "image_url",
         "attributes",
         "status",

@@ -62,7 +62,7 @@ def test_home_offers_every_way_to_give_a_photo(client):
         assert re.search(rf'<input type="radio" name="top" value="{n}"', html)
     assert re.search(r'<input type="radio" name="top" value="10"[^>]*checked', html)
     assert '<label for="id_category">Category</label>' in html
-    assert re.search(r'<input type="checkbox" name="colour"[^>]*checked', html)
+    assert re.search(r'<input type="checkbox" name="colour_matters"[^>]*checked', html)
     assert "/static/js/search.js" in html and "/static/css/site.css" in html
     assert "http://" not in html.replace("http://testserver", "")  # no CDN, no remote asset
     assert "not available yet" not in html
@@ -77,7 +77,7 @@ def test_home_says_when_no_model_is_trained(client):
 
 @pytest.mark.slow
 def test_search_without_script_renders_the_whole_page(client, query):
-    response = client.post("/", {"image": upload(query), "top": "10", "colour": "on"})
+    response = client.post("/", {"image": upload(query), "top": "10", "colour_matters": "on"})
     assert response.status_code == 200
     html = response.content.decode()
     assert "<html" in html and 'id="results-heading"' in html
@@ -89,7 +89,9 @@ def test_search_without_script_renders_the_whole_page(client, query):
 
 @pytest.mark.slow
 def test_search_fragment_for_the_script(client, query):
-    response = client.post("/", {"image": upload(query), "top": "20", "colour": "on"}, **FETCH)
+    response = client.post(
+        "/", {"image": upload(query), "top": "20", "colour_matters": "on"}, **FETCH
+    )
     assert response.status_code == 200
     assert response["X-Search-Fragment"] == "1"
     html = response.content.decode()
@@ -105,7 +107,9 @@ def test_search_fragment_for_the_script(client, query):
 @pytest.mark.slow
 @pytest.mark.parametrize("top", ["5", "10", "20"])
 def test_search_top_switch(client, query, top):
-    response = client.post("/", {"image": upload(query), "top": top, "colour": "on"}, **FETCH)
+    response = client.post(
+        "/", {"image": upload(query), "top": top, "colour_matters": "on"}, **FETCH
+    )
     assert len(result_ids(response.content.decode())) == int(top)
 
 
@@ -189,7 +193,7 @@ def test_titles_from_imports_stay_escaped_everywhere(client, query):
     Garment.objects.filter(pk=query.pk).update(title=XSS, colour="<i>red</i>")
     Category.objects.filter(pk=query.category_id).update(name="Tees <b>bold</b>")
     pages = [
-        client.post("/", {"image": upload(query), "colour": "on"}, **FETCH),
+        client.post("/", {"image": upload(query), "colour_matters": "on"}, **FETCH),
         client.get(f"/garments/{query.pk}/"),
         client.get(f"/categories/{query.category.slug}/"),
         client.get("/categories/"),

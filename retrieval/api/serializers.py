@@ -284,6 +284,10 @@ class GarmentSerializer(GarmentImageUrlMixin, serializers.ModelSerializer):
             "description",
             "category",
             "colour",
+            "gender",
+            "season",
+            "usage",
+            "year",
             "image_url",
             "attributes",
             "status",
@@ -309,7 +313,19 @@ class GarmentWriteSerializer(ChangesSomethingMixin, StrictModelSerializer):
 
     class Meta:
         model = Garment
-        fields = ["sku", "title", "description", "category", "colour", "image", "attributes"]
+        fields = [
+            "sku",
+            "title",
+            "description",
+            "category",
+            "colour",
+            "gender",
+            "season",
+            "usage",
+            "year",
+            "image",
+            "attributes",
+        ]
 
     def validate_image(self, upload):
         try:
@@ -352,10 +368,88 @@ class NoBlankValuesMixin:
         return super().to_internal_value(data)
 
 
-class GarmentFilterSerializer(NoBlankValuesMixin, serializers.Serializer):
+class FilterParamsMixin(serializers.Serializer):
+    """The shopper filters, the same on every list and search (``gender``, ``colour``,
+    ``season``, ``usage``; ``category`` is each serializer's own field), read into
+    ``validated_data["filters"]`` (:class:`retrieval.search.SearchFilters`) with the
+    catalogue's spelling; a value no garment has is a 400 naming the known values."""
+
+    gender = StrictCharField(
+        required=False, help_text="Only this gender (Men, Women, Boys, Girls, Unisex)."
+    )
+    colour = StrictCharField(
+        required=False, help_text="Only this colour (the catalogue's baseColour: Navy Blue...)."
+    )
+    season = StrictCharField(
+        required=False, help_text="Only this season (Spring, Summer, Fall, Winter)."
+    )
+    usage = StrictCharField(
+        required=False, help_text="Only this usage (Casual, Formal, Sports, Ethnic...)."
+    )
+    facets = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Also answer `facets`: per filter, its values with how many garments "
+        "choosing each would give (the other chosen filters applied).",
+    )
+
+    def validate(self, attrs: dict) -> dict:
+        attrs = super().validate(attrs)
+        category = attrs.get("category")
+        try:
+            attrs["filters"] = search.resolve_filters(
+                **{name: attrs.pop(name, "") for name in search.FILTER_FIELDS},
+                category_id=category.pk if category is not None else None,
+            )
+        except search.UnknownFilterValue as exc:
+            raise serializers.ValidationError({exc.name: [str(exc)]}) from None
+        return attrs
+
+
+class FacetValueSerializer(serializers.Serializer):
+    value = serializers.CharField(help_text="What the filter parameter takes (a category's slug).")
+    # A field named like Field.label: the serializer's metaclass moves it into _declared_fields.
+    label = serializers.CharField(help_text="What to show.")  # type: ignore[assignment]
+    count = serializers.IntegerField(help_text="Garments that choosing this value gives.")
+    selected = serializers.BooleanField(help_text="The value chosen now.")
+
+
+class FacetsSerializer(serializers.Serializer):
+    """``facets=true``: each filter's values, most garments first."""
+
+    gender = FacetValueSerializer(many=True)
+    colour = FacetValueSerializer(many=True)
+    season = FacetValueSerializer(many=True)
+    usage = FacetValueSerializer(many=True)
+    category = FacetValueSerializer(many=True)
+
+    @staticmethod
+    def present(facets: list) -> dict:
+        return {facet.name: list(facet.values) for facet in facets}
+
+
+class KeywordSerializer(serializers.Serializer):
+    terms = serializers.ListField(
+        child=serializers.CharField(), help_text="The words of `q` that were searched."
+    )
+    corrected = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="When the words matched nothing: the corrected words searched instead "
+        "(empty otherwise).",
+    )
+
+
+class GarmentFilterSerializer(NoBlankValuesMixin, FilterParamsMixin, serializers.Serializer):
     """Query parameters of the garment list."""
 
     blank_allowed = ("cursor",)  # ?cursor= asks for the first keyset page
+    q = serializers.CharField(
+        required=False,
+        trim_whitespace=True,
+        help_text="Keyword search: garments whose title, category, colour or attributes hold "
+        "every word (as a prefix: `jack` finds Jackets), best match first; misspelt words "
+        "are corrected when the typed ones match nothing. At most 200 characters.",
+    )
     # Staff list the garments of inactive categories too, so they can filter by one.
     category = CategoryRefField(
         required=False, staff_sees_all=True, help_text="Only this category (id or slug)."
@@ -376,6 +470,19 @@ class GarmentFilterSerializer(NoBlankValuesMixin, serializers.Serializer):
         min_value=1, max_value=100, required=False, help_text="Garments per page (default 24)."
     )
 
+    def validate(self, attrs: dict) -> dict:
+        attrs = super().validate(attrs)
+        if "q" in attrs and "cursor" in attrs:
+            raise serializers.ValidationError(
+                {"cursor": ["keyset pages list newest first; with q, use page numbers"]}
+            )
+        if "q" in attrs:
+            try:
+                search.keyword.query_terms(attrs["q"])
+            except search.keyword.KeywordQueryError as exc:
+                raise serializers.ValidationError({"q": [str(exc)]}) from None
+        return attrs
+
 
 # --------------------------------------------------------------------------- search
 
@@ -391,7 +498,7 @@ class SearchOptionsSerializer(serializers.Serializer):
     )
 
 
-class SearchRequestSerializer(SearchOptionsSerializer):
+class SearchRequestSerializer(FilterParamsMixin, SearchOptionsSerializer):
     category = CategoryRefField(required=False, help_text="Only this category (id or slug).")
 
 
@@ -415,6 +522,12 @@ class SearchBase64Serializer(SearchRequestSerializer):
 
     top = StrictIntegerChoiceField(
         choices=TOPS, default=10, help_text="How many garments to return."
+    )
+    facets = StrictBooleanField(
+        required=False,
+        default=False,
+        help_text="Also answer `facets`: per filter, its values with how many garments "
+        "choosing each would give (the other chosen filters applied).",
     )
     image = serializers.CharField(
         trim_whitespace=True,
@@ -443,7 +556,18 @@ class SearchHitSerializer(GarmentImageUrlMixin, serializers.ModelSerializer):
 
     class Meta:
         model = Garment
-        fields = ["id", "sku", "title", "category", "colour", "image_url", "score"]
+        fields = [
+            "id",
+            "sku",
+            "title",
+            "category",
+            "colour",
+            "gender",
+            "season",
+            "usage",
+            "image_url",
+            "score",
+        ]
         read_only_fields = fields
 
 
@@ -458,6 +582,11 @@ class SearchResponseSerializer(serializers.Serializer):
     mode = serializers.ChoiceField(choices=SHOPPER_MODES)
     top = serializers.IntegerField()
     took_ms = serializers.FloatField(help_text="Server time for the search, in milliseconds.")
+    facets = FacetsSerializer(
+        required=False,
+        help_text="With `facets=true`: per filter, its values over the catalogue searched "
+        "and how many garments choosing each would give.",
+    )
 
     @staticmethod
     def present(result: search.SearchResult, hits: list, *, top: int) -> dict:
@@ -476,8 +605,10 @@ class SearchResponseSerializer(serializers.Serializer):
         }
 
 
-class SimilarQuerySerializer(NoBlankValuesMixin, SearchOptionsSerializer):
+class SimilarQuerySerializer(NoBlankValuesMixin, FilterParamsMixin, SearchOptionsSerializer):
     """Query parameters of "more like this"."""
+
+    category = CategoryRefField(required=False, help_text="Only this category (id or slug).")
 
 
 # --------------------------------------------------------------------------- errors (schema)

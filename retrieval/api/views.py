@@ -13,14 +13,17 @@ at /api/v1/docs/ and Redoc at /api/v1/redoc/ (assets from drf-spectacular-sideca
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from django.db.models import Count, Q
+from django.db.models import Count, Q, QuerySet
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiExample,
+    OpenApiParameter,
     extend_schema,
     extend_schema_view,
 )
-from rest_framework import viewsets
+from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import (
@@ -29,6 +32,7 @@ from rest_framework.permissions import (
     BasePermission,
     IsAuthenticatedOrReadOnly,
 )
+from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -38,9 +42,11 @@ from retrieval.api.pagination import ApiPagination
 from retrieval.api.parsers import BoundedJSONParser
 from retrieval.api.serializers import (
     CategorySerializer,
+    FacetsSerializer,
     GarmentFilterSerializer,
     GarmentSerializer,
     GarmentWriteSerializer,
+    KeywordSerializer,
     SearchBase64Serializer,
     SearchResponseSerializer,
     SearchUploadSerializer,
@@ -53,11 +59,24 @@ from retrieval.selectors import visible_categories, visible_garments
 log = logging.getLogger(__name__)
 
 
-def search_response(request, result: search.SearchResult, *, top: int) -> Response:
-    """The API answer for a search or a more-like-this. Hidden garments (inactive category,
-    not ready) are already excluded in SQL for shoppers (search_vectors(include_hidden=False))."""
-    body = SearchResponseSerializer.present(result, result.garments(), top=top)
+def search_response(request: Request, result: search.SearchResult, *, options: dict) -> Response:
+    """The API answer for a search or a more-like-this (``options``: the validated query,
+    with its ``top``, ``filters`` and ``facets``). Hidden garments (inactive category, not
+    ready) are already excluded in SQL for shoppers (search_vectors(include_hidden=False))."""
+    body = SearchResponseSerializer.present(result, result.garments(), top=options["top"])
+    if options.get("facets"):
+        body["facets"] = facets_body(request, filters=options["filters"])
     return Response(SearchResponseSerializer(body, context={"request": request}).data)
+
+
+def facets_body(
+    request: Request, *, filters: search.SearchFilters, queryset: QuerySet[Garment] | None = None
+) -> dict:
+    """``facets`` of an answer: over ``queryset`` (default: every garment the caller sees)."""
+    if queryset is None:
+        queryset = visible_garments(request.user)
+    facets = search.facet_counts(queryset=queryset, filters=filters)
+    return FacetsSerializer(FacetsSerializer.present(facets)).data
 
 
 class IsStaffOrReadOnly(BasePermission):
@@ -93,6 +112,63 @@ SEARCH_EXAMPLE = OpenApiExample(
 )
 
 
+def _parameter(
+    name: str, serializer: type[serializers.Serializer], examples: dict[str, object]
+) -> OpenApiParameter:
+    """A query parameter documented from its serializer field, with examples."""
+    field = serializer().fields[name]
+    return OpenApiParameter(
+        name,
+        OpenApiTypes.BOOL if name == "facets" else OpenApiTypes.STR,
+        OpenApiParameter.QUERY,
+        description=str(field.help_text),
+        examples=[OpenApiExample(label, value=value) for label, value in examples.items()],
+    )
+
+
+def filter_parameters(serializer: type[serializers.Serializer]) -> list[OpenApiParameter]:
+    """The shopper filters and ``facets`` as documented query parameters, with examples."""
+    return [
+        _parameter("gender", serializer, {"Women": "Women", "Men": "Men"}),
+        _parameter("colour", serializer, {"Red": "Red", "Navy Blue": "Navy Blue"}),
+        _parameter("season", serializer, {"Summer": "Summer"}),
+        _parameter("usage", serializer, {"Casual": "Casual", "Formal": "Formal"}),
+        _parameter("category", serializer, {"By slug": "tshirts", "By id": "12"}),
+        _parameter("facets", serializer, {"With facet counts": True}),
+    ]
+
+
+FACETS_EXAMPLE = {
+    "gender": [
+        {"value": "Women", "label": "Women", "count": 1204, "selected": True},
+        {"value": "Men", "label": "Men", "count": 980, "selected": False},
+    ],
+    "colour": [{"value": "Red", "label": "Red", "count": 312, "selected": False}],
+    "season": [{"value": "Summer", "label": "Summer", "count": 640, "selected": False}],
+    "usage": [{"value": "Casual", "label": "Casual", "count": 1003, "selected": False}],
+    "category": [{"value": "dresses", "label": "Dresses", "count": 211, "selected": False}],
+}
+
+SEARCH_FILTERED_EXAMPLE = OpenApiExample(
+    "Women's red garments, with facet counts",
+    value={
+        "image": "(the photo file)",
+        "top": 10,
+        "gender": "Women",
+        "colour": "Red",
+        "facets": True,
+    },
+    request_only=True,
+)
+
+
+SEARCH_FACETS_EXAMPLE = OpenApiExample(
+    "With facets=true",
+    value={**SEARCH_EXAMPLE.value, "facets": FACETS_EXAMPLE},
+    response_only=True,
+)
+
+
 class SearchView(APIView):
     """Search the catalogue by photo."""
 
@@ -106,15 +182,19 @@ class SearchView(APIView):
         description=(
             "Send a photo (multipart `image` file, or JSON with the image base64-encoded) and "
             "get the `top` most similar garments, most similar first. `mode=fused` matches shape "
-            "and colour (the paper's fused feature), `mode=deep` shape only. Anonymous clients "
-            "are throttled (HTTP 429 with Retry-After)."
+            "and colour (the paper's fused feature), `mode=deep` shape only. `gender`, "
+            "`colour`, `season`, `usage` and `category` narrow the search inside the catalogue's "
+            "clusters (the top N stays complete: clusters are added until N garments pass); a "
+            "value no garment has is a 400 listing the known ones. `facets=true` adds each "
+            "filter's values with their counts. Anonymous clients are throttled (HTTP 429 with "
+            "Retry-After)."
         ),
         request={
             "multipart/form-data": SearchUploadSerializer,
             "application/json": SearchBase64Serializer,
         },
         responses={200: SearchResponseSerializer, **errors(400, 413, 415, 429, 503)},
-        examples=[SEARCH_EXAMPLE],
+        examples=[SEARCH_EXAMPLE, SEARCH_FILTERED_EXAMPLE, SEARCH_FACETS_EXAMPLE],
         tags=["search"],
     )
     def post(self, request):
@@ -125,15 +205,14 @@ class SearchView(APIView):
             serializer = SearchBase64Serializer(data=data)
         serializer.is_valid(raise_exception=True)
         options = serializer.validated_data
-        category = options.get("category")
         result = search.search_image(
             image=options["image"],
             top=options["top"],
             mode=options["mode"],
-            category_id=category.pk if category is not None else None,
+            filters=options["filters"],
             include_hidden=request.user.is_staff,
         )
-        return search_response(request, result, top=options["top"])
+        return search_response(request, result, options=options)
 
 
 @extend_schema_view(
@@ -142,8 +221,24 @@ class SearchView(APIView):
         description="Paginated, newest first. Shoppers see indexed garments of active "
         "categories; staff see every garment. Page numbers (`page`) answer `count`, `next`, "
         "`previous` and `results`; `cursor` (empty for the first page, then the `next` link) "
-        "answers `next` and `results` only, at the same cost at any depth.",
-        parameters=[GarmentFilterSerializer],
+        "answers `next` and `results` only, at the same cost at any depth.\n\n"
+        "Keyword search: `q` lists the garments holding every word, best match first (page "
+        "numbers only) and adds `keyword` (`terms` searched, `corrected` words when the typed "
+        "ones matched nothing). Filters `gender`, `colour`, `season`, `usage`, `category` "
+        "(values matched case-insensitively; a value no garment has is a 400 listing the "
+        "known ones). `facets=true` adds `facets`: for each filter, its values with how many "
+        "garments choosing each gives, the other chosen filters applied, e.g. "
+        '`{"gender": [{"value": "Women", "label": "Women", "count": 1204, '
+        '"selected": false}, ...], ...}`.',
+        parameters=[
+            GarmentFilterSerializer,
+            _parameter(
+                "q",
+                GarmentFilterSerializer,
+                {"Words": "red dress", "Prefix": "jack", "Misspelt": "jeens"},
+            ),
+            *filter_parameters(GarmentFilterSerializer),
+        ],
         responses={200: GarmentSerializer(many=True), **errors(400, 404)},
     ),
     retrieve=extend_schema(
@@ -197,11 +292,25 @@ class GarmentViewSet(viewsets.ModelViewSet):
             data=self.request.query_params, context={"request": self.request}
         )
         query.is_valid(raise_exception=True)
-        if category := query.validated_data.get("category"):
-            queryset = queryset.filter(category=category)
-        if (wanted := query.validated_data.get("status")) and self.request.user.is_staff:
+        options = query.validated_data
+        if (wanted := options.get("status")) and self.request.user.is_staff:
             queryset = queryset.filter(status=wanted)
-        return queryset
+        # What the list is drawn from before the shopper's filters: the facets count over it.
+        self.unfiltered, self.keyword, self.list_options = queryset, None, options
+        if "q" in options:
+            self.keyword = search.keyword.keyword_search(queryset=queryset, q=options["q"])
+            self.unfiltered = self.keyword.garments
+        return self.unfiltered.filter(options["filters"].q())
+
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        response = super().list(request, *args, **kwargs)
+        if self.keyword is not None:
+            response.data["keyword"] = KeywordSerializer(self.keyword).data
+        if self.list_options["facets"]:
+            response.data["facets"] = facets_body(
+                request, filters=self.list_options["filters"], queryset=self.unfiltered
+            )
+        return response
 
     def get_serializer_class(self):
         if self.action in {"create", "update", "partial_update"}:
@@ -223,7 +332,7 @@ class GarmentViewSet(viewsets.ModelViewSet):
     @extend_schema(
         summary="Similar garments (more like this)",
         description="The garments most similar to this one, from its stored vectors.",
-        parameters=[SimilarQuerySerializer],
+        parameters=[SimilarQuerySerializer, *filter_parameters(SimilarQuerySerializer)],
         responses={200: SearchResponseSerializer, **errors(400, 404, 409, 503)},
         tags=["search"],
     )
@@ -234,11 +343,15 @@ class GarmentViewSet(viewsets.ModelViewSet):
         query.is_valid(raise_exception=True)
         if garment.status != Garment.Status.READY:
             raise NotIndexed(f"garment {garment.sku} is {garment.status}, not indexed yet")
-        top, mode = query.validated_data["top"], query.validated_data["mode"]
+        options = query.validated_data
         result = search.more_like_this(
-            garment=garment, top=top, mode=mode, include_hidden=request.user.is_staff
+            garment=garment,
+            top=options["top"],
+            mode=options["mode"],
+            filters=options["filters"],
+            include_hidden=request.user.is_staff,
         )
-        return search_response(request, result, top=top)
+        return search_response(request, result, options=options)
 
 
 @extend_schema_view(

@@ -340,6 +340,10 @@ def _import_batch(
                     "title": row.title,
                     "category_id": category.pk,
                     "colour": row.colour,
+                    "gender": row.gender,
+                    "season": row.season,
+                    "usage": row.usage,
+                    "year": row.year,
                     "attributes": {**row.attributes, "image_sha256": digest},
                 }
                 created = garment is None

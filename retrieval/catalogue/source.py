@@ -64,6 +64,11 @@ class CatalogRow:
     colour: str
     image: str  # member path inside the source
     attributes: dict = field(default_factory=dict)
+    # The shopper filters (Garment fields of the same names); empty/None when the CSV lacks them.
+    gender: str = ""
+    season: str = ""
+    usage: str = ""
+    year: int | None = None
 
 
 def is_safe_member(name: str) -> bool:
@@ -274,4 +279,17 @@ def read_rows(
             colour=record.get("baseColour", "")[:50],
             image=member,
             attributes=attributes,
+            gender=record.get("gender", "")[:20],
+            season=record.get("season", "")[:20],
+            usage=record.get("usage", "")[:30],
+            year=parse_year(record.get("year", "")),
         )
+
+
+def parse_year(text: str) -> int | None:
+    """A catalogue year ("2012", "2012.0" from spreadsheets), None when blank or not a year."""
+    try:
+        year = int(float(text))
+    except (ValueError, OverflowError):
+        return None
+    return year if 1900 <= year <= 2999 else None

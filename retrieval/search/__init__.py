@@ -3,8 +3,18 @@
 :mod:`.query` is the one entry point from a photo (shop, API, evaluation); :mod:`.ranking`
 ranks a vector in one snapshot; :mod:`.rerank` puts the predicted category first;
 :mod:`.clustering` fits and switches K-means runs; :mod:`.table` holds the search table's SQL.
+:mod:`.filters` holds the shopper filters every search and list takes, :mod:`.facets` their
+counts, :mod:`.keyword` the search by words.
 """
 
+from retrieval.search import keyword
+from retrieval.search.facets import Facet, FacetValue, facet_counts
+from retrieval.search.filters import (
+    FILTER_FIELDS,
+    SearchFilters,
+    UnknownFilterValue,
+    resolve_filters,
+)
 from retrieval.search.query import more_like_this, search_image
 from retrieval.search.ranking import (
     Hit,
@@ -16,12 +26,20 @@ from retrieval.search.ranking import (
 )
 
 __all__ = [
+    "FILTER_FIELDS",
+    "Facet",
+    "FacetValue",
     "Hit",
+    "SearchFilters",
     "SearchResult",
     "SearchUnavailable",
+    "UnknownFilterValue",
+    "facet_counts",
+    "keyword",
     "more_like_this",
     "one_snapshot",
     "require_active_model",
+    "resolve_filters",
     "search_image",
     "search_vectors",
 ]

@@ -5,11 +5,13 @@ point for the shop, the API and evaluation.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 from django.conf import settings
 
 from retrieval.models import Garment, GarmentFeature
+from retrieval.search.filters import SearchFilters
 from retrieval.search.ranking import (
     SearchResult,
     SearchUnavailable,
@@ -26,8 +28,13 @@ def search_image(
     category_id: int | None = None,
     probes: int | None = None,
     include_hidden: bool = False,
+    filters: SearchFilters | None = None,
 ) -> SearchResult:
     """Search by photo. image: a PIL image (RGB) or bytes.
+
+    filters: the shopper's gender, colour, season, usage and category, applied inside the
+    clustered search (:func:`retrieval.search.search_vectors`); ``category_id`` is the same
+    as ``filters.category_id``.
 
     Runs the CNN once, as the paper does, unless RETRIEVAL_QUERY_CROP / RETRIEVAL_QUERY_FLIP
     add a pass each (:meth:`retrieval.features.FeatureExtractor.extract_query`). With
@@ -47,7 +54,10 @@ def search_image(
         [image], flip=settings.RETRIEVAL_QUERY_FLIP, crop=settings.RETRIEVAL_QUERY_CROP
     )
     fused = out["fused"][0]
-    if settings.RETRIEVAL_RERANK == "category" and mode != "deep" and category_id is None:
+    if category_id is not None:
+        filters = replace(filters or SearchFilters(), category_id=category_id)
+    chosen_category = filters is not None and filters.category_id is not None
+    if settings.RETRIEVAL_RERANK == "category" and mode != "deep" and not chosen_category:
         from retrieval.search import rerank
 
         result = rerank.search_reranked(
@@ -59,6 +69,7 @@ def search_image(
             clustered=mode == "fused",
             min_confidence=settings.RETRIEVAL_RERANK_MIN_CONFIDENCE,
             include_hidden=include_hidden,
+            filters=filters,
         )
     else:
         result = search_vectors(
@@ -67,8 +78,8 @@ def search_image(
             top=top,
             mode=mode,
             probes=probes,
-            category_id=category_id,
             include_hidden=include_hidden,
+            filters=filters,
         )
     result.took_ms = (time.perf_counter() - started) * 1000.0
     return result
@@ -81,8 +92,10 @@ def more_like_this(
     mode: str = "fused",
     probes: int | None = None,
     include_hidden: bool = False,
+    filters: SearchFilters | None = None,
 ) -> SearchResult:
-    """Garments similar to an indexed one, from its stored vectors (no CNN pass)."""
+    """Garments similar to an indexed one, from its stored vectors (no CNN pass), within the
+    shopper's ``filters``."""
     model = require_active_model()
     row = GarmentFeature.objects.filter(garment=garment, model=model).values_list("fused").first()
     if row is None:
@@ -95,4 +108,5 @@ def more_like_this(
         probes=probes,
         exclude_garment_ids=(garment.pk,),
         include_hidden=include_hidden,
+        filters=filters,
     )

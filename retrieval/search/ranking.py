@@ -28,6 +28,7 @@ from django.db import connection, transaction
 
 from retrieval.models import FeatureModel, Garment
 from retrieval.search import table as searchtable
+from retrieval.search.filters import SearchFilters
 from retrieval.selectors import active_model
 from retrieval.spec import MODES
 
@@ -108,6 +109,7 @@ def search_vectors(
     exclude_garment_ids: tuple[int, ...] = (),
     clustered: bool = True,
     include_hidden: bool = False,
+    filters: SearchFilters | None = None,
 ) -> SearchResult:
     """Rank the catalogue against one query vector.
 
@@ -116,6 +118,9 @@ def search_vectors(
     "exact" (= fused with clustered=False). clustered: restrict to the nearest K-means
     cluster(s) as the paper does; False ranks the whole catalogue exactly. include_hidden:
     also rank garments shoppers do not see (inactive category, not ready): for staff.
+    filters: the shopper's gender, colour, season, usage and category, applied inside the
+    cluster scan (clusters are added until N garments pass them, so the top N is complete);
+    category_id: a category on top of them (the re-rank's predicted category).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
@@ -129,10 +134,11 @@ def search_vectors(
     column = "deep" if mode == "deep" else "fused"
     vector = fused[:deep_dims] if mode == "deep" else fused
     query = _vector_literal(vector)
-    filters, params = searchtable.shopper_filters(
+    conditions, params = searchtable.shopper_filters(
         include_hidden=include_hidden,
         category_id=category_id,
         exclude_garment_ids=exclude_garment_ids,
+        filters=filters,
     )
 
     with one_snapshot(), connection.cursor() as cursor:
@@ -143,7 +149,7 @@ def search_vectors(
         used: list[int] = []
         if not labels:  # exact mode, or no K-means run yet: rank everything
             cursor.execute(
-                searchtable.EXACT_SQL.format(column=column, filters=filters),
+                searchtable.EXACT_SQL.format(column=column, filters=conditions),
                 {**params, "q": query, "top": top, "model": model.pk},
             )
             rows = cursor.fetchall()
@@ -157,9 +163,10 @@ def search_vectors(
                 labels=labels,
                 probes=probes,
                 top=top,
-                filters=filters,
+                filters=conditions,
                 params=params,
-                filter_in_scan=category_id is not None,
+                # Chosen filters are selective: most of a cluster's nearest rows fail them.
+                filter_in_scan=category_id is not None or bool(filters),
             )
     return SearchResult(
         hits=[Hit(gid, float(d)) for gid, d in rows],

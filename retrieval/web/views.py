@@ -12,12 +12,14 @@ import logging
 import posixpath
 import re
 import sys
+from dataclasses import dataclass
+from typing import Any
 
 from django import forms
 from django.conf import settings
 from django.core.paginator import Paginator
-from django.db.models import Count, Q
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.db.models import Count, Q, QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, QueryDict
 from django.shortcuts import get_object_or_404, render
 from django.template import loader
 from django.views.decorators.cache import never_cache
@@ -31,22 +33,25 @@ from retrieval.http.middleware import DATABASE_UNAVAILABLE_ERRORS, database_unav
 from retrieval.http.throttle import SearchRateThrottle
 from retrieval.images import ImageError
 from retrieval.models import Category, FeatureModel, Garment
-from retrieval.selectors import visible_categories, visible_garments
+from retrieval.selectors import setup_progress, visible_categories, visible_garments
 from retrieval.spec import TOPS
 
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 24
 SLUG = re.compile(r"[-a-zA-Z0-9_]+")
-# Catalogue attributes shown on a garment's page (imported columns), with their labels.
-FACTS = (
-    ("gender", "Gender"),
-    ("masterCategory", "Department"),
-    ("subCategory", "Type"),
-    ("usage", "Usage"),
-    ("season", "Season"),
-    ("year", "Year"),
-)
+# Catalogue attributes shown on a garment's page (imported columns), with their labels:
+# Garment fields first, then what imports kept in ``attributes``.
+FACT_FIELDS = (("gender", "Gender"), ("usage", "Usage"), ("season", "Season"), ("year", "Year"))
+FACTS = (("masterCategory", "Department"), ("subCategory", "Type"))
+# Labels of the filters and their facets, in the order pages show them.
+FILTER_LABELS = {
+    "gender": "Gender",
+    "colour": "Colour",
+    "season": "Season",
+    "usage": "Usage",
+    "category": "Category",
+}
 UNAVAILABLE = (
     "Search by photo is not available yet: the catalogue has no trained search model. "
     "You can browse by category meanwhile."
@@ -78,8 +83,97 @@ class SlugChoiceField(forms.ModelChoiceField):
         return super().to_python(value)
 
 
-class SearchForm(forms.Form):
-    """The shopper's search: a photo (or its crop), how many results, a category, colour."""
+class FilterForm(forms.Form):
+    """The shopper filters of every list and search (the API's parameter names): gender,
+    colour, season, usage, category. ``cleaned_data["filters"]`` is a SearchFilters in the
+    catalogue's spelling; a value no garment has is a form error naming the known ones."""
+
+    gender = forms.CharField(required=False, strip=True)
+    colour = forms.CharField(required=False, strip=True)
+    season = forms.CharField(required=False, strip=True)
+    usage = forms.CharField(required=False, strip=True)
+    category = SlugChoiceField(
+        label="Category",
+        queryset=Category.objects.filter(active=True),
+        to_field_name="slug",
+        required=False,
+        empty_label="All categories",
+    )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        category = data.get("category")
+        try:
+            data["filters"] = search.resolve_filters(
+                **{name: data.get(name) or "" for name in search.FILTER_FIELDS},
+                category_id=category.pk if category is not None else None,
+            )
+        except search.UnknownFilterValue as exc:
+            self.add_error(exc.name, str(exc))
+        return data
+
+
+@dataclass(frozen=True)
+class FacetLink:
+    """One facet value on a page: its words, how many garments it gives, the page's address
+    with it chosen (or, when it is chosen, without it)."""
+
+    label: str
+    count: int
+    url: str
+    selected: bool
+
+    @property
+    def count_text(self) -> str:
+        return f"{self.count:,}"
+
+
+@dataclass(frozen=True)
+class FacetGroup:
+    name: str
+    label: str
+    links: list[FacetLink]
+    values: tuple[search.FacetValue, ...]
+
+
+def facet_groups(params: QueryDict, facets: list[search.Facet]) -> list[FacetGroup]:
+    """Facets as links that choose or clear a value, keeping the page's other parameters (and
+    going back to page 1)."""
+    groups = []
+    for facet in facets:
+        links = []
+        for value in facet.values:
+            query = params.copy()
+            query.pop("page", None)
+            if value.selected:
+                query.pop(facet.name, None)
+            else:
+                query[facet.name] = value.value
+            links.append(
+                FacetLink(
+                    label=value.label,
+                    count=value.count,
+                    url=f"?{query.urlencode()}",
+                    selected=value.selected,
+                )
+            )
+        if links:
+            label = FILTER_LABELS[facet.name]
+            groups.append(FacetGroup(facet.name, label, links, facet.values))
+    return groups
+
+
+def page_query(params: QueryDict) -> str:
+    """The page's parameters without ``page``, for the pagination links (``&...``)."""
+    query = params.copy()
+    query.pop("page", None)
+    encoded = query.urlencode()
+    return f"&{encoded}" if encoded else ""
+
+
+class SearchForm(FilterForm):
+    """The shopper's search: a photo (or its crop), how many results, whether colour matters,
+    and the shopper filters."""
 
     image = forms.FileField(
         label="Photo",
@@ -94,14 +188,8 @@ class SearchForm(forms.Form):
         empty_value=10,
         widget=forms.RadioSelect,
     )
-    category = SlugChoiceField(
-        label="Category",
-        queryset=Category.objects.filter(active=True),
-        to_field_name="slug",
-        required=False,
-        empty_label="All categories",
-    )
-    colour = forms.BooleanField(label="Colour matters", required=False, initial=True)
+    # "Colour matters" (fused vs deep); the colour *filter* is FilterForm's ``colour``.
+    colour_matters = forms.BooleanField(label="Colour matters", required=False, initial=True)
 
     def clean_image(self):
         upload = self.cleaned_data["image"]
@@ -122,14 +210,13 @@ def _search(request: HttpRequest, form: SearchForm) -> tuple[dict, int]:
         codes = {e.code for errors in form.errors.as_data().values() for e in errors}
         return {}, 413 if "image_too_large" in codes else 400
     data = form.cleaned_data
-    category = data.get("category")
-    mode = "fused" if data["colour"] else "deep"
+    mode = "fused" if data["colour_matters"] else "deep"
     try:
         result = search.search_image(
             image=data["image"],
             top=data["top"],
             mode=mode,
-            category_id=category.pk if category else None,
+            filters=data["filters"],
             include_hidden=request.user.is_staff,
         )
     except search.SearchUnavailable:
@@ -142,7 +229,7 @@ def _search(request: HttpRequest, form: SearchForm) -> tuple[dict, int]:
 def home(request: HttpRequest) -> HttpResponse:
     """Search by photo. A POST answers the whole page, or only the results fragment when the
     page's script asks (X-Requested-With: fetch)."""
-    context = {
+    context: dict[str, Any] = {
         "max_upload_bytes": settings.RETRIEVAL_MAX_UPLOAD_BYTES,
         "max_pixels": settings.RETRIEVAL_MAX_PIXELS,
     }
@@ -157,11 +244,23 @@ def home(request: HttpRequest) -> HttpResponse:
             return response
     else:
         form = SearchForm()
+    # After a search, the menus count with the filters chosen (a refused form has none).
+    chosen = getattr(form, "cleaned_data", {}).get("filters")
     context.update(
         form=form,
+        # The filter menus: every value over the searchable catalogue, with its count.
+        filter_facets=facet_groups(
+            QueryDict(),
+            search.facet_counts(
+                queryset=visible_garments(request.user),
+                filters=chosen or search.SearchFilters(),
+                names=search.FILTER_FIELDS,
+            ),
+        ),
         categories=_categories_with_counts(request.user),
         garment_count=visible_garments(request.user).filter(status=Garment.Status.READY).count(),
         search_available=FeatureModel.objects.filter(active=True).exists(),
+        setup=setup_progress(),
     )
     return render(request, "retrieval/home.html", context, status=status)
 
@@ -183,10 +282,66 @@ def category_list(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 def category_detail(request: HttpRequest, slug: str) -> HttpResponse:
+    """One category's garments, newest first, narrowed by the shopper filters (with facets)."""
     category = get_object_or_404(visible_categories(request.user), slug=slug)
     garments = visible_garments(request.user).filter(category=category).select_related("category")
-    page = Paginator(garments, PAGE_SIZE).get_page(request.GET.get("page"))
-    return render(request, "retrieval/category_detail.html", {"category": category, "page": page})
+    params = request.GET.copy()
+    params.pop("category", None)  # the page is the category
+    form = FilterForm(params)
+    context, status = _filtered_list(
+        request, form=form, garments=garments, facets=search.FILTER_FIELDS
+    )
+    context["category"] = category
+    return render(request, "retrieval/category_detail.html", context, status=status)
+
+
+@require_GET
+def keyword_search(request: HttpRequest) -> HttpResponse:
+    """Search by words (``q``), best match first, narrowed by the shopper filters."""
+    q = request.GET.get("q", "").strip()
+    form = FilterForm(request.GET)
+    garments = visible_garments(request.user).select_related("category")
+    context: dict = {"q": q}
+    try:
+        matches = search.keyword.keyword_search(queryset=garments, q=q)
+    except search.keyword.KeywordQueryError as exc:
+        context.update(error=str(exc), q=q[:200])
+        return render(request, "retrieval/keyword_results.html", context, status=400)
+    context.update(matches=matches)
+    listed, status = _filtered_list(
+        request, form=form, garments=matches.garments, facets=search.facets.FACETS
+    )
+    context.update(listed)
+    if not matches.terms:
+        context["page"] = None
+    return render(request, "retrieval/keyword_results.html", context, status=status)
+
+
+def _filtered_list(
+    request: HttpRequest, *, form: FilterForm, garments: QuerySet[Garment], facets: tuple[str, ...]
+) -> tuple[dict, int]:
+    """A page of ``garments`` narrowed by the form's filters, and the facets over them:
+    (template context, HTTP status: 400 for an unknown filter value)."""
+    if not form.is_valid():
+        errors = [m for messages in form.errors.values() for m in messages]
+        return {"filter_errors": errors, "page": None, "facets": []}, 400
+    filters = form.cleaned_data["filters"]
+    page = Paginator(garments.filter(filters.q()), PAGE_SIZE).get_page(request.GET.get("page"))
+    groups = facet_groups(
+        request.GET, search.facet_counts(queryset=garments, filters=filters, names=facets)
+    )
+    chosen = [
+        (FILTER_LABELS[group.name], link)
+        for group in groups
+        for link in group.links
+        if link.selected
+    ]
+    return {
+        "page": page,
+        "facets": groups,
+        "chosen": chosen,
+        "page_query": page_query(request.GET),
+    }, 200
 
 
 @require_GET
@@ -211,9 +366,11 @@ def garment_detail(request: HttpRequest, pk: int) -> HttpResponse:
         except search.SearchUnavailable:
             similar_error = "Similar items appear once the catalogue's search model is trained."
     attributes = garment.attributes if isinstance(garment.attributes, dict) else {}
+    facts = [(label, getattr(garment, name)) for name, label in FACT_FIELDS]
+    facts += [(label, attributes.get(key)) for key, label in FACTS]
     context = {
         "garment": garment,
-        "facts": [(label, attributes[key]) for key, label in FACTS if attributes.get(key)],
+        "facts": [(label, value) for label, value in facts if value],
         "similar": similar,
         "similar_error": similar_error,
         "top": top,

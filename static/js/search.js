@@ -385,9 +385,10 @@
     search({ focus: true });
   });
 
-  // Changing how many results, the category or "colour matters" searches again at once.
+  // Changing how many results, a filter or "colour matters" searches again at once.
+  var RESEARCH = ["top", "category", "colour_matters", "gender", "colour", "season", "usage"];
   form.addEventListener("change", function (event) {
     var name = event.target && event.target.name;
-    if ((name === "top" || name === "category" || name === "colour") && searched && photo) search();
+    if (RESEARCH.indexOf(name) >= 0 && searched && photo) search();
   });
 })();

@@ -189,8 +189,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--catalog",
             default=os.environ.get("CATALOG", ""),
-            help="Catalogue zip or folder to import in the background (default: the shared "
-            "sample when the catalogue is empty).",
+            help="Catalogue zip or folder to import in the background (default, when the "
+            "catalogue is empty: the shared sample, else the demo subset demo/catalogue.zip).",
         )
         parser.add_argument("--no-import", action="store_true", help="Never import a catalogue.")
         parser.add_argument(
@@ -493,18 +493,34 @@ class Command(BaseCommand):
     def _start_import(self, catalog: str, no_import: bool, env: dict) -> Child | None:
         if no_import:
             return None
-        path = Path(catalog) if catalog else None
+        path = Path(catalog) if catalog else default_catalog()
         if path is None:
-            if Garment.objects.exists() or not settings.SAMPLE_CATALOG.exists():
-                return None
-            path = settings.SAMPLE_CATALOG
+            return None
         if not path.exists():
             raise CommandError(f"CATALOG={catalog!r} does not exist")
-        self.stdout.write(f"importing {path} in the background; the site fills up as you watch")
-        # First a slice, so a model is trained and search works within minutes; then the
-        # rest (re-reading the slice is free: the import is idempotent).
+        self.stdout.write(
+            f"importing {path} in the background; the site fills up as you watch "
+            "(the home page shows the progress)"
+        )
         manage = f"{shlex.quote(sys.executable)} manage.py import_catalog {shlex.quote(str(path))}"
-        script = f"{manage} --limit {FIRST_SLICE} --wait --train && {manage} --wait --train"
+        if path == settings.DEMO_CATALOG:
+            # Small: one import, one training (a slice first would train twice).
+            script = f"{manage} --wait --train"
+        else:
+            # First a slice, so a model is trained and search works within minutes; then
+            # the rest (re-reading the slice is free: the import is idempotent).
+            script = f"{manage} --limit {FIRST_SLICE} --wait --train && {manage} --wait --train"
         child = Child("import", ["/bin/sh", "-c", script], env, restart=False)
         self._start(child)
         return child
+
+
+def default_catalog() -> Path | None:
+    """What an empty catalogue is filled with when no CATALOG is given: the shared sample
+    where it exists, else the demo subset in the repository (None: not empty, or neither)."""
+    if Garment.objects.exists():
+        return None
+    for path in (settings.SAMPLE_CATALOG, settings.DEMO_CATALOG):
+        if path.exists():
+            return path
+    return None
