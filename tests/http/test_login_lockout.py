@@ -113,6 +113,22 @@ def test_the_address_is_the_client_s_behind_a_proxy(staff, settings):
     assert signed_in(*login("bob", PASSWORD, address=proxy, HTTP_X_FORWARDED_FOR="203.0.113.8"))
 
 
+def test_a_forwarded_value_that_is_no_address_counts_against_the_connection(staff, settings):
+    """A client reaching gunicorn past the proxy with its own X-Forwarded-For: not a 500, and
+    its failures count against its connection's address."""
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
+    settings.DJANGO_LOGIN_FAILURE_LIMIT = 2
+    staff("bob")
+    for forwarded in ("not-an-address", "<script>"):
+        response, _ = login("x", "wrong", address="10.7.7.7", HTTP_X_FORWARDED_FOR=forwarded)
+        assert response.status_code in (200, 429)
+    assert set(AccessAttempt.objects.values_list("ip_address", flat=True)) == {"10.7.7.7"}
+    assert (
+        login("bob", PASSWORD, address="10.7.7.7", HTTP_X_FORWARDED_FOR="junk")[0].status_code
+        == 429
+    )
+
+
 def test_the_lock_ends_after_the_cool_off(staff, settings):
     settings.DJANGO_LOGIN_FAILURE_LIMIT = 2
     settings.DJANGO_LOGIN_COOLOFF_MINUTES = 15
