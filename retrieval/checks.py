@@ -53,6 +53,9 @@ MINIMUMS: dict[str, int] = {
     "RETRIEVAL_MAX_UPLOAD_BYTES": 1,
     "RETRIEVAL_MAX_PIXELS": 1,
     "RETRIEVAL_MAX_IMPORT_BYTES": 1,
+    # The login lockout (retrieval.http.lockout): 0 would lock every login, or none for long.
+    "DJANGO_LOGIN_FAILURE_LIMIT": 1,
+    "DJANGO_LOGIN_COOLOFF_MINUTES": 1,
 }
 
 #: Cron expressions (minute hour day-of-month month day-of-week) beat runs tasks on.

@@ -402,3 +402,31 @@ class ImportJob(models.Model):
 
     def __str__(self) -> str:
         return f"import {self.pk} of {self.source}"
+
+
+class ApiToken(models.Model):
+    """An API token (``Authorization: Token <key>``), stored as the SHA-256 digest of its key.
+
+    The key itself is shown once, when it is issued (retrieval.tokens.issue_token), and never
+    stored: a copy of the database or a look at the admin gives no usable token. A plain,
+    unsalted SHA-256 is enough for keys of 256 random bits (nothing to guess from a list, unlike
+    a password). ``prefix`` (the key's first characters) tells tokens apart in the admin and
+    narrows the lookup; the digest is compared in constant time.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    prefix = models.CharField(max_length=8, db_index=True, editable=False)
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    # Updated at most once a minute per token (retrieval.tokens.authenticate_key), not on every
+    # request.
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user})"

@@ -10,10 +10,10 @@ import uuid
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from retrieval.models import Category, FeatureModel, Garment
+from retrieval.tokens import issue_token
 from tests.factories import CategoryFactory, GarmentFactory, jpeg_bytes
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_search_throttle")]
@@ -32,7 +32,7 @@ HIT_FIELDS = {
 
 def client_with_token(user) -> APIClient:
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {issue_token(user=user).key}")
     return client
 
 
@@ -744,7 +744,7 @@ def test_schema_driven_fuzzing_finds_no_server_error(
     from schemathesis.specs.openapi.checks import positive_data_acceptance
 
     staff_user = django_user_model.objects.create_user("fuzzer", password="pw", is_staff=True)
-    headers = {"Authorization": f"Token {Token.objects.create(user=staff_user).key}"}
+    headers = {"Authorization": f"Token {issue_token(user=staff_user).key}"}
     schema = schemathesis.openapi.from_wsgi("/api/v1/schema/?format=json", wsgi_app)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 12

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from retrieval import catalogue
 from retrieval.models import Garment, ImportJob
+from retrieval.tokens import issue_token
 from tests.factories import CategoryFactory, jpeg_bytes
 from tests.images_corpus import ACCEPTED, REFUSED, Case, assert_clean_jpeg, catalogue_zip
 
@@ -59,7 +59,7 @@ def send(channel: str, case: Case, *, admin_client, django_user_model, sku: str 
     client = APIClient()
     if channel == "api-create":
         user = django_user_model.objects.create_user("bad-input-staff", is_staff=True)
-        client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+        client.credentials(HTTP_AUTHORIZATION=f"Token {issue_token(user=user).key}")
         category = CategoryFactory(name="Bad Input Coats")
         data = {"sku": sku, "title": "Coat", "category": category.pk, "image": file_of(case)}
         response = client.post("/api/v1/garments/", data, format="multipart")

@@ -33,12 +33,12 @@ from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connections
 from django.test import Client
-from rest_framework.authtoken.models import Token
 
 from fashionsite import embedded
 from retrieval import catalogue, indexing
 from retrieval.jobs import publishing
 from retrieval.models import Category, FeatureModel, Garment, ImportJob
+from retrieval.tokens import issue_token
 from tests.conftest import ROOT, service_env, stop_process
 from tests.factories import CategoryFactory, jpeg_bytes
 from tests.test_services import make_catalogue, row, wait_until
@@ -139,7 +139,7 @@ def test_uploads_while_redis_is_down_stay_pending_and_are_indexed_once_it_is_bac
     celery_worker, admin_client, admin_user, tmp_path
 ):
     category = CategoryFactory(name="Outage coats")
-    api = Client(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=admin_user).key}")
+    api = Client(HTTP_AUTHORIZATION=f"Token {issue_token(user=admin_user).key}")
     catalogue = make_catalogue(
         tmp_path / "outage.zip",
         row("OUT-10", category="Outage coats") + row("OUT-11", category="Outage coats"),
@@ -353,7 +353,7 @@ def test_uploads_and_training_while_redis_hangs_answer_in_bounded_time_and_run_o
     celery_worker, admin_client, admin_user
 ):
     category = CategoryFactory(name="Hung coats")
-    api = Client(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=admin_user).key}")
+    api = Client(HTTP_AUTHORIZATION=f"Token {issue_token(user=admin_user).key}")
 
     with redis_hung():
         (status, body), seconds = timed(lambda: healthz(admin_client))

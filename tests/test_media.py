@@ -20,12 +20,12 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connection, transaction
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from retrieval import catalogue
 from retrieval.jobs import tasks
 from retrieval.models import Garment, ImportJob
+from retrieval.tokens import issue_token
 from tests.factories import CategoryFactory, GarmentFactory, jpeg_bytes
 from tests.images_corpus import SCRIPT, assert_clean_jpeg, catalogue_zip, jpeg_with_script
 
@@ -44,7 +44,7 @@ def files_under(root: Path) -> list[str]:
 def staff_api(django_user_model) -> APIClient:
     user = django_user_model.objects.create_user("media-staff", password="pw-x", is_staff=True)
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {issue_token(user=user).key}")
     return client
 
 

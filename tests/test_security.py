@@ -20,7 +20,6 @@ from django.contrib import admin
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.urls import resolve, reverse
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from retrieval.models import (
@@ -31,6 +30,7 @@ from retrieval.models import (
     Garment,
     ImportJob,
 )
+from retrieval.tokens import issue_token
 from tests.conftest import ROOT, database_url_for
 from tests.factories import (
     CategoryFactory,
@@ -171,7 +171,7 @@ def session_client(user, *, with_token: bool) -> tuple[APIClient, dict]:
 
 def token_client(user) -> APIClient:
     client = APIClient(enforce_csrf_checks=True)
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {issue_token(user=user).key}")
     return client
 
 

@@ -1,8 +1,9 @@
 """The REST API (/api/v1/) for mobile apps and integrations: thin DRF views.
 
 Reads: search by photo, garments (paginated, filterable), similar garments, categories.
-Writes: staff only, with token authentication (``Authorization: Token <key>``; staff get a key
-in the admin under "Tokens", or with ``manage.py drf_create_token USERNAME``).
+Writes: staff only, with token authentication (``Authorization: Token <key>``; a superuser
+issues a key, shown once, with the admin's Users action "Issue a new API token" or
+``manage.py create_token USERNAME``; only its SHA-256 digest is stored, retrieval.tokens).
 
 Every error answers ``{"error": {"code", "message", "details"}}`` (:func:`exception_handler`),
 anonymous searches are throttled (RETRIEVAL_SEARCH_THROTTLE, counted in Redis so that every web

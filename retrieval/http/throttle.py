@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 from typing import Any
@@ -37,11 +38,21 @@ def throttle_cache():
     return _throttle_cache
 
 
-def client_address(request: Any) -> str:
+def client_address(request: Any) -> str | None:
     """The client's address as the throttles see it: the connection's, or with
     DJANGO_NUM_PROXIES = N trusted proxies in front, the N-th from the right of
-    X-Forwarded-For (DRF's rule). The login lockout (django-axes) counts by the same."""
-    return str(BaseThrottle().get_ident(request))
+    X-Forwarded-For (DRF's rule). The login lockout (django-axes) counts by the same.
+
+    Always an IP address or None (axes stores it in an address column): a forwarded value that
+    is not one (a client that reached gunicorn without the proxy, sending its own header) falls
+    back to the connection's address; a request with neither (Django's test client login) has
+    None."""
+    for candidate in (BaseThrottle().get_ident(request), request.META.get("REMOTE_ADDR")):
+        try:
+            return str(ipaddress.ip_address(str(candidate).strip()))
+        except ValueError:
+            continue
+    return None
 
 
 class SearchRateThrottle(SimpleRateThrottle):
