@@ -41,7 +41,7 @@ def hash_plain_tokens(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("retrieval", "0007_import_lease"),
+        ("retrieval", "0008_garment_attributes"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
