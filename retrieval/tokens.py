@@ -2,7 +2,7 @@
 
 A key is ``secrets.token_urlsafe(32)`` (43 characters, 256 random bits). Keys issued by Django
 REST framework's authtoken before (40 hex characters) were hashed into :class:`ApiToken` by
-migration 0008 and keep working: a key is looked up by its prefix and digest, whatever its
+migration 0009 and keep working: a key is looked up by its prefix and digest, whatever its
 length.
 """
 

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -111,6 +112,16 @@ class WorkerProcess:
         self._log.close()
 
 
+def wait_until(predicate, timeout=120.0, interval=0.5):
+    """Poll ``predicate`` until it is true (True) or ``timeout`` seconds have passed (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
 @pytest.fixture(scope="session")
 def celery_worker(django_db_setup, django_db_blocker) -> Iterator[WorkerProcess]:
     """One worker on both queues for the whole session (tasks see committed data only)."""
@@ -134,6 +145,55 @@ def sample_zip() -> Path:
     if not SAMPLE_ZIP.exists():
         pytest.skip(f"sample catalogue not found at {SAMPLE_ZIP}")
     return SAMPLE_ZIP
+
+
+@pytest.fixture
+def bad_catalogue(tmp_path):
+    """A catalogue zip with one good row and one of each kind of bad row (and member)."""
+    from tests.catalogue_zips import make_catalogue, png_bomb, row
+    from tests.factories import jpeg_bytes
+
+    good = jpeg_bytes((20, 40, 200))
+    rows = (
+        row("100")
+        + row("101")  # not an image
+        + row("102")  # truncated JPEG
+        + row("103")  # decompression bomb
+        + row("104")  # missing image file
+        + row("105", category="")  # empty category
+        + row("100", title="duplicate")  # duplicate sku in the same file
+        + row("106", image="../../etc/passwd")  # traversal in the CSV
+        + row("107")  # over the upload size limit (set in the test)
+    )
+    images = {
+        "100.jpg": good,
+        "101.jpg": b"<html>not an image</html>",
+        "102.jpg": good[: len(good) // 2],
+        "103.jpg": png_bomb(),
+        "105.jpg": good,
+        "107.jpg": good + b"\0" * 300_000,
+    }
+    path = make_catalogue(tmp_path / "bad.zip", rows, images)
+    with zipfile.ZipFile(path, "a") as zf:
+        zf.writestr("../../escape.txt", b"x")
+    return path
+
+
+@pytest.fixture
+def private_features_queue(settings):
+    """CNN tasks go to a queue of this test's own, which no worker consumes (the session's
+    worker, once started, consumes the features queue): what waits there stays there."""
+    from fashionsite.celery import app
+
+    settings.FEATURES_QUEUE = "features-sweeptest"
+
+    def purge() -> None:
+        with app.connection_for_write() as conn:
+            conn.default_channel.queue_purge(settings.FEATURES_QUEUE)
+
+    purge()
+    yield settings.FEATURES_QUEUE
+    purge()
 
 
 # --------------------------------------------------------------------------- trained catalogue

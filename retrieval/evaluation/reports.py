@@ -89,7 +89,14 @@ def run_evaluation(
     return report
 
 
-def _parameters(*, model, limit, tops, queries_path, category_field) -> dict:
+def _parameters(
+    *,
+    model: FeatureModel,
+    limit: int | None,
+    tops: list[int],
+    queries_path: object,
+    category_field: str,
+) -> dict:
     """What a report was run with (stored with it, shown in the admin)."""
     return {
         "model": model.name,
@@ -107,7 +114,9 @@ def _parameters(*, model, limit, tops, queries_path, category_field) -> dict:
     }
 
 
-def _search_all(*, model, queries: list[dict], modes: Sequence[str], top: int) -> dict:
+def _search_all(
+    *, model: FeatureModel, queries: list[dict], modes: Sequence[str], top: int
+) -> dict:
     """Every query searched in every mode, clustered (the paper's search) and exact:
     ``{(mode, clustered): [(query, SearchResult, seconds)]}``."""
     from retrieval import search

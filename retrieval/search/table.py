@@ -3,7 +3,7 @@
 Django-free on purpose: ``retrieval.search.clustering`` and ``retrieval.search`` run these functions
 on a Django cursor, and ``bench/bench_search_db.py`` runs the very same statements on a
 psycopg cursor (client-side binding, as Django does) at 100k and 1M rows. Table names are
-the Django models' (checked by tests/test_search.py).
+the Django models' (checked by tests/search/test_search.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """API tokens stored hashed (issue #17, point 7): a token works as ``Authorization: Token <key>``,
 its row holds no plain text, a wrong one is 401; only superusers see tokens in the admin (and
 never their secret); tokens are shown once when issued; DRF authtoken's plain keys are hashed by
-migration 0008 and keep working."""
+migration 0009 and keep working."""
 
 from __future__ import annotations
 
@@ -155,10 +155,10 @@ def test_a_superuser_issues_tokens_from_the_users_list_shown_once(admin_client, 
         assert key not in admin_client.get(page).content.decode()
 
 
-def test_migration_0008_hashes_drf_authtoken_keys_and_drops_them(django_user_model):
+def test_migration_0009_hashes_drf_authtoken_keys_and_drops_them(django_user_model):
     """A site upgraded from DRF authtoken: its clients' keys keep working, no plain key is left."""
     user = django_user_model.objects.create_user("legacy", password="pw-z", is_staff=True)
-    before = [("retrieval", "0007_import_lease")]
+    before = [("retrieval", "0008_garment_attributes")]
     MigrationExecutor(connection).migrate(before)
     key = "401f7ac837da42b97f613d789819ff93537bee6a"  # DRF's format: 40 hex characters
     with connection.cursor() as cursor:

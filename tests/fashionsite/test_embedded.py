@@ -44,6 +44,7 @@ def test_postgres_second_start_reuses_the_running_server(scratch):
         assert conn.execute("SELECT '[1,2,3]'::vector <-> '[1,2,4]'::vector").fetchone()[0] == 1.0
 
 
+@pytest.mark.faults
 def test_postgres_stop_loses_nothing_and_a_killed_server_recovers(scratch):
     pgdata = scratch / "pg"
     url = embedded.ensure_postgres(pgdata)
@@ -62,6 +63,7 @@ def test_postgres_stop_loses_nothing_and_a_killed_server_recovers(scratch):
         assert [r[0] for r in conn.execute("SELECT n FROM kept ORDER BY n")] == [1, 2]
 
 
+@pytest.mark.faults
 def test_redis_second_start_reuses_stop_keeps_data_and_kill_recovers(scratch):
     datadir = scratch / "redis"
     url = embedded.ensure_redis(datadir)

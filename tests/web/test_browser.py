@@ -15,6 +15,7 @@ from PIL import Image
 
 from fashionsite import urls as site_urls
 from retrieval.models import Garment
+from tests.conftest import ROOT
 
 pytestmark = [
     pytest.mark.browser,
@@ -29,7 +30,7 @@ CHROMIUM_ARGS = [
     "--disable-dev-shm-usage",
     "--disable-background-networking",
 ]
-OUTPUT = Path(__file__).resolve().parent.parent / "test-output"
+OUTPUT = ROOT / "test-output"
 
 # The live server's URLconf: the site's, plus media files as `make run` serves them (DEBUG).
 urlpatterns = [

@@ -4,7 +4,7 @@ PostgreSQL restarted during searches. Nothing is mocked: the test session's own 
 gunicorn web process.
 
 The third fault of issue #8, a worker killed mid-batch (its garments all end ready), is
-tests/test_services.py::test_a_worker_killed_mid_batch_loses_nothing.
+tests/faults/test_worker_killed.py.
 """
 
 from __future__ import annotations
@@ -39,11 +39,11 @@ from retrieval import catalogue, indexing
 from retrieval.jobs import publishing
 from retrieval.models import Category, FeatureModel, Garment, ImportJob
 from retrieval.tokens import issue_token
-from tests.conftest import ROOT, service_env, stop_process
+from tests.catalogue_zips import make_catalogue, row
+from tests.conftest import ROOT, service_env, stop_process, wait_until
 from tests.factories import CategoryFactory, jpeg_bytes
-from tests.test_services import make_catalogue, row, wait_until
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
 
 # Generous: long enough for a loaded 2-core machine, short enough to report a hang.
 HANG_SECONDS = 60.0

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import pytest
 from django.core import checks
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT
 
 
 def run_python(*args: str, env: dict[str, str] | None = None, **extra: str):

@@ -41,6 +41,7 @@ from tests.factories import (
 )
 
 pytestmark = [
+    pytest.mark.security,
     pytest.mark.django_db,
     pytest.mark.usefixtures("no_search_throttle", "fast_password_hashing"),
 ]

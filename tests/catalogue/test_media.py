@@ -194,6 +194,7 @@ def unwritable_media(settings, tmp_path) -> Path:
     assert [p.name for p in tmp_path.iterdir()] == ["media-disk"]
 
 
+@pytest.mark.faults
 def test_admin_upload_to_an_unwritable_disk_explains_and_saves_nothing(
     admin_client, unwritable_media, django_capture_on_commit_callbacks
 ):
@@ -207,6 +208,7 @@ def test_admin_upload_to_an_unwritable_disk_explains_and_saves_nothing(
     assert callbacks == []  # nothing queued for indexing
 
 
+@pytest.mark.faults
 def test_admin_image_change_to_an_unwritable_disk_keeps_the_garment_as_it_was(
     admin_client, settings, tmp_path, django_capture_on_commit_callbacks
 ):
@@ -226,6 +228,7 @@ def test_admin_image_change_to_an_unwritable_disk_keeps_the_garment_as_it_was(
     assert callbacks == []
 
 
+@pytest.mark.faults
 def test_api_create_on_an_unwritable_disk_is_503_and_saves_nothing(
     staff_api, unwritable_media, django_capture_on_commit_callbacks
 ):
@@ -242,6 +245,7 @@ def test_api_create_on_an_unwritable_disk_is_503_and_saves_nothing(
     assert callbacks == []
 
 
+@pytest.mark.faults
 def test_import_on_an_unwritable_disk_fails_the_job_clearly(unwritable_media, tmp_path):
     rows = [("920", "Tshirts", "Tee"), ("921", "Tshirts", "Tee")]
     source = catalogue_zip(tmp_path / "c.zip", rows, {"920": jpeg_bytes(), "921": jpeg_bytes()})
@@ -254,6 +258,7 @@ def test_import_on_an_unwritable_disk_fails_the_job_clearly(unwritable_media, tm
     assert job.created == 0 and not Garment.objects.exists()
 
 
+@pytest.mark.faults
 def test_an_import_upload_to_an_unwritable_disk_explains_and_saves_nothing(
     admin_client, unwritable_media, django_capture_on_commit_callbacks
 ):
@@ -286,6 +291,7 @@ def refuse_sku_boom():
         )
 
 
+@pytest.mark.faults
 def test_a_database_failure_after_storing_removes_the_file(
     media_root, refuse_sku_boom, django_capture_on_commit_callbacks
 ):
@@ -297,6 +303,7 @@ def test_a_database_failure_after_storing_removes_the_file(
     assert not Garment.objects.filter(sku="BOOM").exists() and callbacks == []
 
 
+@pytest.mark.faults
 def test_a_database_failure_in_an_import_batch_removes_its_files(
     media_root, refuse_sku_boom, tmp_path
 ):
@@ -411,6 +418,7 @@ def test_a_rolled_back_replacement_keeps_the_old_file(media_root, committed):
     assert exists(media_root, new)
 
 
+@pytest.mark.faults
 def test_a_database_failure_in_a_replacement_keeps_the_old_file_and_removes_the_new(
     media_root, committed, refuse_sku_boom
 ):

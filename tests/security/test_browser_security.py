@@ -2,7 +2,8 @@
 whose title (and category) is markup is shown literally on the shop's search results, its
 page, its category page, and the admin's list and form, and no JavaScript dialog ever opens.
 
-Headless Chromium through Playwright, with the live server and fixtures of tests/test_browser.py.
+Headless Chromium through Playwright, with the live server and fixtures of
+tests/web/test_browser.py.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from retrieval import catalogue, indexing
 from retrieval.models import Garment, ImportJob
 from tests.factories import jpeg_bytes
 from tests.images_corpus import catalogue_zip
-from tests.test_browser import browser, page, site  # noqa: F401 - fixtures used below
+from tests.web.test_browser import browser, page, site  # noqa: F401 - fixtures used below
 
 pytestmark = [
+    pytest.mark.security,
     pytest.mark.browser,
     pytest.mark.slow,
     pytest.mark.django_db(transaction=True),
@@ -55,9 +57,10 @@ def dialogs(page):  # noqa: F811 - the fixture imported above
 
 
 @pytest.fixture
-def hostile_garment(request, site, tmp_path):  # noqa: F811
+def hostile_garment(request, site, tmp_path, private_features_queue):  # noqa: F811
     """Imported from a catalogue CSV with a markup title and category, then indexed (the CNN
-    runs here), so a search by its photo finds it."""
+    runs here, while the indexing task the import queued waits in a queue no worker reads), so
+    a search by its photo finds it."""
     title = TITLES[request.param]
     image = jpeg_bytes((200, 40, 160), size=(60, 80), pattern=True)
     source = catalogue_zip(tmp_path / "c.zip", [("XSS1", CATEGORY, title)], {"XSS1": image})

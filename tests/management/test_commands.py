@@ -8,6 +8,8 @@ import json
 import pytest
 from django.core.management import CommandError, call_command
 
+from retrieval.models import Garment
+from tests.catalogue_zips import make_catalogue, row
 from tests.factories import jpeg_bytes
 
 pytestmark = pytest.mark.django_db
@@ -56,3 +58,17 @@ def test_evaluate_without_a_model_says_what_to_do():
 def test_import_catalog_rejects_a_missing_file(tmp_path):
     with pytest.raises(CommandError, match="does not exist"):
         call_command("import_catalog", str(tmp_path / "nope.zip"), stdout=io.StringIO())
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+def test_import_wait_indexes_in_process_when_no_worker_runs(tmp_path):
+    from django.core.management import call_command
+
+    images = {f"{i}.jpg": jpeg_bytes((i % 255, 50, 50)) for i in range(500, 520)}
+    rows = "".join(row(str(i)) for i in range(500, 520))
+    path = make_catalogue(tmp_path / "c.zip", rows, images)
+    out = io.StringIO()
+    call_command("import_catalog", str(path), "--wait", stdout=out, stderr=io.StringIO())
+    assert "20 ready, 0 failed" in out.getvalue()
+    assert Garment.objects.filter(status=Garment.Status.READY).count() == 20

@@ -25,11 +25,10 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
-from retrieval import catalogue
-from retrieval.models import Garment, ImportJob
+from retrieval.models import Garment
 from retrieval.tokens import issue_token
-from tests.factories import CategoryFactory, jpeg_bytes
-from tests.images_corpus import ACCEPTED, REFUSED, Case, assert_clean_jpeg, catalogue_zip
+from tests.factories import CategoryFactory
+from tests.images_corpus import ACCEPTED, REFUSED, Case, assert_clean_jpeg
 
 pytestmark = [
     pytest.mark.django_db,
@@ -129,17 +128,3 @@ def test_unusual_real_photos_can_be_searched_with_and_are_never_stored(
     else:
         assert len(response.json()["results"]) == 10
     assert media_files(settings.MEDIA_ROOT) == before
-
-
-def test_a_catalogue_row_with_binary_junk_is_reported_and_the_rest_imported(tmp_path, media_root):
-    """PostgreSQL text cannot hold NUL: such a row is a problem of its own, not the end of the
-    whole import."""
-    rows = [("940", "Tshirts", "Tee\x00\x01junk"), ("941", "Tshirts", "Tee")]
-    source = catalogue_zip(tmp_path / "c.zip", rows, {"940": jpeg_bytes(), "941": jpeg_bytes()})
-    job = catalogue.import_catalog(source=source)
-    assert job.status == ImportJob.Status.DONE, job.error
-    assert [(p["sku"], p["reason"]) for p in job.problems] == [
-        ("940", "a NUL character in the row (binary data in the CSV?)")
-    ]
-    imported = Garment.objects.filter(sku__in=["940", "941"]).values_list("sku", flat=True)
-    assert list(imported) == ["941"]

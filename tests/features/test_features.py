@@ -22,8 +22,9 @@ from torch import nn
 
 from retrieval import features as feat
 from retrieval.images import ZipMember, pooled_grid, resize_rgb
+from tests.conftest import ROOT
 
-CATALOGUE = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CATALOGUE = ROOT.parent / "shared" / "data"
 CATALOGUE_ZIP = CATALOGUE / "fashion-product-images-small.zip"
 needs_catalogue = pytest.mark.skipif(
     not CATALOGUE_ZIP.exists(), reason=f"sample catalogue not found: {CATALOGUE_ZIP}"
@@ -505,7 +506,7 @@ def _faults(tune: bool, **env: str) -> dict:
     out = subprocess.run(
         [sys.executable, "-c", _FAULTS_SCRIPT, "1" if tune else "0"],
         capture_output=True, text=True, check=True, timeout=300,
-        env={**environ, **env}, cwd=Path(__file__).resolve().parent.parent,
+        env={**environ, **env}, cwd=ROOT,
     )  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
 
