@@ -309,8 +309,10 @@ def test_a_database_failure_in_an_import_batch_removes_its_files(
 ):
     rows = [("930", "Tshirts", "Tee"), ("BOOM", "Tshirts", "Tee")]
     images = {"930": jpeg_bytes(), "BOOM": jpeg_bytes()}
-    with pytest.raises(DatabaseError):
-        catalogue.import_catalog(source=catalogue_zip(tmp_path / "c.zip", rows, images))
+    # The batch's database error fails the job with the reason (issue #17: a job that dies is
+    # marked failed, never left running); the files the batch stored are removed.
+    job = catalogue.import_catalog(source=catalogue_zip(tmp_path / "c.zip", rows, images))
+    assert job.status == ImportJob.Status.FAILED and "refused by the test trigger" in job.error
     assert files_under(media_root) == []
     assert not Garment.objects.exists()
 
