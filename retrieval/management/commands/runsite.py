@@ -77,6 +77,13 @@ class Command(BaseCommand):
                 python, "-m", "celery", "-A", "fashionsite", "worker",
                 "-Q", queues, "--concurrency", "1", "-n", "worker@%h", "--loglevel", "INFO",
             ],
+            # Training and whole-catalogue re-indexing: their own worker, so new garments
+            # are indexed by the one above while a model trains.
+            "trainer": [
+                python, "-m", "celery", "-A", "fashionsite", "worker",
+                "-Q", settings.TRAINING_QUEUE, "--concurrency", "1", "-n", "trainer@%h",
+                "--loglevel", "INFO",
+            ],
             "beat": [
                 python, "-m", "celery", "-A", "fashionsite", "beat", "--loglevel", "INFO",
                 "--schedule", str(settings.VAR_DIR / "celerybeat-schedule"),
