@@ -9,6 +9,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
+from django.contrib.admin.utils import flatten_fieldsets
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count
 from django.http import HttpResponse, HttpResponseNotAllowed, JsonResponse
@@ -181,7 +182,7 @@ class GarmentForm(forms.ModelForm):
             )
 
     def clean(self):
-        cleaned = super().clean()
+        cleaned = super().clean() or {}
         old = self.instance.attributes or {}
         attributes = {}
         for key, value in old.items():
@@ -216,6 +217,26 @@ class GarmentAdmin(UploadAdminMixin, admin.ModelAdmin):
     list_per_page = 50
     actions = ("reindex_selected", "move_to_category")
     view_on_site = True
+
+    def get_fieldsets(self, request, obj=None):
+        attributes = [f"{ATTRIBUTE_PREFIX}{key}" for key in sorted((obj and obj.attributes) or {})]
+        return [
+            (None, {"fields": ("sku", "title", "description", "category", "colour", "image")}),
+            ("Attributes", {"fields": (*attributes, "new_attribute_name", "new_attribute_value")}),
+            ("Indexing", {"fields": ("status", "error", "created_at", "updated_at", "preview")}),
+        ]
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        # One field per attribute is added by the form itself (GarmentForm.__init__): they are
+        # no model fields, so modelform_factory must not be asked for them.
+        fields = flatten_fieldsets(self.get_fieldsets(request, obj))
+        kwargs["fields"] = [
+            f
+            for f in fields
+            if not f.startswith(ATTRIBUTE_PREFIX)
+            and f not in self.get_readonly_fields(request, obj)
+        ]
+        return super().get_form(request, obj, change, **kwargs)
 
     @admin.display(description="image")
     def thumbnail(self, obj: Garment) -> str:

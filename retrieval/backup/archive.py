@@ -300,10 +300,7 @@ def _snapshot_state() -> dict:
     the current transaction."""
     from retrieval.models import ClusterRun
 
-    counts = {
-        model._meta.db_table: model.objects.count()
-        for model in apps.get_app_config("retrieval").get_models()
-    }
+    counts = table_counts()
     with connection.cursor() as cursor:
         cursor.execute("SELECT app, name FROM django_migrations ORDER BY app, name")
         migrations = [f"{app}.{name}" for app, name in cursor.fetchall()]
@@ -325,6 +322,14 @@ def _snapshot_state() -> dict:
             ),
         },
         "files": sorted(set(files)),
+    }
+
+
+def table_counts() -> dict[str, int]:
+    """Rows per table of the retrieval app (the manifest's counts)."""
+    return {
+        model._meta.db_table: model._default_manager.count()
+        for model in apps.get_app_config("retrieval").get_models()
     }
 
 
@@ -437,7 +442,7 @@ def install_contents() -> dict[str, int]:
     from retrieval.models import Category
 
     return {
-        model._meta.verbose_name_plural: model.objects.count()
+        str(model._meta.verbose_name_plural): model._default_manager.count()
         if model._meta.db_table in tables
         else 0
         for model in (Garment, Category, FeatureModel)
@@ -539,7 +544,8 @@ def _restore_database(dump: Path) -> None:
     )
     blocked = False
     watchdog_env = {k: v for k, v in env.items() if k != "PGAPPNAME"}
-    with psycopg.connect("", autocommit=True, **_libpq_params(watchdog_env)) as watchdog:
+    params = _libpq_params(watchdog_env)
+    with psycopg.connect(psycopg.conninfo.make_conninfo("", **params), autocommit=True) as watchdog:
         while process.poll() is None:
             row = watchdog.execute(
                 "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = %s"
@@ -572,10 +578,7 @@ def _remove_staging(dirs: Iterable[Path]) -> None:
 
 
 def _count_mismatches(expected: dict) -> dict[str, tuple[int, int]]:
-    found = {
-        model._meta.db_table: model.objects.count()
-        for model in apps.get_app_config("retrieval").get_models()
-    }
+    found = table_counts()
     return {
         table: (int(count), found.get(table, 0))
         for table, count in expected.items()

@@ -8,7 +8,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from django.conf import settings
 from django.db import transaction
@@ -121,7 +121,7 @@ def train_model(
     seed: int = 0,
     activate: bool = True,
     model: FeatureModel | None = None,
-    progress=None,
+    progress: Callable[[dict], None] | None = None,
 ) -> FeatureModel:
     """Train the head on the catalogue's categories and register (and activate) a new model.
 
@@ -181,7 +181,7 @@ def _fit_head(
     category_field: str,
     epochs: int | None,
     seed: int,
-    report,
+    report: Callable[[dict], None],
 ) -> None:
     """Train the model's head on the cached pooled features of the catalogue's train split
     and save it atomically; the model row gets its head file, classes, metrics and split and

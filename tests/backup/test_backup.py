@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -61,7 +62,7 @@ def test_backup_then_restore_into_a_fresh_install_gives_the_same_top_10(
 ):
     from retrieval import search
 
-    photos = []
+    photos: list[Path] = []
     for name in sorted(trained_catalogue.images)[:3]:
         path = tmp_path / f"photo-{len(photos)}.jpg"
         path.write_bytes(trained_catalogue.images[name])
@@ -217,7 +218,7 @@ def test_backup_refuses_a_directory_that_is_not_empty(transactional_db, tmp_path
 
 
 @pytest.fixture
-def small_disk() -> Path:
+def small_disk() -> Iterator[Path]:
     """A 256 KiB tmpfs: a disk that fills up (needs root and mount; skipped otherwise)."""
     where = Path(f"/tmp/fashionsite-small-disk-{uuid.uuid4().hex[:8]}")
     where.mkdir()
