@@ -231,6 +231,26 @@ def open_image(
             stream.close()
 
 
+_JPEG_START = b"\xff\xd8\xff"
+
+
+def _open_for_decoding(stream: IO[bytes], formats: tuple[str, ...], *, draft: bool) -> Image.Image:
+    """``Image.open``, except that a JPEG to be decoded reduced (``draft``) is opened even
+    above Pillow's own refusal size (2 x Image.MAX_IMAGE_PIXELS, ~179 MP): its pixel count
+    is checked after the reduction instead (:func:`_decode`)."""
+    start = stream.tell()
+    try:
+        return Image.open(stream, formats=formats)
+    except Image.DecompressionBombError:
+        stream.seek(start)
+        if not (draft and "JPEG" in formats and stream.read(3) == _JPEG_START):
+            raise
+        stream.seek(start)
+        from PIL import JpegImagePlugin
+
+        return JpegImagePlugin.JpegImageFile(stream)
+
+
 def _decode(
     stream: IO[bytes], *, name: str | None, max_pixels: int, draft_size: tuple[int, int] | None
 ) -> Image.Image:
@@ -240,11 +260,18 @@ def _decode(
             # Pillow warns above Image.MAX_IMAGE_PIXELS (89 MP): our own limit below governs,
             # so the warning is moot. Above twice that Pillow raises before we see the size.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(stream, formats=formats) as img:
+            with _open_for_decoding(stream, formats, draft=draft_size is not None) as img:
                 width, height = img.size
                 if width <= 0 or height <= 0:
                     raise ImageError("the image has no pixels", name=name)
-                if width * height > max_pixels:
+                if draft_size is not None and img.format in ("JPEG", "MPO"):
+                    # draft() keeps both sides >= the request, so orientation does not matter.
+                    # It decodes at 1/2..1/8 scale (DCT scaling), so the pixels that count
+                    # against the limit are the reduced ones: a 200 MP phone photo decodes
+                    # as ~3 MP (48-200 MP camera modes are common; issue #15).
+                    side = max(draft_size)
+                    img.draft("RGB", (side, side))
+                if img.size[0] * img.size[1] > max_pixels:
                     raise ImageError(
                         f"image too large: {width}x{height} pixels exceeds the limit of "
                         f"{max_pixels} pixels",
@@ -253,10 +280,6 @@ def _decode(
                 if getattr(img, "n_frames", 1) > 1:
                     img.seek(0)  # animated GIF/WebP/APNG or multi-page TIFF: first frame
                 icc = img.info.get("icc_profile")
-                if draft_size is not None and img.format in ("JPEG", "MPO"):
-                    # draft() keeps both sides >= the request, so orientation does not matter.
-                    side = max(draft_size)
-                    img.draft("RGB", (side, side))
                 img.load()  # decode now, inside the try, so truncation surfaces here
                 upright = ImageOps.exif_transpose(img)
                 rgb = _to_srgb(_to_8bit_rgb(upright), icc)

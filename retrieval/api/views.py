@@ -22,6 +22,7 @@ from drf_spectacular.utils import (
 )
 from rest_framework import viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
 from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.permissions import (
     SAFE_METHODS,
@@ -40,6 +41,7 @@ from retrieval.api.serializers import (
     GarmentFilterSerializer,
     GarmentSerializer,
     GarmentWriteSerializer,
+    PhotoSearchResponseSerializer,
     SearchBase64Serializer,
     SearchResponseSerializer,
     SearchUploadSerializer,
@@ -69,17 +71,17 @@ class IsStaffOrReadOnly(BasePermission):
 
 
 SEARCH_EXAMPLE = OpenApiExample(
-    "One result",
+    "This photo, but in red",
     value={
         "results": [
             {
                 "id": 41,
                 "sku": "15970",
-                "title": "Turtle Check Men Navy Blue Shirt",
-                "category": {"id": 3, "slug": "shirts", "name": "Shirts"},
-                "colour": "Navy Blue",
+                "title": "Roadster Women Red Dress",
+                "category": {"id": 3, "slug": "dresses", "name": "Dresses"},
+                "colour": "Red",
                 "image_url": "https://shop.example.com/media/garments/2025/11/15970.jpg",
-                "score": -0.0,
+                "score": -0.412,
             }
         ],
         "cluster": [4],
@@ -87,9 +89,43 @@ SEARCH_EXAMPLE = OpenApiExample(
         "mode": "fused",
         "top": 5,
         "took_ms": 48.3,
+        "predicted_categories": [
+            {"category": {"id": 3, "slug": "dresses", "name": "Dresses"}, "confidence": 0.81},
+            {"category": {"id": 9, "slug": "tops", "name": "Tops"}, "confidence": 0.12},
+            {"category": {"id": 12, "slug": "skirts", "name": "Skirts"}, "confidence": 0.03},
+        ],
+        "understood": {
+            "q": "in red",
+            "colour": "Red",
+            "category": None,
+            "words": [],
+            "title_matches": 0,
+            "like": [],
+            "dislike": [],
+        },
     },
     response_only=True,
 )
+SEARCH_REQUEST_EXAMPLES = [
+    OpenApiExample(
+        "Photo and a colour word (JSON)",
+        value={"image": "data:image/jpeg;base64,/9j/4AAQSkZJRg...", "q": "in red", "top": 10},
+        request_only=True,
+        media_type="application/json",
+    ),
+    OpenApiExample(
+        "Refine with feedback (JSON)",
+        description="The same photo again, with the garments the shopper marked: more like "
+        "41 and 57, not like 12 (12 is left out of the results).",
+        value={
+            "image": "data:image/jpeg;base64,/9j/4AAQSkZJRg...",
+            "like": [41, 57],
+            "dislike": [12],
+        },
+        request_only=True,
+        media_type="application/json",
+    ),
+]
 
 
 class SearchView(APIView):
@@ -106,14 +142,21 @@ class SearchView(APIView):
             "Send a photo (multipart `image` file, or JSON with the image base64-encoded) and "
             "get the `top` most similar garments, most similar first. `mode=fused` matches shape "
             "and colour (the paper's fused feature), `mode=deep` shape only. Anonymous clients "
-            "are throttled (HTTP 429 with Retry-After)."
+            "are throttled (HTTP 429 with Retry-After).\n\n"
+            'Refining: `q` adds words ("in red": a catalogue colour replaces the photo\'s '
+            "colour and keeps its shape; a category name searches that category; other words "
+            "lift garments whose title holds them); `like` / `dislike` take the ids of garments "
+            'the shopper marked "more like this" / "not like this" (send the same photo '
+            "again with them; disliked garments never come back). The answer says what was "
+            "understood (`understood`) and which categories the model recognised in the photo "
+            "(`predicted_categories`, with confidences)."
         ),
         request={
             "multipart/form-data": SearchUploadSerializer,
             "application/json": SearchBase64Serializer,
         },
-        responses={200: SearchResponseSerializer, **errors(400, 413, 415, 429, 503)},
-        examples=[SEARCH_EXAMPLE],
+        responses={200: PhotoSearchResponseSerializer, **errors(400, 413, 415, 429, 503)},
+        examples=[SEARCH_EXAMPLE, *SEARCH_REQUEST_EXAMPLES],
         tags=["search"],
     )
     def post(self, request):
@@ -125,14 +168,21 @@ class SearchView(APIView):
         serializer.is_valid(raise_exception=True)
         options = serializer.validated_data
         category = options.get("category")
-        result = search.search_image(
-            image=options["image"],
-            top=options["top"],
-            mode=options["mode"],
-            category_id=category.pk if category is not None else None,
-            include_hidden=request.user.is_staff,
-        )
-        return search_response(request, result, top=options["top"])
+        try:
+            found = search.search_photo(
+                image=options["image"],
+                q=options["q"],
+                like=options["like"],
+                dislike=options["dislike"],
+                top=options["top"],
+                mode=options["mode"],
+                category_id=category.pk if category is not None else None,
+                include_hidden=request.user.is_staff,
+            )
+        except search.FeedbackError as exc:
+            raise ValidationError({exc.field: [str(exc)]}) from None
+        body = PhotoSearchResponseSerializer.present_photo(found, top=options["top"])
+        return Response(PhotoSearchResponseSerializer(body, context={"request": request}).data)
 
 
 @extend_schema_view(

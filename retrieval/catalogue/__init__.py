@@ -29,6 +29,7 @@ from retrieval.catalogue.media import (
 )
 from retrieval.catalogue.source import CatalogError, CatalogRow, CatalogSource, Problem, read_rows
 from retrieval.catalogue.uploads import (
+    decode_query_upload,
     decode_upload,
     image_digest,
     is_too_large,
@@ -44,6 +45,7 @@ __all__ = [
     "MediaPruneResult",
     "MediaStorageError",
     "Problem",
+    "decode_query_upload",
     "decode_upload",
     "delete_images_after_commit",
     "delete_stored_image",

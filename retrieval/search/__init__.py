@@ -5,7 +5,15 @@ ranks a vector in one snapshot; :mod:`.rerank` puts the predicted category first
 :mod:`.clustering` fits and switches K-means runs; :mod:`.table` holds the search table's SQL.
 """
 
-from retrieval.search.query import more_like_this, search_image
+from retrieval.search.query import (
+    PhotoSearch,
+    PredictedCategory,
+    more_like_this,
+    predicted_categories,
+    search_image,
+    search_photo,
+    search_refined,
+)
 from retrieval.search.ranking import (
     Hit,
     SearchResult,
@@ -14,14 +22,22 @@ from retrieval.search.ranking import (
     require_active_model,
     search_vectors,
 )
+from retrieval.search.refine import FeedbackError, QueryWords
 
 __all__ = [
+    "FeedbackError",
     "Hit",
+    "PhotoSearch",
+    "PredictedCategory",
+    "QueryWords",
     "SearchResult",
     "SearchUnavailable",
     "more_like_this",
     "one_snapshot",
+    "predicted_categories",
     "require_active_model",
     "search_image",
+    "search_photo",
+    "search_refined",
     "search_vectors",
 ]

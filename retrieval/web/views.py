@@ -8,6 +8,9 @@ the results fragment the server rendered (so every text is escaped by Django, in
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import logging
 import posixpath
 import re
@@ -31,6 +34,7 @@ from retrieval.http.middleware import DATABASE_UNAVAILABLE_ERRORS, database_unav
 from retrieval.http.throttle import SearchRateThrottle
 from retrieval.images import ImageError
 from retrieval.models import Category, FeatureModel, Garment
+from retrieval.search import refine
 from retrieval.selectors import visible_categories, visible_garments
 from retrieval.spec import TOPS
 
@@ -72,12 +76,46 @@ class SlugChoiceField(forms.ModelChoiceField):
         return super().to_python(value)
 
 
-class SearchForm(forms.Form):
-    """The shopper's search: a photo (or its crop), how many results, a category, colour."""
+class GarmentIdsField(forms.Field):
+    """Garment ids sent as repeated hidden fields (the "more / not like this" buttons)."""
 
-    image = forms.FileField(
-        label="Photo",
-        error_messages={"required": "Choose a photo to search with."},
+    widget = forms.MultipleHiddenInput
+
+    def to_python(self, value) -> list[int]:
+        values = value if isinstance(value, list | tuple) else ([value] if value else [])
+        if len(values) > refine.MAX_FEEDBACK_IDS:
+            raise forms.ValidationError(
+                f"At most {refine.MAX_FEEDBACK_IDS} garments can be marked; start over.",
+                code="too_many",
+            )
+        ids = []
+        for item in values:
+            text = str(item).strip()
+            if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 2**63:
+                raise forms.ValidationError("That is not a garment of the catalogue.")
+            ids.append(int(text))
+        return list(dict.fromkeys(ids))
+
+
+class SearchForm(forms.Form):
+    """The shopper's search: a photo (or its crop), words, how many results, a category,
+    colour, and the garments marked "more / not like this"."""
+
+    image = forms.FileField(label="Photo", required=False)
+    # The photo searched last, as a data: URL, carried by the results page (without
+    # JavaScript a file input cannot keep the file): "more like this" searches it again.
+    photo = forms.CharField(required=False, widget=forms.HiddenInput, max_length=4_000_000)
+    q = forms.CharField(
+        label="Words (optional)",
+        required=False,
+        max_length=refine.MAX_QUERY_CHARS,
+        widget=forms.TextInput(
+            attrs={
+                "placeholder": "e.g. in red, dress",
+                "autocomplete": "off",
+                "enterkeyhint": "search",
+            }
+        ),
     )
     top = forms.TypedChoiceField(
         label="Results",
@@ -96,14 +134,65 @@ class SearchForm(forms.Form):
         empty_label="All categories",
     )
     colour = forms.BooleanField(label="Colour matters", required=False, initial=True)
+    like = GarmentIdsField(required=False)
+    dislike = GarmentIdsField(required=False)
+    # "Start over" (a button of the results) searches the photo without the marks.
+    feedback = forms.CharField(required=False, max_length=10)
 
     def clean_image(self):
-        upload = self.cleaned_data["image"]
+        upload = self.cleaned_data.get("image")
+        if not upload:
+            return None
         try:
-            return catalogue.decode_upload(catalogue.read_upload(upload), name=upload.name)
+            return catalogue.decode_query_upload(catalogue.read_upload(upload), name=upload.name)
         except ImageError as exc:  # a person's words; the code picks the HTTP status
-            code = "image_too_large" if catalogue.is_too_large(exc) else "invalid_image"
-            raise forms.ValidationError(exc.reason, code=code) from None
+            raise forms.ValidationError(exc.reason, code=_image_code(exc)) from None
+
+    def clean(self):
+        data = super().clean()
+        if self.errors.get("image"):
+            return data
+        if data.get("image") is None:
+            photo = data.get("photo") or ""
+            if not photo:
+                raise forms.ValidationError("Choose a photo to search with.", code="required")
+            try:
+                data["image"] = catalogue.decode_query_upload(_data_url_bytes(photo))
+            except ImageError as exc:
+                raise forms.ValidationError(exc.reason, code=_image_code(exc)) from None
+        if data.get("feedback") == "reset":
+            data["like"], data["dislike"] = [], []
+        return data
+
+
+def _image_code(exc: ImageError) -> str:
+    return "image_too_large" if catalogue.is_too_large(exc) else "invalid_image"
+
+
+_DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,")
+
+
+def _data_url_bytes(text: str) -> bytes:
+    """The bytes of a ``data:image/...;base64,`` URL (ImageError when it is not one)."""
+    body = _DATA_URL.sub("", text.strip(), count=1)
+    try:
+        return base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageError("the photo could not be read again: choose it once more") from None
+
+
+#: Longest side of the searched photo shown (and carried) on the results page.
+SHOWN_PHOTO_SIDE = 448
+
+
+def _photo_data_url(image) -> str:
+    """A small JPEG of the searched photo as a data: URL (shown above the results, and sent
+    back by "more like this" without JavaScript)."""
+    small = image.copy()
+    small.thumbnail((SHOWN_PHOTO_SIDE, SHOWN_PHOTO_SIDE))
+    out = io.BytesIO()
+    small.save(out, "JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
 
 
 def _search(request: HttpRequest, form: SearchForm) -> tuple[dict, int]:
@@ -119,8 +208,11 @@ def _search(request: HttpRequest, form: SearchForm) -> tuple[dict, int]:
     category = data.get("category")
     mode = "fused" if data["colour"] else "deep"
     try:
-        result = search.search_image(
+        found = search.search_photo(
             image=data["image"],
+            q=data["q"],
+            like=data["like"],
+            dislike=data["dislike"],
             top=data["top"],
             mode=mode,
             category_id=category.pk if category else None,
@@ -128,8 +220,20 @@ def _search(request: HttpRequest, form: SearchForm) -> tuple[dict, int]:
         )
     except search.SearchUnavailable:
         return {"error": UNAVAILABLE, "unavailable": True}, 503
+    except search.FeedbackError as exc:
+        return {"error": f"{exc} Start over with the photo alone."}, 400
+    result = found.result
     # Hidden garments are excluded in SQL for shoppers (include_hidden above).
-    return {"result": result, "hits": result.garments(), "top": data["top"], "mode": mode}, 200
+    return {
+        "result": result,
+        "found": found,
+        "hits": result.garments(),
+        "top": data["top"],
+        "mode": result.mode,
+        "category": category or found.understood.category,
+        "liked": set(found.feedback.like_ids),
+        "show_scores": request.user.is_staff,
+    }, 200
 
 
 @require_http_methods(["GET", "POST"])
@@ -144,6 +248,8 @@ def home(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         form = SearchForm(request.POST, request.FILES)
         outcome, status = _search(request, form)
+        if status == 200:
+            outcome["searched_photo"] = _photo_data_url(form.cleaned_data["image"])
         context.update(outcome, form=form, searched=True)
         if request.headers.get("X-Requested-With") == "fetch":
             response = render(request, "retrieval/_results.html", context, status=status)
@@ -161,12 +267,14 @@ def home(request: HttpRequest) -> HttpResponse:
 
 
 def _categories_with_counts(user):
+    """Categories with their number of searchable garments; shoppers see no empty ones."""
     ready = Q(garments__status=Garment.Status.READY)
-    return (
+    categories = (
         visible_categories(user)
         .annotate(garment_count=Count("garments", filter=ready))
         .order_by("name")
     )
+    return categories if user.is_staff else categories.filter(garment_count__gt=0)
 
 
 @require_GET
@@ -180,7 +288,11 @@ def category_detail(request: HttpRequest, slug: str) -> HttpResponse:
     category = get_object_or_404(visible_categories(request.user), slug=slug)
     garments = visible_garments(request.user).filter(category=category).select_related("category")
     page = Paginator(garments, PAGE_SIZE).get_page(request.GET.get("page"))
-    return render(request, "retrieval/category_detail.html", {"category": category, "page": page})
+    # Page numbers around the current page and at both ends ("1 2 … 9 10 11 … 250 251"):
+    # a category of 6,000 garments has 250 pages, too many to step through one by one.
+    numbers = page.paginator.get_elided_page_range(page.number, on_each_side=2, on_ends=1)
+    context = {"category": category, "page": page, "page_numbers": list(numbers)}
+    return render(request, "retrieval/category_detail.html", context)
 
 
 @require_GET
@@ -207,14 +319,36 @@ def garment_detail(request: HttpRequest, pk: int) -> HttpResponse:
     attributes = garment.attributes if isinstance(garment.attributes, dict) else {}
     context = {
         "garment": garment,
+        "image_size": _shown_size(garment),
         "facts": [(label, attributes[key]) for key, label in FACTS if attributes.get(key)],
         "similar": similar,
         "similar_error": similar_error,
         "top": top,
         "tops": TOPS,
         "colour": colour,
+        "show_scores": request.user.is_staff,
     }
     return render(request, "retrieval/garment_detail.html", context)
+
+
+#: Largest enlargement of a garment photo: the catalogue's 60 x 80 photos blur beyond 2x.
+SHARP_SCALE = 2.0
+#: The photo's box on a garment page (CSS pixels).
+SHOWN_BOX = (300, 400)
+
+
+def _shown_size(garment: Garment) -> tuple[int, int]:
+    """Width and height to show a garment's photo at: fit in SHOWN_BOX, enlarged at most
+    SHARP_SCALE times (its header is read, not its pixels); the box when it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with garment.image.open("rb") as fh, Image.open(fh) as image:
+            width, height = image.size
+    except (OSError, ValueError, UnidentifiedImageError):
+        return SHOWN_BOX
+    scale = min(SHARP_SCALE, SHOWN_BOX[0] / width, SHOWN_BOX[1] / height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def _int_choice(raw: str | None, choices, *, default: int) -> int:
