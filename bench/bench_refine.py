@@ -12,11 +12,12 @@ what a search with that photo computes, without running the CNN again).
    - the plain photo search (what the shopper got before, without words),
    - the photo + the word T (the colour part of the fused vector replaced by T's).
    Also the share of colour T alone and of category K alone.
-2. Feedback. For each held-out query: the plain top 10 (self excluded); like the first result
-   of the query's category, dislike the first one of another category; search again with
-   them. p@10 (same category) and cc@10 (same category and colour) before and after, over all
-   queries and over those whose first page held a wrong result (where there is room to gain).
-   The liked garment counts when it comes back (it is relevant); disliked ones cannot.
+2. Feedback. For each held-out query: the plain top 10 (self excluded); like the first
+   relevant result, dislike the first wrong one; search again with them. p@10 before and
+   after, over all queries and over those whose first page held a wrong result (where there
+   is room to gain), for relevance = same category and = same category and colour, with the
+   shipped category re-rank and without it (the paper's ranking). The liked garment counts
+   when it comes back (it is relevant; also reported left out); disliked ones cannot.
 
 Usage (a trained catalogue in its own var dir; see docs/benchmarks.md)::
 
@@ -110,12 +111,15 @@ def main() -> None:
             t0 = time.perf_counter()
             plain = run(query).result
             t1 = time.perf_counter()
-            worded = run(query, understood=refine.QueryWords(text=colour, colour=colour))
+            words = refine.QueryWords(text=colour, colour=colour)
+            worded = run(query, understood=words)
             t2 = time.perf_counter()
+            vector_only = run(query, understood=words, colour_labels=False)
             timings["plain"].append(t1 - t0)
             timings["colour word"].append(t2 - t1)
             ids = {
                 "plain": [h.garment_id for h in plain.hits],
+                "vector": [h.garment_id for h in vector_only.result.hits],
                 "word": [h.garment_id for h in worded.result.hits],
             }
             colour_rows.append(
@@ -149,7 +153,7 @@ def main() -> None:
         "applied": sum(r["applied"] for r in colour_rows),
         **{
             f"{name}_{part}": mean(colour_rows, f"{name}_{part}")
-            for name in ("plain", "word")
+            for name in ("plain", "vector", "word")
             for part in ("both", "colour", "category")
         },
         "ms_plain_p50": round(1000 * float(np.median(timings["plain"])), 1),
@@ -163,6 +167,7 @@ def main() -> None:
         name: {
             "pairs": len(rows),
             "plain_both": mean(rows, "plain_both"),
+            "vector_both": mean(rows, "vector_both"),
             "word_both": mean(rows, "word_both"),
         }
         for name, rows in sorted(by_target.items(), key=lambda kv: -len(kv[1]))
@@ -170,63 +175,72 @@ def main() -> None:
     print("colour words:", json.dumps(colour_summary, indent=1), flush=True)
 
     # ------------------------------------------------------------------ 2. feedback
+    from django.conf import settings
+
     variants = {
         "rocchio 0.75/0.25 (shipped)": (0.75, 0.25),
         "rocchio 0.5/0.15": (0.5, 0.15),
         "rocchio 1.0/0.5": (1.0, 0.5),
     }
-    feedback_rows = []
-    started = time.perf_counter()
-    for query in queries:
-        category, own = query["label"].category, query["label"].colour
-        before = [h.garment_id for h in run(query).result.hits]
-        liked = next((g for g in before if labels[g][0] == category), None)
-        disliked = next((g for g in before if labels[g][0] != category), None)
-        row = {
-            "query": query["id"],
-            "p_before": share(before, category=category),
-            "cc_before": share(before, category=category, colour=own) if own else 0.0,
-            "liked": liked,
-            "disliked": disliked,
-        }
-        if liked is None and disliked is None:
-            continue
-        feedback = refine.load_feedback(
-            model=model,
-            like=[liked] if liked else [],
-            dislike=[disliked] if disliked else [],
-        )
-        for name, (b, c) in variants.items():
-            after = run(query, feedback=feedback, like_weight=b, dislike_weight=c)
-            ids = [h.garment_id for h in after.result.hits]
-            assert disliked is None or disliked not in ids, "a disliked garment came back"
-            row[f"p_after:{name}"] = share(ids, category=category)
-            row[f"cc_after:{name}"] = share(ids, category=category, colour=own) if own else 0.0
-        # The shipped path end to end (its own Rocchio), as the site and the API run it.
-        shipped = run(query, feedback=feedback)
-        ids = [h.garment_id for h in shipped.result.hits]
-        row["p_after:site"] = share(ids, category=category)
-        feedback_rows.append(row)
-    feedback_seconds = time.perf_counter() - started
-    room = [r for r in feedback_rows if r["disliked"] is not None]
-    feedback_summary = {
-        "queries": len(feedback_rows),
-        "with_a_wrong_result": len(room),
-        "p@10_before": mean(feedback_rows, "p_before"),
-        "cc@10_before": mean(feedback_rows, "cc_before"),
-        "p@10_before_with_wrong": mean(room, "p_before"),
-        "seconds": round(feedback_seconds, 1),
-        "variants": {
-            name: {
-                "p@10_after": mean(feedback_rows, f"p_after:{name}"),
-                "cc@10_after": mean(feedback_rows, f"cc_after:{name}"),
-                "p@10_after_with_wrong": mean(room, f"p_after:{name}"),
+    feedback_summary: dict = {}
+    shipped_rerank = settings.RETRIEVAL_RERANK
+    for rerank in (shipped_rerank, "none" if shipped_rerank != "none" else "category"):
+        settings.RETRIEVAL_RERANK = rerank
+        for relevance in ("category", "category+colour"):
+
+            def relevant(gid, query, relevance=relevance) -> bool:
+                category, colour = query["label"].category, query["label"].colour
+                return labels[gid][0] == category and (
+                    relevance == "category" or labels[gid][1] == colour
+                )
+
+            rows = []
+            started = time.perf_counter()
+            for query in queries:
+                if relevance != "category" and not query["label"].colour:
+                    continue
+                before = [h.garment_id for h in run(query).result.hits]
+                liked = next((g for g in before if relevant(g, query)), None)
+                disliked = next((g for g in before if not relevant(g, query)), None)
+                if liked is None and disliked is None:
+                    continue
+                row = {
+                    "p_before": sum(relevant(g, query) for g in before) / top,
+                    "wrong": disliked is not None,
+                }
+                feedback = refine.load_feedback(
+                    model=model,
+                    like=[liked] if liked else [],
+                    dislike=[disliked] if disliked else [],
+                )
+                for name, (b, c) in variants.items():
+                    after = run(query, feedback=feedback, like_weight=b, dislike_weight=c)
+                    ids = [h.garment_id for h in after.result.hits]
+                    assert disliked is None or disliked not in ids, "a disliked garment came back"
+                    row[f"p_after:{name}"] = sum(relevant(g, query) for g in ids) / top
+                    # The judged garments left out: what the shopper sees that is new.
+                    fresh = [g for g in ids if g != liked]
+                    row[f"new_after:{name}"] = sum(relevant(g, query) for g in fresh) / top
+                rows.append(row)
+            room = [r for r in rows if r["wrong"]]
+            key = f"rerank={rerank}, relevant={relevance}"
+            feedback_summary[key] = {
+                "queries": len(rows),
+                "with_a_wrong_result": len(room),
+                "p@10_before": mean(rows, "p_before"),
+                "p@10_before_with_wrong": mean(room, "p_before"),
+                "seconds": round(time.perf_counter() - started, 1),
+                **{
+                    name: {
+                        "p@10_after": mean(rows, f"p_after:{name}"),
+                        "p@10_after_with_wrong": mean(room, f"p_after:{name}"),
+                        "p@10_after_liked_left_out": mean(rows, f"new_after:{name}"),
+                    }
+                    for name in variants
+                },
             }
-            for name in variants
-        },
-        "p@10_after_site": mean(feedback_rows, "p_after:site"),
-    }
-    print("feedback:", json.dumps(feedback_summary, indent=1), flush=True)
+            print(key, json.dumps(feedback_summary[key], indent=1), flush=True)
+    settings.RETRIEVAL_RERANK = shipped_rerank
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(

@@ -25,8 +25,8 @@ from retrieval.search.ranking import (
 
 #: How many recognised categories a photo search reports (the first and the next likely).
 PREDICTED_CATEGORIES = 3
-#: Candidates ranked before the title-word boost reorders them: enough for the page to fill
-#: with garments that match the words when a few of them are a little farther.
+#: Candidates ranked before the words lift some of them (a colour's garments, titles holding
+#: the words): enough for the page to fill with garments that match when a few are farther.
 BOOST_CANDIDATES = 100
 
 
@@ -44,8 +44,9 @@ class PhotoSearch:
 
     understood: the words (colour, category, other words); colour_applied: the colour part
     of the query vector was replaced (False when the words named no colour, or the colour
-    has too few garments to have a typical one); boosted: results whose title holds the
-    other words (they come first); predicted: the recognised categories, most likely first.
+    has too few garments to have a typical one); colour_matches: results whose catalogue colour
+    is the asked one (they come first); boosted: results whose title holds the other words
+    (first among those); predicted: the recognised categories, most likely first.
     """
 
     result: SearchResult
@@ -53,6 +54,7 @@ class PhotoSearch:
     feedback: refine.Feedback = field(default_factory=refine.Feedback)
     predicted: list[PredictedCategory] = field(default_factory=list)
     colour_applied: bool = False
+    colour_matches: int = 0
     boosted: int = 0
 
 
@@ -108,6 +110,22 @@ def _rank(
         exclude_garment_ids=exclude_garment_ids,
         include_hidden=include_hidden,
     )
+
+
+def _reranked_category(
+    *, probs: np.ndarray, model: FeatureModel, mode: str, category_id: int | None
+) -> str | None:
+    """The category :func:`_rank`'s re-rank lists first for these probabilities (None when
+    it does not apply: RETRIEVAL_RERANK=none, deep mode, a category filter, low confidence)."""
+    if settings.RETRIEVAL_RERANK != "category" or mode == "deep" or category_id is not None:
+        return None
+    classes = list(model.classes or ())
+    if len(probs) != len(classes) or not classes:
+        return None
+    index = int(np.argmax(probs))
+    if float(probs[index]) < settings.RETRIEVAL_RERANK_MIN_CONFIDENCE:
+        return None
+    return str(classes[index])
 
 
 def search_image(
@@ -233,13 +251,16 @@ def search_refined(
     exclude_garment_ids: tuple[int, ...] = (),
     like_weight: float = refine.LIKE_WEIGHT,
     dislike_weight: float = refine.DISLIKE_WEIGHT,
+    colour_labels: bool = True,
 ) -> PhotoSearch:
     """Search with a photo's vectors, refined by what the shopper said (no CNN here: the
     evaluation and the benchmarks call it with stored vectors).
 
     fused: ``(542,)`` the photo's fused vector; probs: ``(C,)`` its category probabilities.
     understood (:func:`refine.parse_query`): a catalogue colour replaces the colour part of
-    the vector (and makes the search "fused": the colour is asked for); a category restricts
+    the vector (and makes the search "fused": the colour is asked for), and with
+    ``colour_labels`` the nearest BOOST_CANDIDATES garments whose catalogue colour is that one
+    come first (the vector finds the colour's look, the label confirms it); a category restricts
     the search to it unless ``category_id`` is given; other words lift the garments whose
     title holds them to the top. feedback (:func:`refine.load_feedback`): the vector moves
     towards the liked garments and away from the disliked ones (Rocchio); the liked garments'
@@ -262,27 +283,45 @@ def search_refined(
         rank_probs = refine.probs_with_likes(probs, classes=model.classes or (), feedback=feedback)
     if category_id is None and understood.category is not None:
         category_id = understood.category.pk
+    # The words also lift the candidates that match them: the asked colour's garments by
+    # their catalogue colour (with colour_labels), then titles holding the other words.
+    lift_colour = colour_applied and colour_labels
     result = _rank(
         fused=fused,
         probs=rank_probs,
         model=model,
-        top=max(top, BOOST_CANDIDATES) if understood.words else top,
+        top=max(top, BOOST_CANDIDATES) if understood.words or lift_colour else top,
         mode=mode,
         category_id=category_id,
         probes=probes,
         include_hidden=include_hidden,
         exclude_garment_ids=(*exclude_garment_ids, *feedback.dislike_ids),
     )
-    boosted = 0
-    if understood.words:
-        titles = dict(
-            Garment.objects.filter(pk__in=[h.garment_id for h in result.hits]).values_list(
-                "pk", "title"
-            )
+    tests: list = []
+    colour_matches = boosted = 0
+    if lift_colour or understood.words:
+        labels = {
+            pk: (title, colour.lower(), category)
+            for pk, title, colour, category in Garment.objects.filter(
+                pk__in=[h.garment_id for h in result.hits]
+            ).values_list("pk", "title", "colour", "category__name")
+        }
+        blank = ("", "", "")
+        # The re-rank's category stays first (the words refine within the photo's category).
+        first = _reranked_category(
+            probs=rank_probs, model=model, mode=mode, category_id=category_id
         )
-        result.hits, boosted = refine.boost_by_title(
-            result.hits, words=understood.words, top=top, titles=titles
-        )
+        if first is not None:
+            tests.append(lambda h: labels.get(h.garment_id, blank)[2] == first)
+        if lift_colour:
+            asked = (understood.colour or "").lower()
+            tests.append(lambda h: labels.get(h.garment_id, blank)[1] == asked)
+        if understood.words:
+            words = understood.words
+            tests.append(lambda h: refine.title_holds(labels.get(h.garment_id, blank)[0], words))
+        result.hits, counts = refine.lift(result.hits, top=top, tests=tests)
+        colour_matches = counts[-2 if understood.words else -1] if lift_colour else 0
+        boosted = counts[-1] if understood.words else 0
     result.took_ms = (time.perf_counter() - started) * 1000.0
     return PhotoSearch(
         result=result,
@@ -290,6 +329,7 @@ def search_refined(
         feedback=feedback,
         predicted=predicted_categories(model=model, probs=probs, include_hidden=include_hidden),
         colour_applied=colour_applied,
+        colour_matches=colour_matches,
         boosted=boosted,
     )
 

@@ -363,22 +363,22 @@ def probs_with_likes(probs: np.ndarray, *, classes, feedback: Feedback) -> np.nd
     return mixed.astype(np.float32)
 
 
-def boost_by_title(
-    hits: list, *, words: tuple[str, ...], top: int, titles: dict[int, str]
-) -> tuple[list, int]:
-    """Order ``hits`` (:class:`retrieval.search.Hit`, nearest first) so that those whose title
-    holds every word come first (each group nearest first), and keep ``top``.
+def title_holds(title: str, words: tuple[str, ...]) -> bool:
+    """Whether a title holds every word (as the start of one of its words, ignoring case and
+    punctuation: "tee" matches "T-shirt"? no; "shirt" matches "Shirts", "t-shirt" "Tshirt")."""
+    keys = {_key(w) for w in _WORD.findall(title)}
+    return all(any(k.startswith(_key(w)) for k in keys) for w in words if _key(w))
 
-    titles: garment id -> title. Returns (hits, how many matched).
+
+def lift(hits: list, *, top: int, tests: list) -> tuple[list, list[int]]:
+    """Order ``hits`` (:class:`retrieval.search.Hit`, nearest first) by ``tests`` (predicates
+    on a hit), the first test first: hits passing it come before those failing it, ties
+    broken by the next test, then by distance (the sort is stable). Keep ``top``.
+
+    Returns (hits, for each test how many of the kept hits pass it).
     """
-    if not words:
-        return hits[:top], 0
-
-    def matches(hit) -> bool:
-        title_words = {w.lower() for w in _WORD.findall(titles.get(hit.garment_id, ""))}
-        title_keys = {_key(w) for w in title_words}
-        return all(any(tk.startswith(_key(w)) for tk in title_keys) for w in words if _key(w))
-
-    first = [h for h in hits if matches(h)]
-    rest = [h for h in hits if not matches(h)]
-    return (first + rest)[:top], len(first)
+    if not tests:
+        return hits[:top], []
+    passed = {id(h): tuple(not test(h) for test in tests) for h in hits}
+    ordered = sorted(hits, key=lambda h: passed[id(h)])[:top]
+    return ordered, [sum(not passed[id(h)][i] for h in ordered) for i in range(len(tests))]
