@@ -552,6 +552,9 @@ class UnderstoodSerializer(serializers.Serializer):
     category = CategoryBriefSerializer(
         allow_null=True, help_text="The category the words named (searched in), or null."
     )
+    colour_matches = serializers.IntegerField(
+        help_text="Results whose catalogue colour is the asked one (they come first)."
+    )
     words = serializers.ListField(
         child=serializers.CharField(),
         help_text="Other words; garments whose title holds them all come first.",
@@ -581,6 +584,7 @@ class PhotoSearchResponseSerializer(SearchResponseSerializer):
         body["understood"] = {
             "q": words.text,
             "colour": words.colour if found.colour_applied else None,
+            "colour_matches": found.colour_matches,
             "category": words.category,
             "words": list(words.words),
             "title_matches": found.boosted,

@@ -97,6 +97,7 @@ SEARCH_EXAMPLE = OpenApiExample(
         "understood": {
             "q": "in red",
             "colour": "Red",
+            "colour_matches": 1,
             "category": None,
             "words": [],
             "title_matches": 0,
