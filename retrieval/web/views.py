@@ -128,7 +128,10 @@ class SearchForm(forms.Form):
     )
     category = SlugChoiceField(
         label="Category",
-        queryset=Category.objects.filter(active=True),
+        # Shoppers choose among the categories that hold something to find.
+        queryset=Category.objects.filter(active=True, garments__status=Garment.Status.READY)
+        .distinct()
+        .order_by("name"),
         to_field_name="slug",
         required=False,
         empty_label="All categories",

@@ -353,7 +353,8 @@
   function prepare() {
     if (!photo.decoded) return Promise.resolve({ blob: photo.file, name: photo.file.name || "photo" });
     var scale = Math.min(1, MAX_SIDE / Math.max(crop.w, crop.h));
-    var asIs = isFull(crop) && scale === 1 && /^image\/(jpeg|png|webp)$/.test(photo.file.type);
+    var asIs = isFull(crop) && scale === 1 && photo.file.size <= maxBytes &&
+      /^image\/(jpeg|png|webp)$/.test(photo.file.type);
     if (asIs) return Promise.resolve({ blob: photo.file, name: photo.file.name || "photo" });
     var canvas = document.createElement("canvas");
     canvas.width = Math.max(1, Math.round(crop.w * scale));
