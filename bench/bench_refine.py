@@ -178,9 +178,10 @@ def main() -> None:
     from django.conf import settings
 
     variants = {
-        "rocchio 0.75/0.25 (shipped)": (0.75, 0.25),
         "rocchio 0.5/0.15": (0.5, 0.15),
-        "rocchio 1.0/0.5": (1.0, 0.5),
+        "rocchio 0.75/0.25 (SMART)": (0.75, 0.25),
+        "rocchio 1.0/0.5 (shipped)": (1.0, 0.5),
+        "rocchio 1.5/0.75": (1.5, 0.75),
     }
     feedback_summary: dict = {}
     shipped_rerank = settings.RETRIEVAL_RERANK
@@ -206,6 +207,7 @@ def main() -> None:
                     continue
                 row = {
                     "p_before": sum(relevant(g, query) for g in before) / top,
+                    "new_before": sum(relevant(g, query) for g in before if g != liked) / top,
                     "wrong": disliked is not None,
                 }
                 feedback = refine.load_feedback(
@@ -215,11 +217,11 @@ def main() -> None:
                 )
                 for name, (b, c) in variants.items():
                     after = run(query, feedback=feedback, like_weight=b, dislike_weight=c)
-                    ids = [h.garment_id for h in after.result.hits]
-                    assert disliked is None or disliked not in ids, "a disliked garment came back"
-                    row[f"p_after:{name}"] = sum(relevant(g, query) for g in ids) / top
+                    found = [h.garment_id for h in after.result.hits]
+                    assert disliked is None or disliked not in found, "a disliked came back"
+                    row[f"p_after:{name}"] = sum(relevant(g, query) for g in found) / top
                     # The judged garments left out: what the shopper sees that is new.
-                    fresh = [g for g in ids if g != liked]
+                    fresh = [g for g in found if g != liked]
                     row[f"new_after:{name}"] = sum(relevant(g, query) for g in fresh) / top
                 rows.append(row)
             room = [r for r in rows if r["wrong"]]
@@ -229,6 +231,7 @@ def main() -> None:
                 "with_a_wrong_result": len(room),
                 "p@10_before": mean(rows, "p_before"),
                 "p@10_before_with_wrong": mean(room, "p_before"),
+                "p@10_before_liked_left_out": mean(rows, "new_before"),
                 "seconds": round(time.perf_counter() - started, 1),
                 **{
                     name: {

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -401,25 +402,24 @@ class GarmentIdsField(serializers.ListField):
         "invalid_id": "garment ids are positive integers, not {value!r}",
     }
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("max_length", MAX_FEEDBACK_IDS)
         kwargs.setdefault("required", False)
         kwargs.setdefault("default", list)
         super().__init__(child=serializers.IntegerField(), **kwargs)
         self.error_messages["max_length"] = f"at most {MAX_FEEDBACK_IDS} garment ids per request"
 
-    def to_internal_value(self, data):
-        from_form = bool(getattr(self.parent, "initial_data", None) is not None) and hasattr(
-            self.parent.initial_data, "getlist"
-        )
+    def to_internal_value(self, data: Any) -> list[int]:
+        from_form = hasattr(getattr(self.parent, "initial_data", None), "getlist")
+        limit = self.max_length or MAX_FEEDBACK_IDS
         if isinstance(data, str) or not isinstance(data, list | tuple):
             if not (from_form and isinstance(data, str)):
                 self.fail("not_a_list")
             data = [data]
         if from_form:
             data = [part for item in data for part in str(item).split(",")]
-        if len(data) > self.max_length:
-            self.fail("max_length", max_length=self.max_length, length=len(data))
+        if len(data) > limit:
+            self.fail("max_length", max_length=limit, length=len(data))
         ids = []
         for item in data:
             text = item.strip() if from_form and isinstance(item, str) else item

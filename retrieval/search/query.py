@@ -9,19 +9,25 @@ this" feedback (:mod:`retrieval.search.refine`) and the categories the model rec
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from django.conf import settings
+from PIL import Image
 
 from retrieval.models import Category, FeatureModel, Garment, GarmentFeature
 from retrieval.search import refine
 from retrieval.search.ranking import (
+    Hit,
     SearchResult,
     SearchUnavailable,
     require_active_model,
     search_vectors,
 )
+
+#: A search photo: decoded (RGB) or its encoded bytes.
+PhotoSource = Image.Image | bytes | bytearray
 
 #: How many recognised categories a photo search reports (the first and the next likely).
 PREDICTED_CATEGORIES = 3
@@ -58,7 +64,7 @@ class PhotoSearch:
     boosted: int = 0
 
 
-def _photo_vectors(image, model: FeatureModel) -> tuple[np.ndarray, np.ndarray]:
+def _photo_vectors(image: PhotoSource, model: FeatureModel) -> tuple[np.ndarray, np.ndarray]:
     """The photo's fused vector ``(542,)`` and category probabilities ``(C,)`` (one CNN pass,
     more with RETRIEVAL_QUERY_CROP / RETRIEVAL_QUERY_FLIP). image: a PIL image or bytes."""
     from retrieval import images
@@ -130,7 +136,7 @@ def _reranked_category(
 
 def search_image(
     *,
-    image,
+    image: PhotoSource,
     top: int = 10,
     mode: str = "fused",
     category_id: int | None = None,
@@ -188,7 +194,7 @@ def predicted_categories(
 
 def search_photo(
     *,
-    image,
+    image: PhotoSource,
     q: str = "",
     like: tuple[int, ...] | list[int] = (),
     dislike: tuple[int, ...] | list[int] = (),
@@ -297,7 +303,7 @@ def search_refined(
         include_hidden=include_hidden,
         exclude_garment_ids=(*exclude_garment_ids, *feedback.dislike_ids),
     )
-    tests: list = []
+    tests: list[Callable[[Hit], bool]] = []
     colour_matches = boosted = 0
     if lift_colour or understood.words:
         labels = {

@@ -14,8 +14,8 @@ feature), before the ordinary search ranks the catalogue with it:
   lift the garments whose title contains them to the top of the page (a boost, not a filter:
   an unmatched word never empties the results).
 - **Feedback** (Rocchio, in the fused space): ``q' = (q + b mean(liked) - c mean(disliked)) /
-  (1 + b - c)`` from the liked and disliked garments' stored vectors under the active model;
-  disliked garments are excluded from the refined results.
+  (1 + b - c)``, b = LIKE_WEIGHT, c = DISLIKE_WEIGHT, from the liked and disliked garments'
+  stored vectors under the active model; disliked garments are excluded from the results.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 from django.db.models import Q
@@ -31,14 +33,18 @@ from django.db.models import Q
 from retrieval.models import BackboneFeature, Category, FeatureModel, Garment, GarmentFeature
 from retrieval.spec import COLOUR_DIM, NUM_POSITIONS
 
+if TYPE_CHECKING:
+    from retrieval.search.ranking import Hit
+
 #: Longest ``q`` accepted (characters): a few words, not a document.
 MAX_QUERY_CHARS = 200
 #: Most garment ids in ``like`` or in ``dislike``.
 MAX_FEEDBACK_IDS = 50
-#: Rocchio weights of the liked and disliked garments' mean (the query's own weight is 1):
-#: the classic SMART values (0.75, 0.25), measured in docs/benchmarks.md ("Refining").
-LIKE_WEIGHT = 0.75
-DISLIKE_WEIGHT = 0.25
+#: Rocchio weights of the liked and disliked garments' mean (the query's own weight is 1).
+#: 1.0 / 0.5 measured a little better than the classic SMART values (0.75 / 0.25) and than
+#: 0.5 / 0.15 in all four settings of bench/bench_refine.py (docs/benchmarks.md, "Refining").
+LIKE_WEIGHT = 1.0
+DISLIKE_WEIGHT = 0.5
 #: A colour needs this many garments in the catalogue to have a typical colour.
 MIN_COLOUR_GARMENTS = 3
 #: Garments read to compute a colour's typical RGB (the median of a sample is as typical).
@@ -117,16 +123,18 @@ def _singular_keys(name: str) -> set[str]:
     return {k for k in keys if len(k) >= 3}
 
 
-_CACHE: dict[tuple, tuple[float, object]] = {}
+_CACHE: dict[tuple[object, ...], tuple[float, Any]] = {}
 _CACHE_LOCK = threading.Lock()
+T = TypeVar("T")
+K = TypeVar("K")
 
 
-def _cached(key: tuple, compute):
+def _cached(key: tuple[object, ...], compute: Callable[[], T]) -> T:
     now = time.monotonic()
     with _CACHE_LOCK:
         hit = _CACHE.get(key)
         if hit is not None and now - hit[0] < CACHE_SECONDS:
-            return hit[1]
+            return cast(T, hit[1])
     value = compute()
     with _CACHE_LOCK:
         _CACHE[key] = (now, value)
@@ -163,7 +171,7 @@ def catalogue_colours() -> list[str]:
     return _cached(("colours",), compute)
 
 
-def parse_query(text: str, *, categories) -> QueryWords:
+def parse_query(text: str, *, categories: Iterable[Category]) -> QueryWords:
     """Understand the words typed beside a photo.
 
     text: the shopper's words (at most MAX_QUERY_CHARS; longer is the caller's 400).
@@ -176,7 +184,7 @@ def parse_query(text: str, *, categories) -> QueryWords:
     tokens = [t.lower() for t in _WORD.findall(text)]
     used = [False] * len(tokens)
 
-    def find(names: dict[str, object], longest: int):
+    def find(names: Mapping[str, K], longest: int) -> K | None:
         for n in range(min(longest, len(tokens)), 0, -1):
             for i in range(len(tokens) - n + 1):
                 if any(used[i : i + n]):
@@ -187,20 +195,19 @@ def parse_query(text: str, *, categories) -> QueryWords:
                     return found
         return None
 
-    colours = {_key(name): name for name in catalogue_colours()}
-    colour = find(colours, 3) if colours else None
-    by_key: dict[str, object] = {}
-    for category in categories:
-        for key in _singular_keys(category.name):
-            by_key.setdefault(key, category)
-    category = find(by_key, 3) if by_key else None
+    colour = find({_key(name): name for name in catalogue_colours()}, 3)
+    by_key: dict[str, Category] = {}
+    for each in categories:
+        for key in _singular_keys(each.name):
+            by_key.setdefault(key, each)
+    category = find(by_key, 3)
     words = tuple(
         dict.fromkeys(t for t, u in zip(tokens, used, strict=True) if not u and t not in STOP_WORDS)
     )[:10]
     return QueryWords(
         text=text,
-        colour=colour if isinstance(colour, str) else None,
-        category=category if isinstance(category, Category) else None,
+        colour=colour,
+        category=category,
         words=words,
     )
 
@@ -343,7 +350,9 @@ def rocchio(
     return (total / scale).astype(np.float32)
 
 
-def probs_with_likes(probs: np.ndarray, *, classes, feedback: Feedback) -> np.ndarray:
+def probs_with_likes(
+    probs: np.ndarray, *, classes: Sequence[object], feedback: Feedback
+) -> np.ndarray:
     """The category probabilities the re-rank orders by, told by the liked garments too.
 
     probs: ``(C,)`` the head's softmax for the photo, in ``classes`` order. Returns ``(C,)``:
@@ -370,7 +379,9 @@ def title_holds(title: str, words: tuple[str, ...]) -> bool:
     return all(any(k.startswith(_key(w)) for k in keys) for w in words if _key(w))
 
 
-def lift(hits: list, *, top: int, tests: list) -> tuple[list, list[int]]:
+def lift(
+    hits: list[Hit], *, top: int, tests: Sequence[Callable[[Hit], bool]]
+) -> tuple[list[Hit], list[int]]:
     """Order ``hits`` (:class:`retrieval.search.Hit`, nearest first) by ``tests`` (predicates
     on a hit), the first test first: hits passing it come before those failing it, ties
     broken by the next test, then by distance (the sort is stable). Keep ``top``.

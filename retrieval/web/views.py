@@ -15,6 +15,7 @@ import logging
 import posixpath
 import re
 import sys
+from typing import Any
 
 from django import forms
 from django.conf import settings
@@ -26,6 +27,7 @@ from django.template import loader
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_safe
 from django.views.static import serve
+from PIL import Image
 
 from retrieval import catalogue, search
 from retrieval.health import health_report
@@ -81,8 +83,8 @@ class GarmentIdsField(forms.Field):
 
     widget = forms.MultipleHiddenInput
 
-    def to_python(self, value) -> list[int]:
-        values = value if isinstance(value, list | tuple) else ([value] if value else [])
+    def to_python(self, value: object) -> list[int]:
+        values = list(value) if isinstance(value, list | tuple) else ([value] if value else [])
         if len(values) > refine.MAX_FEEDBACK_IDS:
             raise forms.ValidationError(
                 f"At most {refine.MAX_FEEDBACK_IDS} garments can be marked; start over.",
@@ -142,7 +144,7 @@ class SearchForm(forms.Form):
     # "Start over" (a button of the results) searches the photo without the marks.
     feedback = forms.CharField(required=False, max_length=10)
 
-    def clean_image(self):
+    def clean_image(self) -> Image.Image | None:
         upload = self.cleaned_data.get("image")
         if not upload:
             return None
@@ -151,8 +153,8 @@ class SearchForm(forms.Form):
         except ImageError as exc:  # a person's words; the code picks the HTTP status
             raise forms.ValidationError(exc.reason, code=_image_code(exc)) from None
 
-    def clean(self):
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
         if self.errors.get("image"):
             return data
         if data.get("image") is None:
@@ -188,7 +190,7 @@ def _data_url_bytes(text: str) -> bytes:
 SHOWN_PHOTO_SIDE = 448
 
 
-def _photo_data_url(image) -> str:
+def _photo_data_url(image: Image.Image) -> str:
     """A small JPEG of the searched photo as a data: URL (shown above the results, and sent
     back by "more like this" without JavaScript)."""
     small = image.copy()

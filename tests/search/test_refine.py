@@ -3,12 +3,14 @@ predicted categories. Real PostgreSQL/pgvector, hand-made vectors (no CNN)."""
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import pytest
 
 from retrieval import search
 from retrieval.features import colour_feature
-from retrieval.models import BackboneFeature, Category, Garment
+from retrieval.models import BackboneFeature, Category, FeatureModel, Garment
 from retrieval.search import refine
 from tests.factories import CategoryFactory, FeatureModelFactory, GarmentFactory, add_vectors
 
@@ -41,19 +43,22 @@ def catalogue():
     """Tops and Shoes in Red, Navy Blue and Blue (4 each), with stored raw RGB and vectors
     made the way indexing makes them (fused = [deep, 0.6 x lab_mean colour])."""
     rng = np.random.default_rng(0)
-    model = FeatureModelFactory(classes=["Dresses", "Shoes", "Tops"])
+    model = cast(FeatureModel, FeatureModelFactory(classes=["Dresses", "Shoes", "Tops"]))
     garments, vectors = [], []
     for category in ("Tops", "Shoes"):
         cat = CategoryFactory(name=category)
         for colour, rgb in RGB.items():
             for i in range(4):
-                g = GarmentFactory(category=cat, colour=colour, title=f"{colour} {category} {i}")
+                g = cast(
+                    Garment,
+                    GarmentFactory(category=cat, colour=colour, title=f"{colour} {category} {i}"),
+                )
                 raw = np.clip(np.array(rgb) + rng.normal(0, 6, (10, 3)), 0, 255)
                 BackboneFeature.objects.create(
                     garment=g,
                     backbone=model.backbone,
                     version=1,
-                    image_name=g.image.name,
+                    image_name=str(g.image.name),
                     pooled=[0.0, 1.0],
                     positions=list(range(10)),
                     rgb=raw.reshape(-1).tolist(),
@@ -82,7 +87,7 @@ def test_words_name_the_longest_colour_a_category_and_leave_the_rest(catalogue):
     categories = Category.objects.all()
     words = refine.parse_query("This, but in NAVY blue cotton dress!", categories=categories)
     assert words.colour == "Navy Blue"  # not "Blue": the longest name wins
-    assert words.category.name == "Dresses"  # singular of the category's name
+    assert words.category is not None and words.category.name == "Dresses"  # singular form
     assert words.words == ("cotton",)  # "this", "but", "in" carry no meaning
     assert refine.parse_query("blue t-shirt", categories=categories).colour == "Blue"
     plain = refine.parse_query("'; DROP TABLE retrieval_garment; --", categories=categories)
@@ -103,7 +108,7 @@ def test_the_colour_part_is_made_from_the_colours_median_raw_rgb(catalogue):
     ).reshape(-1, 10, 3)
     expected = WEIGHT * colour_feature(np.median(raw, axis=0)[None], variant="lab_mean")[0]
     part = refine.colour_part(model=model, colour="red")
-    assert part.shape == (30,)
+    assert part is not None and part.shape == (30,)
     np.testing.assert_allclose(part, expected, rtol=1e-5, atol=1e-6)
     fused = np.ones(542, np.float32)
     replaced = refine.with_colour(fused, part)
@@ -141,7 +146,7 @@ def test_category_and_title_words(catalogue):
     found = search.search_refined(fused=fused, probs=probs, model=model, understood=shoes, top=5)
     assert {c for c, _ in labels(found.result.hits)} == {"Shoes"}
     # A title word lifts the garments that hold it; it never empties the page.
-    titled = Garment.objects.filter(category__name="Tops", colour="Blue").first()
+    titled = Garment.objects.filter(category__name="Tops", colour="Blue").earliest("id")
     Garment.objects.filter(pk=titled.pk).update(title="Blue linen top")
     words = refine.QueryWords(text="linen", words=("linen",))
     found = search.search_refined(fused=fused, probs=probs, model=model, understood=words, top=5)
@@ -243,7 +248,7 @@ def test_hidden_or_unindexed_garments_cannot_be_liked_by_shoppers(catalogue):
     with pytest.raises(refine.FeedbackError, match="hidden"):
         refine.load_feedback(model=model, like=[hidden.pk])
     assert refine.load_feedback(model=model, like=[hidden.pk], include_hidden=True)
-    pending = GarmentFactory(status=Garment.Status.PENDING)
+    pending = cast(Garment, GarmentFactory(status=Garment.Status.PENDING))
     with pytest.raises(refine.FeedbackError):
         refine.load_feedback(model=model, dislike=[pending.pk], include_hidden=True)
 

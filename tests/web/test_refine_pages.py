@@ -5,11 +5,12 @@ photos, the photo searched shown without JavaScript). Django's test client, real
 from __future__ import annotations
 
 import re
+from typing import cast
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from retrieval.models import Garment
+from retrieval.models import Category, FeatureModel, Garment
 from retrieval.templatetags.shop import thousands
 from tests.factories import CategoryFactory, FeatureModelFactory, GarmentFactory, jpeg_bytes
 
@@ -26,6 +27,12 @@ def no_search_throttle(settings):
 
 def upload(data: bytes) -> SimpleUploadedFile:
     return SimpleUploadedFile("photo.jpg", data, content_type="image/jpeg")
+
+
+def match(pattern: str, html: str) -> re.Match[str]:
+    found = re.search(pattern, html, re.S)
+    assert found is not None, pattern
+    return found
 
 
 def result_ids(html: str) -> list[int]:
@@ -82,9 +89,12 @@ def test_a_carried_photo_that_is_not_one_is_explained(client):
 def query(trained_catalogue) -> Garment:
     return (
         Garment.objects.filter(pk__in=trained_catalogue.ids[Garment], category__slug="tshirts")
-        .exclude(colour="Blue")
+        .exclude(colour__in=["Red", "Blue"])
+        # One the head was trained on: its category is recognised, so the checks below are
+        # about the words and marks, not about a misrecognised photo.
+        .exclude(pk__in=FeatureModel.objects.get(active=True).split.get("test", []))
         .order_by("sku")
-        .first()
+        .earliest("sku")
     )
 
 
@@ -101,7 +111,7 @@ def test_photo_and_words_without_javascript(client, query):
     html = response.content.decode()
     assert "<b>blue</b>" not in html
     assert 'value="&lt;b&gt;blue&lt;/b&gt; &quot;cotton&quot;"' in html  # q shown back, escaped
-    understood = re.search(r'<p class="understood".*?</p>', html, re.S).group(0)
+    understood = match(r'<p class="understood".*?</p>', html).group(0)
     assert "Blue" in understood and "cotton" in understood
     ids = result_ids(html)
     colours = dict(Garment.objects.filter(pk__in=ids).values_list("pk", "colour"))
@@ -123,7 +133,7 @@ def test_more_and_not_like_this_without_javascript(client, query):
     html = first.content.decode()
     ids = result_ids(html)
     assert f'name="like" value="{ids[3]}"' in html and f'name="dislike" value="{ids[4]}"' in html
-    photo = re.search(r'name="photo" value="([^"]+)"', html).group(1)
+    photo = match(r'name="photo" value="([^"]+)"', html).group(1)
     # The buttons post the form again: the carried photo, and the pressed button's id.
     second = client.post(
         "/", {"photo": photo, "colour": "on", "like": [str(ids[3])], "dislike": [str(ids[4])]}
@@ -156,7 +166,7 @@ def test_empty_categories_are_hidden_from_shoppers_not_staff(client, admin_clien
 
 
 def test_counts_have_thousands_separators_and_long_categories_page_numbers(client):
-    category = CategoryFactory(name="Test Tees")
+    category = cast(Category, CategoryFactory(name="Test Tees"))
     Garment.objects.bulk_create(
         Garment(sku=f"T{i:05d}", title=f"Tee {i}", category=category, image=f"garments/t{i}.jpg",
                 status=Garment.Status.READY)
@@ -175,10 +185,12 @@ def test_counts_have_thousands_separators_and_long_categories_page_numbers(clien
 
 def test_catalogue_photos_are_never_shown_past_twice_their_size(client, admin_client):
     FeatureModelFactory()
-    small = GarmentFactory()  # 60 x 80, like the catalogue's
+    small = cast(Garment, GarmentFactory())  # 60 x 80, like the catalogue's
     html = client.get(f"/garments/{small.pk}/").content.decode()
     assert re.search(rf'src="{small.image.url}" alt="[^"]*" width="120" height="160"', html)
-    big = GarmentFactory(image=SimpleUploadedFile("b.jpg", jpeg_bytes(size=(600, 800))))
+    big = cast(
+        Garment, GarmentFactory(image=SimpleUploadedFile("b.jpg", jpeg_bytes(size=(600, 800))))
+    )
     html = client.get(f"/garments/{big.pk}/").content.decode()
     assert re.search(rf'src="{big.image.url}" alt="[^"]*" width="300" height="400"', html)
     assert "Score" not in client.get(f"/garments/{small.pk}/").content.decode()
