@@ -122,6 +122,11 @@
       cropPanel.hidden = false;
       sizePreview();
       setCrop(null);
+      // On a phone the photo loads below the pickers: bring it, and the Search button under
+      // it, into view.
+      if (window.matchMedia && window.matchMedia("(max-width: 719px)").matches) {
+        cropPanel.scrollIntoView({ block: "start" });
+      }
     };
     preview.src = url;
     preview.alt = "Your photo" + (name ? ", " + name : "");
@@ -386,7 +391,8 @@
    * searches after it stay in that category. */
   function formData(submitter) {
     if (submitter && submitter.name === "category") {
-      form.elements.category.value = submitter.value;
+      // The select itself (the chips share its name: form.elements.category lists them all).
+      form.querySelector('select[name="category"]').value = submitter.value;
       submitter = null;
     }
     var data = new FormData(form);
