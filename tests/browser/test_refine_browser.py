@@ -178,10 +178,10 @@ def test_a_category_chip_searches_that_category(site, screen, query):
 
     search_with(screen, site, query.image.path)
     chip = screen.locator("#predicted button.chip").first
-    slug = chip.get_attribute("value")
+    slug, name = chip.get_attribute("value"), chip.inner_text().strip()
     chip.click()
     expect(screen.locator("#id_category")).to_have_value(slug)
-    expect(screen.locator(".results-meta")).to_contain_text(" · in ")
+    expect(screen.locator(".results-meta")).to_contain_text(f"in {name}")  # the new results
     ids = result_ids(screen)
     assert ids and set(
         Garment.objects.filter(pk__in=ids).values_list("category__slug", flat=True)
