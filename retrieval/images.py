@@ -244,6 +244,26 @@ def open_image(
             stream.close()
 
 
+_JPEG_START = b"\xff\xd8\xff"
+
+
+def _open_for_decoding(stream: IO[bytes], formats: tuple[str, ...], *, draft: bool) -> Image.Image:
+    """``Image.open``, except that a JPEG to be decoded reduced (``draft``) is opened even
+    above Pillow's own refusal size (2 x Image.MAX_IMAGE_PIXELS, ~179 MP): its pixel count
+    is checked after the reduction instead (:func:`_decode`)."""
+    start = stream.tell()
+    try:
+        return Image.open(stream, formats=formats)
+    except Image.DecompressionBombError:
+        stream.seek(start)
+        if not (draft and "JPEG" in formats and stream.read(3) == _JPEG_START):
+            raise
+        stream.seek(start)
+        from PIL import JpegImagePlugin
+
+        return JpegImagePlugin.JpegImageFile(stream)
+
+
 def _decode(
     stream: IO[bytes],
     *,
@@ -258,19 +278,13 @@ def _decode(
             # Pillow warns above Image.MAX_IMAGE_PIXELS (89 MP): our own limit below governs,
             # so the warning is moot. Above twice that Pillow raises before we see the size.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(stream, formats=formats) as img:
+            with _open_for_decoding(stream, formats, draft=draft_size is not None) as img:
                 width, height = img.size
                 if width <= 0 or height <= 0:
                     raise ImageError("the image has no pixels", name=name)
-                if width * height > max_pixels:
-                    raise ImageError(
-                        f"image too large: {width}x{height} pixels exceeds the limit of "
-                        f"{max_pixels} pixels",
-                        name=name,
-                    )
-                if getattr(img, "n_frames", 1) > 1:
-                    img.seek(0)  # animated GIF/WebP/APNG or multi-page TIFF: first frame
-                icc = img.info.get("icc_profile")
+                # draft() decodes a JPEG at 1/2..1/8 scale (DCT scaling), so the pixels that
+                # count against the limit are the reduced ones: a 200 MP phone photo decodes
+                # as ~3 MP (48-200 MP camera modes are common; issue #15).
                 if draft_size is not None and img.format in ("JPEG", "MPO"):
                     # draft() keeps both sides >= the request, so orientation does not matter.
                     side = max(draft_size)
@@ -279,6 +293,18 @@ def _decode(
                     # The longer side stays >= max_side: scale = the largest 1/2^k that does.
                     scale = max(width, height) / max_side
                     img.draft("RGB", (int(width / scale) + 1, int(height / scale) + 1))
+                # A search photo (draft_size) counts its reduced pixels; an upload to be stored
+                # (max_side: checked reduced, stored at full size) counts them all.
+                counted = img.size if draft_size is not None else (width, height)
+                if counted[0] * counted[1] > max_pixels:
+                    raise ImageError(
+                        f"image too large: {width}x{height} pixels exceeds the limit of "
+                        f"{max_pixels} pixels",
+                        name=name,
+                    )
+                if getattr(img, "n_frames", 1) > 1:
+                    img.seek(0)  # animated GIF/WebP/APNG or multi-page TIFF: first frame
+                icc = img.info.get("icc_profile")
                 img.load()  # decode now, inside the try, so truncation surfaces here
                 loaded: Image.Image = img
                 if max_side is not None and max(img.size) > max_side:

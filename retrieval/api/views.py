@@ -26,6 +26,7 @@ from drf_spectacular.utils import (
 )
 from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
 from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import (
     SAFE_METHODS,
@@ -49,6 +50,7 @@ from retrieval.api.serializers import (
     GarmentSerializer,
     GarmentWriteSerializer,
     KeywordSerializer,
+    PhotoSearchResponseSerializer,
     SearchBase64Serializer,
     SearchResponseSerializer,
     SearchUploadSerializer,
@@ -99,17 +101,17 @@ class ModelPermissionsOrReadOnly(DjangoModelPermissions):
 
 
 SEARCH_EXAMPLE = OpenApiExample(
-    "One result",
+    "This photo, but in red",
     value={
         "results": [
             {
                 "id": 41,
                 "sku": "15970",
-                "title": "Turtle Check Men Navy Blue Shirt",
-                "category": {"id": 3, "slug": "shirts", "name": "Shirts"},
-                "colour": "Navy Blue",
+                "title": "Roadster Women Red Dress",
+                "category": {"id": 3, "slug": "dresses", "name": "Dresses"},
+                "colour": "Red",
                 "image_url": "https://shop.example.com/media/garments/2025/11/15970.jpg",
-                "score": -0.0,
+                "score": -0.412,
             }
         ],
         "cluster": [4],
@@ -117,9 +119,44 @@ SEARCH_EXAMPLE = OpenApiExample(
         "mode": "fused",
         "top": 5,
         "took_ms": 48.3,
+        "predicted_categories": [
+            {"category": {"id": 3, "slug": "dresses", "name": "Dresses"}, "confidence": 0.81},
+            {"category": {"id": 9, "slug": "tops", "name": "Tops"}, "confidence": 0.12},
+            {"category": {"id": 12, "slug": "skirts", "name": "Skirts"}, "confidence": 0.03},
+        ],
+        "understood": {
+            "q": "in red",
+            "colour": "Red",
+            "colour_matches": 1,
+            "category": None,
+            "words": [],
+            "title_matches": 0,
+            "like": [],
+            "dislike": [],
+        },
     },
     response_only=True,
 )
+SEARCH_REQUEST_EXAMPLES = [
+    OpenApiExample(
+        "Photo and a colour word (JSON)",
+        value={"image": "data:image/jpeg;base64,/9j/4AAQSkZJRg...", "q": "in red", "top": 10},
+        request_only=True,
+        media_type="application/json",
+    ),
+    OpenApiExample(
+        "Refine with feedback (JSON)",
+        description="The same photo again, with the garments the shopper marked: more like "
+        "41 and 57, not like 12 (12 is left out of the results).",
+        value={
+            "image": "data:image/jpeg;base64,/9j/4AAQSkZJRg...",
+            "like": [41, 57],
+            "dislike": [12],
+        },
+        request_only=True,
+        media_type="application/json",
+    ),
+]
 
 
 def _parameter(
@@ -197,14 +234,26 @@ class SearchView(APIView):
             "clusters (the top N stays complete: clusters are added until N garments pass); a "
             "value no garment has is a 400 listing the known ones. `facets=true` adds each "
             "filter's values with their counts. Anonymous clients are throttled (HTTP 429 with "
-            "Retry-After)."
+            "Retry-After).\n\n"
+            'Refining: `q` adds words ("in red": a catalogue colour replaces the photo\'s '
+            "colour and keeps its shape; a category name searches that category; other words "
+            "lift garments whose title holds them); `like` / `dislike` take the ids of garments "
+            'the shopper marked "more like this" / "not like this" (send the same photo '
+            "again with them; disliked garments never come back). The answer says what was "
+            "understood (`understood`) and which categories the model recognised in the photo "
+            "(`predicted_categories`, with confidences)."
         ),
         request={
             "multipart/form-data": SearchUploadSerializer,
             "application/json": SearchBase64Serializer,
         },
-        responses={200: SearchResponseSerializer, **errors(400, 413, 415, 429, 503)},
-        examples=[SEARCH_EXAMPLE, SEARCH_FILTERED_EXAMPLE, SEARCH_FACETS_EXAMPLE],
+        responses={200: PhotoSearchResponseSerializer, **errors(400, 413, 415, 429, 503)},
+        examples=[
+            SEARCH_EXAMPLE,
+            SEARCH_FILTERED_EXAMPLE,
+            SEARCH_FACETS_EXAMPLE,
+            *SEARCH_REQUEST_EXAMPLES,
+        ],
         tags=["search"],
     )
     def post(self, request):
@@ -215,14 +264,23 @@ class SearchView(APIView):
             serializer = SearchBase64Serializer(data=data)
         serializer.is_valid(raise_exception=True)
         options = serializer.validated_data
-        result = search.search_image(
-            image=options["image"],
-            top=options["top"],
-            mode=options["mode"],
-            filters=options["filters"],
-            include_hidden=request.user.is_staff,
-        )
-        return search_response(request, result, options=options)
+        try:
+            found = search.search_photo(
+                image=options["image"],
+                q=options["q"],
+                like=options["like"],
+                dislike=options["dislike"],
+                top=options["top"],
+                mode=options["mode"],
+                filters=options["filters"],
+                include_hidden=request.user.is_staff,
+            )
+        except search.FeedbackError as exc:
+            raise ValidationError({exc.field: [str(exc)]}) from None
+        body = PhotoSearchResponseSerializer.present_photo(found, top=options["top"])
+        if options.get("facets"):
+            body["facets"] = facets_body(request, filters=options["filters"])
+        return Response(PhotoSearchResponseSerializer(body, context={"request": request}).data)
 
 
 @extend_schema_view(

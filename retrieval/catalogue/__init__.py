@@ -33,6 +33,7 @@ from retrieval.catalogue.media import (
 )
 from retrieval.catalogue.source import CatalogError, CatalogRow, CatalogSource, Problem, read_rows
 from retrieval.catalogue.uploads import (
+    decode_query_upload,
     decode_upload,
     image_digest,
     is_too_large,
@@ -50,6 +51,7 @@ __all__ = [
     "MediaStorageError",
     "Problem",
     "create_category",
+    "decode_query_upload",
     "decode_upload",
     "delete_images_after_commit",
     "delete_stored_image",

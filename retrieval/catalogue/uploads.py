@@ -60,6 +60,24 @@ def decode_upload(data: bytes, *, name: str | None = None) -> Image.Image:
     )
 
 
+#: Longest side a search photo is decoded at (at least): what the shop page uploads, and
+#: twice the CNN's input for the query-time crop pass. JPEGs decode at 1/2..1/8 scale.
+QUERY_DECODE_SIDE = 1024
+
+
+def decode_query_upload(data: bytes, *, name: str | None = None) -> Image.Image:
+    """Decode a search photo like :func:`decode_upload`, but reduced while decoding where the
+    format allows (JPEG): the pixel limit applies to the reduced image, so 48-200 MP camera
+    photos are searchable (the CNN sees 224 x 224). Raises ImageError."""
+    limit = settings.RETRIEVAL_MAX_UPLOAD_BYTES
+    if len(data) > limit:
+        raise ImageError(f"{TOO_LARGE}: {len(data)} bytes, the limit is {limit}")
+    side = QUERY_DECODE_SIDE
+    return open_image(
+        data, max_pixels=settings.RETRIEVAL_MAX_PIXELS, name=name, draft_size=(side, side)
+    )
+
+
 def validate_upload(*, upload) -> None:
     """Refuse an uploaded image over the limits, or that does not decode (ValidationError).
 

@@ -15,7 +15,15 @@ from retrieval.search.filters import (
     UnknownFilterValue,
     resolve_filters,
 )
-from retrieval.search.query import more_like_this, search_image
+from retrieval.search.query import (
+    PhotoSearch,
+    PredictedCategory,
+    more_like_this,
+    predicted_categories,
+    search_image,
+    search_photo,
+    search_refined,
+)
 from retrieval.search.ranking import (
     Hit,
     SearchResult,
@@ -24,12 +32,17 @@ from retrieval.search.ranking import (
     require_active_model,
     search_vectors,
 )
+from retrieval.search.refine import FeedbackError, QueryWords
 
 __all__ = [
     "FILTER_FIELDS",
     "Facet",
     "FacetValue",
+    "FeedbackError",
     "Hit",
+    "PhotoSearch",
+    "PredictedCategory",
+    "QueryWords",
     "SearchFilters",
     "SearchResult",
     "SearchUnavailable",
@@ -38,8 +51,11 @@ __all__ = [
     "keyword",
     "more_like_this",
     "one_snapshot",
+    "predicted_categories",
     "require_active_model",
     "resolve_filters",
     "search_image",
+    "search_photo",
+    "search_refined",
     "search_vectors",
 ]

@@ -8,6 +8,9 @@ the results fragment the server rendered (so every text is escaped by Django, in
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import logging
 import posixpath
 import re
@@ -25,6 +28,7 @@ from django.template import loader
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_safe
 from django.views.static import serve
+from PIL import Image
 
 from retrieval import catalogue, search
 from retrieval.health import cached_health_report, fresh_health_report, public_report
@@ -33,6 +37,7 @@ from retrieval.http.middleware import DATABASE_UNAVAILABLE_ERRORS, database_unav
 from retrieval.http.throttle import SearchRateThrottle
 from retrieval.images import ImageError
 from retrieval.models import Category, FeatureModel, Garment
+from retrieval.search import refine
 from retrieval.selectors import setup_progress, visible_categories, visible_garments
 from retrieval.spec import TOPS
 
@@ -171,13 +176,46 @@ def page_query(params: QueryDict) -> str:
     return f"&{encoded}" if encoded else ""
 
 
-class SearchForm(FilterForm):
-    """The shopper's search: a photo (or its crop), how many results, whether colour matters,
-    and the shopper filters."""
+class GarmentIdsField(forms.Field):
+    """Garment ids sent as repeated hidden fields (the "more / not like this" buttons)."""
 
-    image = forms.FileField(
-        label="Photo",
-        error_messages={"required": "Choose a photo to search with."},
+    widget = forms.MultipleHiddenInput
+
+    def to_python(self, value: object) -> list[int]:
+        values = list(value) if isinstance(value, list | tuple) else ([value] if value else [])
+        if len(values) > refine.MAX_FEEDBACK_IDS:
+            raise forms.ValidationError(
+                f"At most {refine.MAX_FEEDBACK_IDS} garments can be marked; start over.",
+                code="too_many",
+            )
+        ids = []
+        for item in values:
+            text = str(item).strip()
+            if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 2**63:
+                raise forms.ValidationError("That is not a garment of the catalogue.")
+            ids.append(int(text))
+        return list(dict.fromkeys(ids))
+
+
+class SearchForm(FilterForm):
+    """The shopper's search: a photo (or its crop), words, how many results, whether colour
+    matters, the shopper filters, and the garments marked "more / not like this"."""
+
+    image = forms.FileField(label="Photo", required=False)
+    # The photo searched last, as a data: URL, carried by the results page (without
+    # JavaScript a file input cannot keep the file): "more like this" searches it again.
+    photo = forms.CharField(required=False, widget=forms.HiddenInput, max_length=4_000_000)
+    q = forms.CharField(
+        label="Words (optional)",
+        required=False,
+        max_length=refine.MAX_QUERY_CHARS,
+        widget=forms.TextInput(
+            attrs={
+                "placeholder": "e.g. in red, dress",
+                "autocomplete": "off",
+                "enterkeyhint": "search",
+            }
+        ),
     )
     top = forms.TypedChoiceField(
         label="Results",
@@ -190,14 +228,65 @@ class SearchForm(FilterForm):
     )
     # "Colour matters" (fused vs deep); the colour *filter* is FilterForm's ``colour``.
     colour_matters = forms.BooleanField(label="Colour matters", required=False, initial=True)
+    like = GarmentIdsField(required=False)
+    dislike = GarmentIdsField(required=False)
+    # "Start over" (a button of the results) searches the photo without the marks.
+    feedback = forms.CharField(required=False, max_length=10)
 
-    def clean_image(self):
-        upload = self.cleaned_data["image"]
+    def clean_image(self) -> Image.Image | None:
+        upload = self.cleaned_data.get("image")
+        if not upload:
+            return None
         try:
-            return catalogue.decode_upload(catalogue.read_upload(upload), name=upload.name)
+            return catalogue.decode_query_upload(catalogue.read_upload(upload), name=upload.name)
         except ImageError as exc:  # a person's words; the code picks the HTTP status
-            code = "image_too_large" if catalogue.is_too_large(exc) else "invalid_image"
-            raise forms.ValidationError(exc.reason, code=code) from None
+            raise forms.ValidationError(exc.reason, code=_image_code(exc)) from None
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if self.errors.get("image"):
+            return data
+        if data.get("image") is None:
+            photo = data.get("photo") or ""
+            if not photo:
+                raise forms.ValidationError("Choose a photo to search with.", code="required")
+            try:
+                data["image"] = catalogue.decode_query_upload(_data_url_bytes(photo))
+            except ImageError as exc:
+                raise forms.ValidationError(exc.reason, code=_image_code(exc)) from None
+        if data.get("feedback") == "reset":
+            data["like"], data["dislike"] = [], []
+        return data
+
+
+def _image_code(exc: ImageError) -> str:
+    return "image_too_large" if catalogue.is_too_large(exc) else "invalid_image"
+
+
+_DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,")
+
+
+def _data_url_bytes(text: str) -> bytes:
+    """The bytes of a ``data:image/...;base64,`` URL (ImageError when it is not one)."""
+    body = _DATA_URL.sub("", text.strip(), count=1)
+    try:
+        return base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageError("the photo could not be read again: choose it once more") from None
+
+
+#: Longest side of the searched photo shown (and carried) on the results page.
+SHOWN_PHOTO_SIDE = 448
+
+
+def _photo_data_url(image: Image.Image) -> str:
+    """A small JPEG of the searched photo as a data: URL (shown above the results, and sent
+    back by "more like this" without JavaScript)."""
+    small = image.copy()
+    small.thumbnail((SHOWN_PHOTO_SIDE, SHOWN_PHOTO_SIDE))
+    out = io.BytesIO()
+    small.save(out, "JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
 
 
 def _search(request: HttpRequest, form: SearchForm) -> tuple[dict, int]:
@@ -212,8 +301,11 @@ def _search(request: HttpRequest, form: SearchForm) -> tuple[dict, int]:
     data = form.cleaned_data
     mode = "fused" if data["colour_matters"] else "deep"
     try:
-        result = search.search_image(
+        found = search.search_photo(
             image=data["image"],
+            q=data["q"],
+            like=data["like"],
+            dislike=data["dislike"],
             top=data["top"],
             mode=mode,
             filters=data["filters"],
@@ -221,8 +313,20 @@ def _search(request: HttpRequest, form: SearchForm) -> tuple[dict, int]:
         )
     except search.SearchUnavailable:
         return {"error": UNAVAILABLE, "unavailable": True}, 503
+    except search.FeedbackError as exc:
+        return {"error": f"{exc} Start over with the photo alone."}, 400
+    result = found.result
     # Hidden garments are excluded in SQL for shoppers (include_hidden above).
-    return {"result": result, "hits": result.garments(), "top": data["top"], "mode": mode}, 200
+    return {
+        "result": result,
+        "found": found,
+        "hits": result.garments(),
+        "top": data["top"],
+        "mode": result.mode,
+        "category": data.get("category") or found.understood.category,
+        "liked": set(found.feedback.like_ids),
+        "show_scores": request.user.is_staff,
+    }, 200
 
 
 @require_http_methods(["GET", "HEAD", "POST"])
@@ -237,6 +341,8 @@ def home(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         form = SearchForm(request.POST, request.FILES)
         outcome, status = _search(request, form)
+        if status == 200:
+            outcome["searched_photo"] = _photo_data_url(form.cleaned_data["image"])
         context.update(outcome, form=form, searched=True)
         if request.headers.get("X-Requested-With") == "fetch":
             response = render(request, "retrieval/_results.html", context, status=status)
@@ -266,12 +372,14 @@ def home(request: HttpRequest) -> HttpResponse:
 
 
 def _categories_with_counts(user):
+    """Categories with their number of searchable garments; shoppers see no empty ones."""
     ready = Q(garments__status=Garment.Status.READY)
-    return (
+    categories = (
         visible_categories(user)
         .annotate(garment_count=Count("garments", filter=ready))
         .order_by("name")
     )
+    return categories if user.is_staff else categories.filter(garment_count__gt=0)
 
 
 @require_GET
@@ -336,8 +444,12 @@ def _filtered_list(
         for link in group.links
         if link.selected
     ]
+    # Page numbers around the current page and at both ends ("1 2 … 9 10 11 … 250 251"):
+    # a category of 6,000 garments has 250 pages, too many to step through one by one.
+    numbers = page.paginator.get_elided_page_range(page.number, on_each_side=2, on_ends=1)
     return {
         "page": page,
+        "page_numbers": list(numbers),
         "facets": groups,
         "chosen": chosen,
         "page_query": page_query(request.GET),
@@ -370,14 +482,36 @@ def garment_detail(request: HttpRequest, pk: int) -> HttpResponse:
     facts += [(label, attributes.get(key)) for key, label in FACTS]
     context = {
         "garment": garment,
+        "image_size": _shown_size(garment),
         "facts": [(label, value) for label, value in facts if value],
         "similar": similar,
         "similar_error": similar_error,
         "top": top,
         "tops": TOPS,
         "colour": colour,
+        "show_scores": request.user.is_staff,
     }
     return render(request, "retrieval/garment_detail.html", context)
+
+
+#: Largest enlargement of a garment photo: the catalogue's 60 x 80 photos blur beyond 2x.
+SHARP_SCALE = 2.0
+#: The photo's box on a garment page (CSS pixels).
+SHOWN_BOX = (300, 400)
+
+
+def _shown_size(garment: Garment) -> tuple[int, int]:
+    """Width and height to show a garment's photo at: fit in SHOWN_BOX, enlarged at most
+    SHARP_SCALE times (its header is read, not its pixels); the box when it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with garment.image.open("rb") as fh, Image.open(fh) as image:
+            width, height = image.size
+    except (OSError, ValueError, UnidentifiedImageError):
+        return SHOWN_BOX
+    scale = min(SHARP_SCALE, SHOWN_BOX[0] / width, SHOWN_BOX[1] / height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def _int_choice(raw: str | None, choices, *, default: int) -> int:
