@@ -1,0 +1,161 @@
+"""Lever 1 and 2 of issue #14: the 2-layer head on FROZEN backbone features, trained on
+(a) studio photos, (b) + "at home" augmented copies, (c) + real shoppers' photos of the
+training senders (3 folds by sender), for a given backbone.
+
+Machine: 2 vCPU AMD EPYC (shared), no GPU, torch 2 threads, nice 15. Needs the CNN cache
+(``bench/shopper_extract.py``, same backbone). Command (from the repository root)::
+
+    nice -n 15 .venv/bin/python bench/shopper_heads.py --backbone efficientnet_lite0 \\
+        --methods studio,studio+aug1,studio+aug1+shop,studio+shop --json var/ml/results/heads_lite0.json
+
+A method is ``+``-joined parts: ``studio`` (the training split of the 8,000), ``augN`` (the
+cached augmented copy N of every training garment), ``shop`` / ``shopxR`` (the shoppers' photos
+of the two other sender folds, repeated R times). Shoppers' figures are always on photos whose
+sender was not trained on: with ``shop``, one head per fold, each measured on its held-out
+fold, results pooled over the 989 photos; without it, one head, all 989 photos. Studio figures:
+the held-out test split (10% per category) searched against the 8,000 minus itself; with
+``shop`` the mean over the 3 fold heads. Head recipe = the product's ``features.train_head``
+(AdamW, one-cycle, label smoothing 0.1, dropout 0.5, early stop on the studio val split,
+epochs = ``auto_epochs`` unless ``--epochs``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import shopper_lab as L  # noqa: E402
+from shopper_lab import F  # noqa: E402
+
+
+class Data:
+    """Cached features of one backbone + labels."""
+
+    def __init__(self, backbone: str, *, aug_sets=()):
+        self.backbone = backbone
+        self.cat, self.shop = L.Catalogue(), L.Shoppers()
+        self.studio = L.extract(backbone, "studio", 0, None)
+        self.shoppers = L.extract(backbone, "shoppers", 0, None)
+        self.aug = {n: L.extract(backbone, n, 0, None) for n in aug_sets}
+        classes = self.cat.classes
+        missing = set(L.SHOPPER_CATEGORIES) - set(classes)
+        assert not missing, missing
+        self.shop_y = np.asarray([classes.index(c) for c in self.shop.categories], np.int64)
+        self.lib_colour = F.colour_feature(L.rgb10_of(self.studio["amap"], self.studio["rgb7"]))
+        self.shop_colour = F.colour_feature(
+            L.rgb10_of(self.shoppers["amap"], self.shoppers["rgb7"]))
+
+    def training_set(self, parts: list[str], fold: int | None):
+        cat = self.cat
+        train = cat.split["train"]
+        xs, ys = [], []
+        for p in parts:
+            if p == "studio":
+                xs.append(self.studio["pooled"][train])
+                ys.append(cat.y[train])
+            elif p.startswith("aug"):
+                xs.append(self.aug[p]["pooled"])
+                ys.append(cat.y[train])
+            elif p.startswith("shop"):
+                repeat = int(p.split("x")[1]) if "x" in p else 1
+                rows = np.flatnonzero(self.shop.fold != fold)
+                for _ in range(repeat):
+                    xs.append(self.shoppers["pooled"][rows])
+                    ys.append(self.shop_y[rows])
+        return np.concatenate(xs), np.concatenate(ys)
+
+
+def evaluate_head(d: Data, head, *, shop_rows=None, shop_pooled=None, min_confidence=0.0,
+                  shop_colour=None):
+    """(studio per-query results, shoppers per-query results) for one head."""
+    cat = d.cat
+    lib_deep, _ = L.head_views(head, d.studio["pooled"])
+    space = L.Space(lib_deep, d.lib_colour, cat.categories, cat.colours)
+    test = cat.split["test"]
+    deep, probs = L.head_views(head, d.studio["pooled"][test])
+    studio = L.per_query(space, deep=deep, colour=d.lib_colour[test], probs=probs,
+                         classes=cat.classes, categories=cat.categories[test],
+                         colours=cat.colours[test], exclude=test,
+                         min_confidence=min_confidence)
+    rows = np.arange(len(d.shop.rows)) if shop_rows is None else shop_rows
+    pooled = (d.shoppers["pooled"] if shop_pooled is None else shop_pooled)[rows]
+    colour = (d.shop_colour if shop_colour is None else shop_colour)[rows]
+    deep, probs = L.head_views(head, pooled)
+    shop = L.per_query(space, deep=deep, colour=colour, probs=probs, classes=cat.classes,
+                       categories=d.shop.categories[rows], min_confidence=min_confidence)
+    return studio, shop
+
+
+def train(d: Data, parts, fold, epochs=None, seed=0):
+    x, y = d.training_set(parts, fold)
+    val = d.cat.split["val"]
+    head, metrics = F.train_head(
+        x, y, num_classes=len(d.cat.classes), epochs=epochs, seed=seed,
+        val_pooled=d.studio["pooled"][val], val_labels=d.cat.y[val],
+        class_names=d.cat.classes, backbone=d.backbone)
+    return head, metrics
+
+
+def run_method(d: Data, method: str, epochs=None):
+    parts = method.split("+")
+    uses_shop = any(p.startswith("shop") for p in parts)
+    studio_r, shop_r, seconds, n_train = [], [], [], 0
+    for fold in (range(3) if uses_shop else [None]):
+        head, metrics = train(d, parts, fold, epochs)
+        seconds.append(metrics["seconds"])
+        n_train = metrics["n_train"]
+        rows = None if fold is None else np.flatnonzero(d.shop.fold == fold)
+        s, q = evaluate_head(d, head, shop_rows=rows)
+        studio_r.append(s)
+        shop_r.append(q)
+        L.log(f"  {method} fold {fold}: {metrics}")
+    cnn = float(d.studio["seconds"]) + sum(
+        float(d.aug[p]["seconds"]) for p in parts if p.startswith("aug"))
+    return {
+        "method": method,
+        "studio": L.summary(L.concat(studio_r)),
+        "shoppers": L.summary(L.concat(shop_r)),
+        "head_seconds": round(float(np.mean(seconds)), 1),
+        "cnn_seconds_measured": round(cnn),
+        "n_train": n_train,
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--backbone", default="efficientnet_lite0")
+    ap.add_argument("--methods", default="studio,studio+aug1,studio+aug1+shop")
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--json", default="")
+    args = ap.parse_args(argv)
+    methods = args.methods.split(",")
+    augs = sorted({p for m in methods for p in m.split("+") if p.startswith("aug")})
+    d = Data(args.backbone, aug_sets=augs)
+    results = []
+    print(L.TABLE_HEADER)
+    for m in methods:
+        started = time.perf_counter()
+        r = run_method(d, m, args.epochs)
+        r["backbone"] = args.backbone
+        r["wall_seconds"] = round(time.perf_counter() - started)
+        results.append(r)
+        for mode in ("rerank", "fused", "deep"):
+            print(L.table_row(f"{args.backbone} {m}", r["shoppers"], r["studio"], mode,
+                              f"head {r['head_seconds']} s, CNN {r['cnn_seconds_measured']} s"),
+                  flush=True)
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
