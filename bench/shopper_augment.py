@@ -15,7 +15,7 @@ frame, in warm or cool home light, slightly blurred and JPEG-compressed. So here
 4. a soft contact shadow; home light (exposure, a light gradient, tungsten / daylight / shade
    white balance, gamma), then defocus blur, sensor noise and JPEG (quality 40-90).
 
-Deterministic for a ``numpy.random.Generator``. Output: an RGB ``PIL.Image`` of 300x400 (or
+Deterministic for a ``numpy.random.Generator``. Output: an RGB ``PIL.Image`` of 240x320 (or
 the JPEG bytes with :func:`home_photo_jpeg`). Pure numpy/PIL/scipy, no torch: it can run in
 DataLoader workers.
 
@@ -57,7 +57,7 @@ def garment_mask(photo: Image.Image, tolerance: float = 26.0) -> Image.Image:
     mask = Image.fromarray((garment * 255).astype(np.uint8), "L")
     return mask.filter(ImageFilter.GaussianBlur(0.7))
 
-SIZE = (300, 400)
+SIZE = (240, 320)  # 3:4; resized to 224x224 for the CNN anyway
 SURFACES = ("wood", "carpet", "sheet", "tiles", "wall_hanger")
 
 
@@ -161,7 +161,7 @@ def _home_light(a: np.ndarray, rng) -> np.ndarray:
 
 
 def home_photo(garment: Image.Image, rng: np.random.Generator) -> Image.Image:
-    """One "at home" photo (RGB, 300x400) of a studio garment photo."""
+    """One "at home" photo (RGB, 240x320) of a studio garment photo."""
     w, h = SIZE
     kind = SURFACES[int(rng.integers(0, len(SURFACES)))]
     canvas = surface(kind, rng)

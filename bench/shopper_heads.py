@@ -6,7 +6,8 @@ Machine: 2 vCPU AMD EPYC (shared), no GPU, torch 2 threads, nice 15. Needs the C
 (``bench/shopper_extract.py``, same backbone). Command (from the repository root)::
 
     nice -n 15 .venv/bin/python bench/shopper_heads.py --backbone efficientnet_lite0 \\
-        --methods studio,studio+aug1,studio+aug1+shop,studio+shop --json var/ml/results/heads_lite0.json
+        --methods studio,studio+shop,studio+aug1,studio+aug1+shop --epochs 20 \\
+        --views plain,flip,lowres,salcrop,plain+flip,lowres+flip --json var/ml/results/heads_lite0.json
 
 A method is ``+``-joined parts: ``studio`` (the training split of the 8,000), ``augN`` (the
 cached augmented copy N of every training garment), ``shop`` / ``shopxR`` (the shoppers' photos
@@ -103,29 +104,51 @@ def train(d: Data, parts, fold, epochs=None, seed=0):
     return head, metrics
 
 
-def run_method(d: Data, method: str, epochs=None):
+def shopper_views(d: Data, views: list[str]) -> dict[str, np.ndarray]:
+    """Query pooled features per view set (``plain``, ``flip``, ``lowres+flip``, ...): the
+    mean of the views' cached pooled features; colour always from the plain photo."""
+    cache = {"plain": d.shoppers["pooled"]}
+    out = {}
+    for vs in views:
+        parts = vs.split("+")
+        for v in parts:
+            if v not in cache:
+                cache[v] = L.extract(d.backbone, f"shoppers_{v}", 0, None)["pooled"]
+        out[vs] = np.mean([cache[v] for v in parts], axis=0)
+    return out
+
+
+def run_method(d: Data, method: str, epochs=None, views=("plain",)):
+    """One head (or one per sender fold with ``shop``), evaluated with each query view set."""
     parts = method.split("+")
     uses_shop = any(p.startswith("shop") for p in parts)
-    studio_r, shop_r, seconds, n_train = [], [], [], 0
+    pooled_views = shopper_views(d, list(views))
+    studio_r, shop_r = [], {v: [] for v in views}
+    seconds, n_train = [], 0
     for fold in (range(3) if uses_shop else [None]):
         head, metrics = train(d, parts, fold, epochs)
         seconds.append(metrics["seconds"])
         n_train = metrics["n_train"]
         rows = None if fold is None else np.flatnonzero(d.shop.fold == fold)
-        s, q = evaluate_head(d, head, shop_rows=rows)
+        for v in views:
+            s, q = evaluate_head(d, head, shop_rows=rows, shop_pooled=pooled_views[v])
+            shop_r[v].append(q)
         studio_r.append(s)
-        shop_r.append(q)
         L.log(f"  {method} fold {fold}: {metrics}")
     cnn = float(d.studio["seconds"]) + sum(
         float(d.aug[p]["seconds"]) for p in parts if p.startswith("aug"))
-    return {
-        "method": method,
-        "studio": L.summary(L.concat(studio_r)),
-        "shoppers": L.summary(L.concat(shop_r)),
-        "head_seconds": round(float(np.mean(seconds)), 1),
-        "cnn_seconds_measured": round(cnn),
-        "n_train": n_train,
-    }
+    return [
+        {
+            "method": method,
+            "views": v,
+            "studio": L.summary(L.concat(studio_r)),
+            "shoppers": L.summary(L.concat(shop_r[v])),
+            "head_seconds": round(float(np.mean(seconds)), 1),
+            "cnn_seconds_measured": round(cnn),
+            "n_train": n_train,
+        }
+        for v in views
+    ]
 
 
 def main(argv=None) -> int:
@@ -133,6 +156,7 @@ def main(argv=None) -> int:
     ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--methods", default="studio,studio+aug1,studio+aug1+shop")
     ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--views", default="plain", help="query view sets, e.g. plain,flip+plain")
     ap.add_argument("--json", default="")
     args = ap.parse_args(argv)
     methods = args.methods.split(",")
@@ -142,18 +166,19 @@ def main(argv=None) -> int:
     print(L.TABLE_HEADER)
     for m in methods:
         started = time.perf_counter()
-        r = run_method(d, m, args.epochs)
-        r["backbone"] = args.backbone
-        r["wall_seconds"] = round(time.perf_counter() - started)
-        results.append(r)
-        for mode in ("rerank", "fused", "deep"):
-            print(L.table_row(f"{args.backbone} {m}", r["shoppers"], r["studio"], mode,
-                              f"head {r['head_seconds']} s, CNN {r['cnn_seconds_measured']} s"),
-                  flush=True)
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=1)
+        for r in run_method(d, m, args.epochs, args.views.split(",")):
+            r["backbone"] = args.backbone
+            r["epochs"] = args.epochs
+            r["wall_seconds"] = round(time.perf_counter() - started)
+            results.append(r)
+            for mode in ("rerank", "fused", "deep"):
+                print(L.table_row(f"{args.backbone} {m} [{r['views']}]", r["shoppers"],
+                                  r["studio"], mode, f"head {r['head_seconds']} s, "
+                                  f"CNN {r['cnn_seconds_measured']} s"), flush=True)
+            if args.json:  # after every method: interim figures survive an interruption
+                os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+                with open(args.json, "w") as fh:
+                    json.dump(results, fh, indent=1)
     return 0
 
 

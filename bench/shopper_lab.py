@@ -45,7 +45,9 @@ from retrieval import features as F  # noqa: E402
 from retrieval.catalog import CatalogRow, CatalogSource, read_rows  # noqa: E402
 from retrieval.images import pooled_grid, resize_rgb  # noqa: E402
 
-torch.set_num_threads(2)
+# At most 2 (the brief); 1 by default: on 2 cores shared with other jobs, OpenMP's second
+# thread spin-waits for a busy core (retrieval/features.py measured lite0 collapsing 2-10x).
+torch.set_num_threads(int(os.environ.get("SHOPPER_THREADS", "1")))
 
 DATA = os.path.join(REPO, "..", "shared", "data")
 CATALOGUE_ZIP = os.path.join(DATA, "fashion-product-images-small.zip")
