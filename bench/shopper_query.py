@@ -74,6 +74,7 @@ def main(argv=None) -> int:
     ap.add_argument("--confidence", default="0,0.3,0.5")
     ap.add_argument("--prior-tau", default="0,0.5,1")
     ap.add_argument("--probes", default="1,2,3")
+    ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--json", default="")
     args = ap.parse_args(argv)
     parts = args.parts.split("+")
@@ -87,7 +88,7 @@ def main(argv=None) -> int:
             views[v] = L.extract(args.backbone, f"shoppers_{v}", 0, None)["pooled"]
     uses_shop = any(p.startswith("shop") for p in parts)
     folds = [0, 1, 2] if uses_shop else [None]
-    heads = {f: train(d, parts, f)[0] for f in folds}
+    heads = {f: train(d, parts, f, args.epochs)[0] for f in folds}
     results = {}
 
     def run(label, pooled_q, min_conf=0.0, tau=0.0):
