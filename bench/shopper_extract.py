@@ -69,6 +69,12 @@ def main(argv=None) -> int:
                 return img.crop((x0, y0, x0 + 3 * w // 4, y0 + 3 * h // 4))
 
             L.extract(args.backbone, name, len(shop.rows), tile, taps=False)
+        elif name.startswith("studiotest_cc"):
+            # The held-out studio queries (test split) through the same centre crop.
+            frac = int(name[len("studiotest_cc"):]) / 100
+            test = cat.split["test"]
+            L.extract(args.backbone, name, len(test),
+                      lambda i, f=frac: L.centre_crop(cat.image(int(test[i])), f), taps=False)
         elif name == "shoppers_lowres":
             # Down to the catalogue photos' resolution (60x80) first, as their studio shots
             # are: the CNN then sees the same upsampling blur on both sides.

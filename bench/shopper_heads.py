@@ -74,13 +74,15 @@ class Data:
 
 
 def evaluate_head(d: Data, head, *, shop_rows=None, shop_pooled=None, min_confidence=0.0,
-                  shop_colour=None):
-    """(studio per-query results, shoppers per-query results) for one head."""
+                  shop_colour=None, studio_pooled=None):
+    """(studio per-query results, shoppers per-query results) for one head. studio_pooled:
+    the test split's query features when they went through a query-time view."""
     cat = d.cat
     lib_deep, _ = L.head_views(head, d.studio["pooled"])
     space = L.Space(lib_deep, d.lib_colour, cat.categories, cat.colours)
     test = cat.split["test"]
-    deep, probs = L.head_views(head, d.studio["pooled"][test])
+    deep, probs = L.head_views(
+        head, d.studio["pooled"][test] if studio_pooled is None else studio_pooled)
     studio = L.per_query(space, deep=deep, colour=d.lib_colour[test], probs=probs,
                          classes=cat.classes, categories=cat.categories[test],
                          colours=cat.colours[test], exclude=test,
@@ -118,12 +120,12 @@ def shopper_views(d: Data, views: list[str]) -> dict[str, np.ndarray]:
     return out
 
 
-def run_method(d: Data, method: str, epochs=None, views=("plain",)):
+def run_method(d: Data, method: str, epochs=None, views=("plain",), studio_view=""):
     """One head (or one per sender fold with ``shop``), evaluated with each query view set."""
     parts = method.split("+")
     uses_shop = any(p.startswith("shop") for p in parts)
     pooled_views = shopper_views(d, list(views))
-    studio_r, shop_r = [], {v: [] for v in views}
+    studio_r, shop_r, studio_v = [], {v: [] for v in views}, []
     seconds, n_train = [], 0
     for fold in (range(3) if uses_shop else [None]):
         head, metrics = train(d, parts, fold, epochs)
@@ -134,6 +136,9 @@ def run_method(d: Data, method: str, epochs=None, views=("plain",)):
             s, q = evaluate_head(d, head, shop_rows=rows, shop_pooled=pooled_views[v])
             shop_r[v].append(q)
         studio_r.append(s)
+        if studio_view:
+            sv = L.extract(d.backbone, f"studiotest_{studio_view}", 0, None)["pooled"]
+            studio_v.append(evaluate_head(d, head, shop_rows=rows, studio_pooled=sv)[0])
         L.log(f"  {method} fold {fold}: {metrics}")
     cnn = float(d.studio["seconds"]) + sum(
         float(d.aug[p]["seconds"]) for p in parts if p.startswith("aug"))
@@ -146,6 +151,7 @@ def run_method(d: Data, method: str, epochs=None, views=("plain",)):
             "head_seconds": round(float(np.mean(seconds)), 1),
             "cnn_seconds_measured": round(cnn),
             "n_train": n_train,
+            **({f"studio_{studio_view}": L.summary(L.concat(studio_v))} if studio_v else {}),
         }
         for v in views
     ]
@@ -157,6 +163,8 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default="studio,studio+aug1,studio+aug1+shop")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--views", default="plain", help="query view sets, e.g. plain,flip+plain")
+    ap.add_argument("--studio-view", default="", help="also the studio test queries through "
+                    "this view (e.g. cc80; needs the studiotest_<view> cache)")
     ap.add_argument("--json", default="")
     args = ap.parse_args(argv)
     methods = args.methods.split(",")
@@ -166,11 +174,16 @@ def main(argv=None) -> int:
     print(L.TABLE_HEADER)
     for m in methods:
         started = time.perf_counter()
-        for r in run_method(d, m, args.epochs, args.views.split(",")):
+        for r in run_method(d, m, args.epochs, args.views.split(","), args.studio_view):
             r["backbone"] = args.backbone
             r["epochs"] = args.epochs
             r["wall_seconds"] = round(time.perf_counter() - started)
             results.append(r)
+            if args.studio_view:
+                sv = r[f"studio_{args.studio_view}"]
+                print(f"  studio queries through {args.studio_view}: rerank p@5 "
+                      f"{sv['rerank_p5']:.3f}, cc@10 fused-deep "
+                      f"{sv['fused_cc10'] - sv['deep_cc10']:+.3f}", flush=True)
             for mode in ("rerank", "fused", "deep"):
                 print(L.table_row(f"{args.backbone} {m} [{r['views']}]", r["shoppers"],
                                   r["studio"], mode, f"head {r['head_seconds']} s, "
