@@ -215,7 +215,11 @@ def train_top(
             opt.step()
             sched.step()
             total += float(loss) * len(idx)
-        row = {"epoch": epoch, "loss": round(total / n, 4), "s": round(time.perf_counter() - started)}
+        row = {
+            "epoch": epoch,
+            "loss": round(total / n, 4),
+            "s": round(time.perf_counter() - started),
+        }
         if val is not None:
             _, _, _, p = model.features(val[0])
             row["val_acc"] = round(float((p.argmax(1) == val[1]).mean()), 4)

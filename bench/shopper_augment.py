@@ -33,8 +33,8 @@ from PIL import Image, ImageDraw, ImageFilter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from make_shopper_queries import perspective_coefficients  # noqa: E402
-from scipy import ndimage  # noqa: E402
+from make_shopper_queries import perspective_coefficients
+from scipy import ndimage
 
 
 def garment_mask(photo: Image.Image, tolerance: float = 26.0) -> Image.Image:
@@ -56,6 +56,7 @@ def garment_mask(photo: Image.Image, tolerance: float = 26.0) -> Image.Image:
         garment = np.ones_like(garment)
     mask = Image.fromarray((garment * 255).astype(np.uint8), "L")
     return mask.filter(ImageFilter.GaussianBlur(0.7))
+
 
 SIZE = (240, 320)  # 3:4; resized to 224x224 for the CNN anyway
 SURFACES = ("wood", "carpet", "sheet", "tiles", "wall_hanger")
@@ -102,7 +103,7 @@ def surface(kind: str, rng: np.random.Generator, size=SIZE) -> np.ndarray:
             yy, xx = np.mgrid[0:h, 0:w]
             step = int(rng.integers(20, 60))
             pattern = ((xx // step + yy // step) % 2 == 0) & (rng.random() < 0.5)
-            pattern |= (np.abs(np.sin(xx / step * 3) + np.cos(yy / step * 3)) < 0.3)
+            pattern |= np.abs(np.sin(xx / step * 3) + np.cos(yy / step * 3)) < 0.3
             a[pattern] = a[pattern] * 0.4 + accent * 0.6
     elif kind == "sheet":
         a = np.ones((h, w, 3), np.float32) * _neutral(rng, 170, 250, 0.25)

@@ -11,7 +11,8 @@ and the queries are then re-embedded from their cached activations: pooled, deep
 channel-mean map (colour positions) and the category probabilities all come from the
 fine-tuned top.
 
-Machine: 2 vCPU AMD EPYC (shared), no GPU, torch 2 threads, nice 15. Command::
+Machine: 2 vCPU AMD EPYC (shared), no GPU, 1 torch thread (SHOPPER_THREADS, at most 2),
+nice 15. Command::
 
     nice -n 15 .venv/bin/python bench/shopper_finetune.py --cut b --parts studio+aug1 \\
         --epochs 4 --json var/ml/results/ft_b_aug1.json
@@ -26,24 +27,23 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import shopper_lab as L  # noqa: E402
-from partial_finetune import TapNet, build_lite, train_top  # noqa: E402
-from shopper_heads import Data, train  # noqa: E402
-from shopper_lab import F  # noqa: E402
+import shopper_lab as L
+from partial_finetune import TapNet, build_lite, train_top
+from shopper_heads import Data, train
+from shopper_lab import F
 
 BACKBONE = "efficientnet_lite0"
 
 
 def taps_of(d: Data, parts, fold, key):
     train_rows = d.cat.split["train"]
-    xs, ys, ws = [], [], []
+    xs, ys = [], []
     for p in parts:
         if p == "studio":
             xs.append(d.studio[key][train_rows])
@@ -66,13 +66,26 @@ def evaluate_top(d: Data, top, key, shop_rows):
     colour = F.colour_feature(L.rgb10_of(amap, d.studio["rgb7"]))
     space = L.Space(deep, colour, cat.categories, cat.colours)
     test = cat.split["test"]
-    studio = L.per_query(space, deep=deep[test], colour=colour[test], probs=probs[test],
-                         classes=cat.classes, categories=cat.categories[test],
-                         colours=cat.colours[test], exclude=test)
+    studio = L.per_query(
+        space,
+        deep=deep[test],
+        colour=colour[test],
+        probs=probs[test],
+        classes=cat.classes,
+        categories=cat.categories[test],
+        colours=cat.colours[test],
+        exclude=test,
+    )
     _, amap_q, deep_q, probs_q = top.features(d.shoppers[key][shop_rows])
     colour_q = F.colour_feature(L.rgb10_of(amap_q, d.shoppers["rgb7"][shop_rows]))
-    shop = L.per_query(space, deep=deep_q, colour=colour_q, probs=probs_q, classes=cat.classes,
-                       categories=d.shop.categories[shop_rows])
+    shop = L.per_query(
+        space,
+        deep=deep_q,
+        colour=colour_q,
+        probs=probs_q,
+        classes=cat.classes,
+        categories=d.shop.categories[shop_rows],
+    )
     return studio, shop, {"lib_pooled": pooled, "lib_probs": probs}
 
 
@@ -98,32 +111,54 @@ def main(argv=None) -> int:
         head, _ = train(d, parts, fold)  # frozen-feature head: the initial FC1/FC2
         x, y = taps_of(d, parts, fold, key)
         L.log(f"cut {args.cut} (blocks {start}..), fold {fold}: {len(x)} training rows")
-        top, info = train_top(net, start, x, y, num_classes=len(d.cat.classes),
-                              epochs=args.epochs, lr_blocks=args.lr_blocks,
-                              val=(d.studio[key][val], d.cat.y[val]), init_head=head,
-                              log=L.log)
+        top, info = train_top(
+            net,
+            start,
+            x,
+            y,
+            num_classes=len(d.cat.classes),
+            epochs=args.epochs,
+            lr_blocks=args.lr_blocks,
+            val=(d.studio[key][val], d.cat.y[val]),
+            init_head=head,
+            log=L.log,
+        )
         seconds.append(info["seconds"])
         rows = np.arange(len(d.shop.rows)) if fold is None else np.flatnonzero(d.shop.fold == fold)
         s, q, _ = evaluate_top(d, top, key, rows)
         studio_r.append(s)
         shop_r.append(q)
-        L.log(f"  fold {fold}: shoppers rerank p@5 {np.mean(q['rerank_p5']):.3f} "
-              f"head {np.mean(q['correct']):.3f}; studio rerank p@5 {np.mean(s['rerank_p5']):.3f}")
+        L.log(
+            f"  fold {fold}: shoppers rerank p@5 {np.mean(q['rerank_p5']):.3f} "
+            f"head {np.mean(q['correct']):.3f}; studio rerank p@5 {np.mean(s['rerank_p5']):.3f}"
+        )
         if fold is None or fold == folds[0]:
             path = os.path.join(L.CACHE, "models", f"top_{args.cut}_{args.parts}_f{fold}.pt")
             os.makedirs(os.path.dirname(path), exist_ok=True)
             torch.save(top.state_dict(), path)
     studio, shop = L.summary(L.concat(studio_r)), L.summary(L.concat(shop_r))
     name = f"lite0 fine-tune cut {args.cut} ({args.epochs} ep) {args.parts}"
-    extra = (f"train {np.mean(seconds):.0f} s/model on cached taps; folds {args.folds}"
-             if uses_shop else f"train {np.mean(seconds):.0f} s on cached taps")
+    extra = (
+        f"train {np.mean(seconds):.0f} s/model on cached taps; folds {args.folds}"
+        if uses_shop
+        else f"train {np.mean(seconds):.0f} s on cached taps"
+    )
     for mode in ("rerank", "fused", "deep"):
         print(L.table_row(name, shop, studio, mode, extra), flush=True)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as fh:
-            json.dump({"method": name, "studio": studio, "shoppers": shop,
-                       "train_seconds": seconds, "args": vars(args)}, fh, indent=1)
+            json.dump(
+                {
+                    "method": name,
+                    "studio": studio,
+                    "shoppers": shop,
+                    "train_seconds": seconds,
+                    "args": vars(args),
+                },
+                fh,
+                indent=1,
+            )
     return 0
 
 

@@ -5,7 +5,8 @@ Machine: 2 vCPU AMD EPYC (shared with other jobs), no GPU, 1 torch thread, nice 
 
     nice -n 15 .venv/bin/python bench/shopper_ft_timing.py --steps 15
 
-Prints wall and CPU s/step at batch 64 (CPU time ~ the wall time on a quiet core) and the extrapolated minutes per epoch of 12,776 rows (studio + one
+Prints wall and CPU s/step at batch 64 (CPU time ~ the wall time on a quiet core) and the
+extrapolated minutes per epoch of 12,776 rows (studio + one
 augmented copy of the 6,388 training garments) and of 8,000. The gain side is
 ``bench/shopper_finetune.py``.
 """
@@ -21,8 +22,8 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import shopper_lab  # noqa: E402,F401  (thread setting, paths)
-from partial_finetune import TapNet, TopNet, build_lite  # noqa: E402
+import shopper_lab  # noqa: F401  (thread setting, paths)
+from partial_finetune import TapNet, TopNet, build_lite
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--steps", type=int, default=15)
@@ -46,7 +47,10 @@ for cut, start, ch in (("b", tn.last, 192), ("a", tn.first + 1, 192)):
             cpu.append(time.process_time() - c)
     s, c = float(np.median(times)), float(np.median(cpu))
     params = sum(p.numel() for p in top.parameters())
-    print(f"cut {cut} (blocks {start}-15 + head conv + FC1/FC2, {params / 1e6:.2f}M params): "
-          f"{s:.3f} s/step of 64 -> {s * 12776 / 64 / 60:.1f} min/epoch of 12,776 rows, "
-          f"{s * 8000 / 64 / 60:.1f} min/epoch of 8,000; CPU time {c:.3f} s/step -> "
-          f"{c * 12776 / 64 / 60:.1f} CPU-min/epoch of 12,776 (wall on a quiet core)", flush=True)
+    print(
+        f"cut {cut} (blocks {start}-15 + head conv + FC1/FC2, {params / 1e6:.2f}M params): "
+        f"{s:.3f} s/step of 64 -> {s * 12776 / 64 / 60:.1f} min/epoch of 12,776 rows, "
+        f"{s * 8000 / 64 / 60:.1f} min/epoch of 8,000; CPU time {c:.3f} s/step -> "
+        f"{c * 12776 / 64 / 60:.1f} CPU-min/epoch of 12,776 (wall on a quiet core)",
+        flush=True,
+    )

@@ -2,12 +2,14 @@
 (a) studio photos, (b) + "at home" augmented copies, (c) + real shoppers' photos of the
 training senders (3 folds by sender), for a given backbone.
 
-Machine: 2 vCPU AMD EPYC (shared), no GPU, torch 2 threads, nice 15. Needs the CNN cache
+Machine: 2 vCPU AMD EPYC (shared), no GPU, 1 torch thread (SHOPPER_THREADS, at most 2),
+nice 15. Needs the CNN cache
 (``bench/shopper_extract.py``, same backbone). Command (from the repository root)::
 
     nice -n 15 .venv/bin/python bench/shopper_heads.py --backbone efficientnet_lite0 \\
         --methods studio,studio+shop,studio+aug1,studio+aug1+shop --epochs 20 \\
-        --views plain,flip,lowres,salcrop,plain+flip,lowres+flip --json var/ml/results/heads_lite0.json
+        --views plain,flip,lowres,salcrop,plain+flip,lowres+flip \\
+        --json var/ml/results/heads_lite0.json
 
 A method is ``+``-joined parts: ``studio`` (the training split of the 8,000), ``augN`` (the
 cached augmented copy N of every training garment), ``shop`` / ``shopxR`` (the shoppers' photos
@@ -32,8 +34,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import shopper_lab as L  # noqa: E402
-from shopper_lab import F  # noqa: E402
+import shopper_lab as L
+from shopper_lab import F
 
 
 class Data:
@@ -51,7 +53,8 @@ class Data:
         self.shop_y = np.asarray([classes.index(c) for c in self.shop.categories], np.int64)
         self.lib_colour = F.colour_feature(L.rgb10_of(self.studio["amap"], self.studio["rgb7"]))
         self.shop_colour = F.colour_feature(
-            L.rgb10_of(self.shoppers["amap"], self.shoppers["rgb7"]))
+            L.rgb10_of(self.shoppers["amap"], self.shoppers["rgb7"])
+        )
 
     def training_set(self, parts: list[str], fold: int | None):
         cat = self.cat
@@ -73,8 +76,16 @@ class Data:
         return np.concatenate(xs), np.concatenate(ys)
 
 
-def evaluate_head(d: Data, head, *, shop_rows=None, shop_pooled=None, min_confidence=0.0,
-                  shop_colour=None, studio_pooled=None):
+def evaluate_head(
+    d: Data,
+    head,
+    *,
+    shop_rows=None,
+    shop_pooled=None,
+    min_confidence=0.0,
+    shop_colour=None,
+    studio_pooled=None,
+):
     """(studio per-query results, shoppers per-query results) for one head. studio_pooled:
     the test split's query features when they went through a query-time view."""
     cat = d.cat
@@ -82,17 +93,32 @@ def evaluate_head(d: Data, head, *, shop_rows=None, shop_pooled=None, min_confid
     space = L.Space(lib_deep, d.lib_colour, cat.categories, cat.colours)
     test = cat.split["test"]
     deep, probs = L.head_views(
-        head, d.studio["pooled"][test] if studio_pooled is None else studio_pooled)
-    studio = L.per_query(space, deep=deep, colour=d.lib_colour[test], probs=probs,
-                         classes=cat.classes, categories=cat.categories[test],
-                         colours=cat.colours[test], exclude=test,
-                         min_confidence=min_confidence)
+        head, d.studio["pooled"][test] if studio_pooled is None else studio_pooled
+    )
+    studio = L.per_query(
+        space,
+        deep=deep,
+        colour=d.lib_colour[test],
+        probs=probs,
+        classes=cat.classes,
+        categories=cat.categories[test],
+        colours=cat.colours[test],
+        exclude=test,
+        min_confidence=min_confidence,
+    )
     rows = np.arange(len(d.shop.rows)) if shop_rows is None else shop_rows
     pooled = (d.shoppers["pooled"] if shop_pooled is None else shop_pooled)[rows]
     colour = (d.shop_colour if shop_colour is None else shop_colour)[rows]
     deep, probs = L.head_views(head, pooled)
-    shop = L.per_query(space, deep=deep, colour=colour, probs=probs, classes=cat.classes,
-                       categories=d.shop.categories[rows], min_confidence=min_confidence)
+    shop = L.per_query(
+        space,
+        deep=deep,
+        colour=colour,
+        probs=probs,
+        classes=cat.classes,
+        categories=d.shop.categories[rows],
+        min_confidence=min_confidence,
+    )
     return studio, shop
 
 
@@ -100,9 +126,16 @@ def train(d: Data, parts, fold, epochs=None, seed=0):
     x, y = d.training_set(parts, fold)
     val = d.cat.split["val"]
     head, metrics = F.train_head(
-        x, y, num_classes=len(d.cat.classes), epochs=epochs, seed=seed,
-        val_pooled=d.studio["pooled"][val], val_labels=d.cat.y[val],
-        class_names=d.cat.classes, backbone=d.backbone)
+        x,
+        y,
+        num_classes=len(d.cat.classes),
+        epochs=epochs,
+        seed=seed,
+        val_pooled=d.studio["pooled"][val],
+        val_labels=d.cat.y[val],
+        class_names=d.cat.classes,
+        backbone=d.backbone,
+    )
     return head, metrics
 
 
@@ -127,7 +160,7 @@ def run_method(d: Data, method: str, epochs=None, views=("plain",), studio_view=
     pooled_views = shopper_views(d, list(views))
     studio_r, shop_r, studio_v = [], {v: [] for v in views}, []
     seconds, n_train = [], 0
-    for fold in (range(3) if uses_shop else [None]):
+    for fold in range(3) if uses_shop else [None]:
         head, metrics = train(d, parts, fold, epochs)
         seconds.append(metrics["seconds"])
         n_train = metrics["n_train"]
@@ -141,7 +174,8 @@ def run_method(d: Data, method: str, epochs=None, views=("plain",), studio_view=
             studio_v.append(evaluate_head(d, head, shop_rows=rows, studio_pooled=sv)[0])
         L.log(f"  {method} fold {fold}: {metrics}")
     cnn = float(d.studio["seconds"]) + sum(
-        float(d.aug[p]["seconds"]) for p in parts if p.startswith("aug"))
+        float(d.aug[p]["seconds"]) for p in parts if p.startswith("aug")
+    )
     return [
         {
             "method": method,
@@ -163,8 +197,12 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default="studio,studio+aug1,studio+aug1+shop")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--views", default="plain", help="query view sets, e.g. plain,flip+plain")
-    ap.add_argument("--studio-view", default="", help="also the studio test queries through "
-                    "this view (e.g. cc80; needs the studiotest_<view> cache)")
+    ap.add_argument(
+        "--studio-view",
+        default="",
+        help="also the studio test queries through "
+        "this view (e.g. cc80; needs the studiotest_<view> cache)",
+    )
     ap.add_argument("--json", default="")
     args = ap.parse_args(argv)
     methods = args.methods.split(",")
@@ -181,13 +219,23 @@ def main(argv=None) -> int:
             results.append(r)
             if args.studio_view:
                 sv = r[f"studio_{args.studio_view}"]
-                print(f"  studio queries through {args.studio_view}: rerank p@5 "
-                      f"{sv['rerank_p5']:.3f}, cc@10 fused-deep "
-                      f"{sv['fused_cc10'] - sv['deep_cc10']:+.3f}", flush=True)
+                print(
+                    f"  studio queries through {args.studio_view}: rerank p@5 "
+                    f"{sv['rerank_p5']:.3f}, cc@10 fused-deep "
+                    f"{sv['fused_cc10'] - sv['deep_cc10']:+.3f}",
+                    flush=True,
+                )
             for mode in ("rerank", "fused", "deep"):
-                print(L.table_row(f"{args.backbone} {m} [{r['views']}]", r["shoppers"],
-                                  r["studio"], mode, f"head {r['head_seconds']} s, "
-                                  f"CNN {r['cnn_seconds_measured']} s"), flush=True)
+                print(
+                    L.table_row(
+                        f"{args.backbone} {m} [{r['views']}]",
+                        r["shoppers"],
+                        r["studio"],
+                        mode,
+                        f"head {r['head_seconds']} s, CNN {r['cnn_seconds_measured']} s",
+                    ),
+                    flush=True,
+                )
             if args.json:  # after every method: interim figures survive an interruption
                 os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
                 with open(args.json, "w") as fh:

@@ -17,7 +17,8 @@ garments first, nearest first, then the rest of the fused ranking: ``rerank.sear
 without clusters); optionally the product's cluster search (K-means k = #categories, 1 probe).
 p@k = ``evaluation.precision_at`` (same category; cc = same category and baseColour).
 
-Machine: 2 vCPU AMD EPYC, no GPU; every job ``nice -n 15`` and 2 torch threads.
+Machine: 2 vCPU AMD EPYC, no GPU; every job ``nice -n 15``; 1 torch thread by default
+(SHOPPER_THREADS=2 allowed).
 """
 
 from __future__ import annotations
@@ -155,8 +156,16 @@ def cache_path(backbone: str, name: str) -> str:
     return os.path.join(CACHE, backbone, f"{name}.npz")
 
 
-def extract(backbone: str, name: str, n: int, make_image, *, taps: bool | None = None,
-            micro_batch: int = 4, workers: int = 0) -> dict[str, np.ndarray]:
+def extract(
+    backbone: str,
+    name: str,
+    n: int,
+    make_image,
+    *,
+    taps: bool | None = None,
+    micro_batch: int = 4,
+    workers: int = 0,
+) -> dict[str, np.ndarray]:
     """Run (or load from cache) the CNN over ``make_image(i)`` for i in range(n)."""
     path = cache_path(backbone, name)
     if os.path.exists(path):
@@ -168,7 +177,9 @@ def extract(backbone: str, name: str, n: int, make_image, *, taps: bool | None =
     started = time.perf_counter()
     out = collections.defaultdict(list)
     loader = torch.utils.data.DataLoader(
-        _ImageSet(n, make_image), batch_size=micro_batch, num_workers=workers,
+        _ImageSet(n, make_image),
+        batch_size=micro_batch,
+        num_workers=workers,
         collate_fn=lambda rows: np.stack(rows),
     )
     with torch.inference_mode():
@@ -182,14 +193,18 @@ def extract(backbone: str, name: str, n: int, make_image, *, taps: bool | None =
                 out["tap_a"].append(res[2].numpy().astype(np.float16))
                 out["tap_b"].append(res[3].numpy().astype(np.float16))
             if b % 250 == 0:
-                log(f"  {backbone}/{name}: {b * micro_batch}/{n} "
-                    f"({b * micro_batch / max(1e-9, time.perf_counter() - started):.1f} img/s)")
+                log(
+                    f"  {backbone}/{name}: {b * micro_batch}/{n} "
+                    f"({b * micro_batch / max(1e-9, time.perf_counter() - started):.1f} img/s)"
+                )
     result = {k: np.concatenate(v) for k, v in out.items()}
     result["seconds"] = np.float64(time.perf_counter() - started)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     np.savez(path, **result)
-    log(f"  {backbone}/{name}: {n} images in {result['seconds']:.0f} s "
-        f"({n / result['seconds']:.1f} img/s)")
+    log(
+        f"  {backbone}/{name}: {n} images in {result['seconds']:.0f} s "
+        f"({n / result['seconds']:.1f} img/s)"
+    )
     return result
 
 
@@ -249,11 +264,23 @@ def _topk(lib: np.ndarray, q: np.ndarray, k: int, exclude=None, allowed=None) ->
     part = np.argpartition(d, k, axis=1)[:, :k]
     order = np.take_along_axis(d, part, 1).argsort(1, kind="stable")
     return np.take_along_axis(part, order, 1), np.take_along_axis(
-        np.take_along_axis(d, part, 1), order, 1)
+        np.take_along_axis(d, part, 1), order, 1
+    )
 
 
-def per_query(space: Space, *, deep, colour, probs, classes, categories, colours=None,
-              exclude=None, k=10, min_confidence: float = 0.0) -> dict[str, np.ndarray]:
+def per_query(
+    space: Space,
+    *,
+    deep,
+    colour,
+    probs,
+    classes,
+    categories,
+    colours=None,
+    exclude=None,
+    k=10,
+    min_confidence: float = 0.0,
+) -> dict[str, np.ndarray]:
     """Per-query results (exact search) for modes deep / fused / rerank: ``<mode>_p5``,
     ``<mode>_p10``, ``<mode>_cc10`` (NaN where the query's colour is unknown), ``correct``
     (head's top-1), ``category``. probs ``(Q, C)`` over ``classes``. Re-rank: the predicted
@@ -272,8 +299,9 @@ def per_query(space: Space, *, deep, colour, probs, classes, categories, colours
     for c in np.unique(pred[confident]):
         rows = np.flatnonzero((pred == c) & confident)
         allowed = (space.categories == c)[None, :]
-        first, dist = _topk(space.fused, qfused[rows], k,
-                            None if exclude is None else exclude[rows], allowed)
+        first, dist = _topk(
+            space.fused, qfused[rows], k, None if exclude is None else exclude[rows], allowed
+        )
         for j, r in enumerate(rows):
             got = [int(g) for g, dd in zip(first[j], dist[j], strict=True) if np.isfinite(dd)]
             rest = [int(g) for g in ranked["fused"][r] if int(g) not in got]
@@ -297,7 +325,7 @@ def concat(results: list[dict]) -> dict:
 
 def summary(r: dict) -> dict:
     """Means of per-query results, and per-category p@5 of each mode."""
-    out = {"n": int(len(r["category"])), "head_acc": round(float(r["correct"].mean()), 4)}
+    out = {"n": len(r["category"]), "head_acc": round(float(r["correct"].mean()), 4)}
     for key, v in r.items():
         if key not in ("category", "correct"):
             out[key] = round(float(np.nanmean(v)), 4)
@@ -316,10 +344,12 @@ def head_views(head: F.ClothingHead, pooled: np.ndarray):
 def table_row(name: str, shop: dict, studio: dict, mode: str = "rerank", extra: str = "") -> str:
     cats = [c for c in SHOPPER_CATEGORIES]
     per = shop[f"{mode}_per_cat"]
-    return (f"| {name} | {mode} | {shop[f'{mode}_p5']:.3f} | {shop[f'{mode}_p10']:.3f} | "
-            + " | ".join(f"{per.get(c, float('nan')):.2f}" for c in cats)
-            + f" | {shop['head_acc']:.3f} | {studio[f'{mode}_p5']:.3f} | "
-            f"{studio['fused_cc10'] - studio['deep_cc10']:+.3f} | {extra} |")
+    return (
+        f"| {name} | {mode} | {shop[f'{mode}_p5']:.3f} | {shop[f'{mode}_p10']:.3f} | "
+        + " | ".join(f"{per.get(c, float('nan')):.2f}" for c in cats)
+        + f" | {shop['head_acc']:.3f} | {studio[f'{mode}_p5']:.3f} | "
+        f"{studio['fused_cc10'] - studio['deep_cc10']:+.3f} | {extra} |"
+    )
 
 
 TABLE_HEADER = (

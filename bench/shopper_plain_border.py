@@ -18,14 +18,20 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import shopper_lab as L  # noqa: E402
+import shopper_lab as L
 
 
 def plain_border(img, width: int = 3, tolerance: float = 26.0) -> float:
     """Fraction of the border frame's pixels close to its median colour (1.0 = uniform)."""
     a = np.asarray(img.convert("RGB"), dtype=np.float32)
-    frame = np.concatenate([a[:width].reshape(-1, 3), a[-width:].reshape(-1, 3),
-                            a[:, :width].reshape(-1, 3), a[:, -width:].reshape(-1, 3)])
+    frame = np.concatenate(
+        [
+            a[:width].reshape(-1, 3),
+            a[-width:].reshape(-1, 3),
+            a[:, :width].reshape(-1, 3),
+            a[:, -width:].reshape(-1, 3),
+        ]
+    )
     med = np.median(frame, axis=0)
     return float((np.sqrt(((frame - med) ** 2).sum(1)) < tolerance).mean())
 
@@ -38,10 +44,12 @@ def main() -> int:
     studio = np.asarray([plain_border(cat.image(int(i))) for i in cat.split["test"]])
     shops = np.asarray([plain_border(shop.image(i)) for i in range(len(shop.rows))])
     for t in (0.8, 0.9, 0.95, args.min_fraction):
-        print(f"plain if >= {t}: studio test photos plain {np.mean(studio >= t):.3f} "
-              f"({int(np.sum(studio < t))} of {len(studio)} would be cropped); shoppers' photos "
-              f"plain {np.mean(shops >= t):.3f} ({int(np.sum(shops >= t))} of {len(shops)} "
-              f"would not be cropped)")
+        print(
+            f"plain if >= {t}: studio test photos plain {np.mean(studio >= t):.3f} "
+            f"({int(np.sum(studio < t))} of {len(studio)} would be cropped); shoppers' photos "
+            f"plain {np.mean(shops >= t):.3f} ({int(np.sum(shops >= t))} of {len(shops)} "
+            f"would not be cropped)"
+        )
     return 0
 
 

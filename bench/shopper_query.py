@@ -7,10 +7,12 @@ confidence for the re-rank, a class-prior correction of the head's probabilities
 (``p / prior^tau``: the catalogue's class frequencies are not the shoppers'), and the product's
 cluster search (K-means in the fused space, k = #categories, 1-3 probes) instead of exact.
 
-Machine: 2 vCPU AMD EPYC (shared), no GPU, torch 2 threads, nice 15. Command::
+Machine: 2 vCPU AMD EPYC (shared), no GPU, 1 torch thread (SHOPPER_THREADS, at most 2),
+nice 15. Command::
 
     nice -n 15 .venv/bin/python bench/shopper_query.py --parts studio+aug1 \\
-        --views plain,flip,cc80,plain+flip,plain+cc80,plain+flip+cc80 --json var/ml/results/query.json
+        --views plain,flip,cc80,plain+flip,plain+cc80,plain+flip+cc80 \\
+        --json var/ml/results/query.json
 
 The head is trained as in ``bench/shopper_heads.py`` (with ``shop`` parts: one per sender fold,
 measured on its held-out senders).
@@ -27,9 +29,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import shopper_lab as L  # noqa: E402
-from shopper_heads import Data, train  # noqa: E402
-from shopper_lab import F  # noqa: E402
+import shopper_lab as L
+from shopper_heads import Data, train
+from shopper_lab import F
 
 
 def cluster_rank(space, qfused, probs, classes, categories, k_clusters, probes, seed=0):
@@ -82,8 +84,13 @@ def main(argv=None) -> int:
     views = {"plain": d.shoppers["pooled"]}
     for v in {v for vs in args.views.split(",") for v in vs.split("+")} - {"plain"}:
         if v == "tiles":
-            views[v] = np.mean([L.extract(args.backbone, f"shoppers_tile{k}", 0, None)["pooled"]
-                                for k in range(4)], axis=0)
+            views[v] = np.mean(
+                [
+                    L.extract(args.backbone, f"shoppers_tile{k}", 0, None)["pooled"]
+                    for k in range(4)
+                ],
+                axis=0,
+            )
         else:
             views[v] = L.extract(args.backbone, f"shoppers_{v}", 0, None)["pooled"]
     uses_shop = any(p.startswith("shop") for p in parts)
@@ -99,21 +106,39 @@ def main(argv=None) -> int:
             space = L.Space(lib_deep, d.lib_colour, d.cat.categories, d.cat.colours)
             deep, probs = L.head_views(head, pooled_q[rows])
             if tau:
-                prior = np.bincount(d.cat.y[d.cat.split["train"]],
-                                    minlength=len(d.cat.classes)) + 1.0
+                prior = (
+                    np.bincount(d.cat.y[d.cat.split["train"]], minlength=len(d.cat.classes)) + 1.0
+                )
                 probs = probs / (prior / prior.sum()) ** tau
                 probs = probs / probs.sum(1, keepdims=True)
-            sh.append(L.per_query(space, deep=deep, colour=d.shop_colour[rows], probs=probs,
-                                  classes=d.cat.classes, categories=d.shop.categories[rows],
-                                  min_confidence=min_conf))
+            sh.append(
+                L.per_query(
+                    space,
+                    deep=deep,
+                    colour=d.shop_colour[rows],
+                    probs=probs,
+                    classes=d.cat.classes,
+                    categories=d.shop.categories[rows],
+                    min_confidence=min_conf,
+                )
+            )
             test = d.cat.split["test"]
             deep_s, probs_s = L.head_views(head, d.studio["pooled"][test])
             if tau:
                 probs_s = probs_s / (prior / prior.sum()) ** tau
-            st.append(L.per_query(space, deep=deep_s, colour=d.lib_colour[test], probs=probs_s,
-                                  classes=d.cat.classes, categories=d.cat.categories[test],
-                                  colours=d.cat.colours[test], exclude=test,
-                                  min_confidence=min_conf))
+            st.append(
+                L.per_query(
+                    space,
+                    deep=deep_s,
+                    colour=d.lib_colour[test],
+                    probs=probs_s,
+                    classes=d.cat.classes,
+                    categories=d.cat.categories[test],
+                    colours=d.cat.colours[test],
+                    exclude=test,
+                    min_confidence=min_conf,
+                )
+            )
         shop, studio = L.summary(L.concat(sh)), L.summary(L.concat(st))
         results[label] = {"shoppers": shop, "studio": studio}
         print(L.table_row(f"{args.parts} | {label}", shop, studio, "rerank"), flush=True)
@@ -128,19 +153,30 @@ def main(argv=None) -> int:
         run(f"prior correction tau {t}", views["plain"], tau=t)
     # cluster search (the product's), plain views
     for probes in [int(p) for p in args.probes.split(",") if p]:
-        sh, st = [], []
+        sh = []
         for f, head in heads.items():
             rows = np.arange(len(d.shop.rows)) if f is None else np.flatnonzero(d.shop.fold == f)
             lib_deep, _ = L.head_views(head, d.studio["pooled"])
             space = L.Space(lib_deep, d.lib_colour, d.cat.categories, d.cat.colours)
             deep, probs = L.head_views(head, views["plain"][rows])
             qf = F.fuse(deep, d.shop_colour[rows])
-            sh.append(cluster_rank(space, qf, probs, d.cat.classes, d.shop.categories[rows],
-                                   len(d.cat.classes), probes))
+            sh.append(
+                cluster_rank(
+                    space,
+                    qf,
+                    probs,
+                    d.cat.classes,
+                    d.shop.categories[rows],
+                    len(d.cat.classes),
+                    probes,
+                )
+            )
         p5 = np.concatenate(sh)
         results[f"clustered probes {probes}"] = {"shoppers_rerank_p5": float(p5.mean())}
-        print(f"| {args.parts} | clustered re-rank, probes {probes} | shoppers p@5 "
-              f"{p5.mean():.3f} |", flush=True)
+        print(
+            f"| {args.parts} | clustered re-rank, probes {probes} | shoppers p@5 {p5.mean():.3f} |",
+            flush=True,
+        )
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as fh:
