@@ -144,6 +144,12 @@ def shopper_views(d: Data, views: list[str]) -> dict[str, np.ndarray]:
     mean of the views' cached pooled features; colour always from the plain photo."""
     cache = {"plain": d.shoppers["pooled"]}
     out = {}
+    if "rule" in views:  # centre crop 80% only where the border is not plain
+        from shopper_plain_border import border_fractions
+
+        crop = border_fractions(d)["shoppers"] < 0.8
+        cc = L.extract(d.backbone, "shoppers_cc80", 0, None)["pooled"]
+        cache["rule"] = np.where(crop[:, None], cc, d.shoppers["pooled"])
     for vs in views:
         parts = vs.split("+")
         for v in parts:
@@ -169,7 +175,14 @@ def run_method(d: Data, method: str, epochs=None, views=("plain",), studio_view=
             s, q = evaluate_head(d, head, shop_rows=rows, shop_pooled=pooled_views[v])
             shop_r[v].append(q)
         studio_r.append(s)
-        if studio_view:
+        if studio_view == "rule":
+            from shopper_plain_border import border_fractions
+
+            crop = border_fractions(d)["studio_test"] < 0.8
+            cc = L.extract(d.backbone, "studiotest_cc80", 0, None)["pooled"]
+            sv = np.where(crop[:, None], cc, d.studio["pooled"][d.cat.split["test"]])
+            studio_v.append(evaluate_head(d, head, shop_rows=rows, studio_pooled=sv)[0])
+        elif studio_view:
             sv = L.extract(d.backbone, f"studiotest_{studio_view}", 0, None)["pooled"]
             studio_v.append(evaluate_head(d, head, shop_rows=rows, studio_pooled=sv)[0])
         L.log(f"  {method} fold {fold}: {metrics}")
