@@ -27,7 +27,7 @@ from rest_framework.test import APIClient
 
 from retrieval.models import Garment
 from retrieval.tokens import issue_token
-from tests.factories import CategoryFactory
+from tests.factories import CategoryFactory, grant_catalogue_permissions
 from tests.images_corpus import ACCEPTED, REFUSED, Case, assert_clean_jpeg
 
 pytestmark = [
@@ -58,6 +58,7 @@ def send(channel: str, case: Case, *, admin_client, django_user_model, sku: str 
     client = APIClient()
     if channel == "api-create":
         user = django_user_model.objects.create_user("bad-input-staff", is_staff=True)
+        grant_catalogue_permissions(user)
         client.credentials(HTTP_AUTHORIZATION=f"Token {issue_token(user=user).key}")
         category = CategoryFactory(name="Bad Input Coats")
         data = {"sku": sku, "title": "Coat", "category": category.pk, "image": file_of(case)}

@@ -26,7 +26,7 @@ from retrieval import catalogue
 from retrieval.jobs import tasks
 from retrieval.models import Garment, ImportJob
 from retrieval.tokens import issue_token
-from tests.factories import CategoryFactory, GarmentFactory, jpeg_bytes
+from tests.factories import CategoryFactory, GarmentFactory, grant_catalogue_permissions, jpeg_bytes
 from tests.images_corpus import SCRIPT, assert_clean_jpeg, catalogue_zip, jpeg_with_script
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_password_hashing")]
@@ -43,6 +43,7 @@ def files_under(root: Path) -> list[str]:
 @pytest.fixture
 def staff_api(django_user_model) -> APIClient:
     user = django_user_model.objects.create_user("media-staff", password="pw-x", is_staff=True)
+    grant_catalogue_permissions(user)
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {issue_token(user=user).key}")
     return client
