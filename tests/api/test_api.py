@@ -650,7 +650,7 @@ def test_unexpected_errors_answer_500_in_the_json_shape(anon, monkeypatch, caplo
     def broken(**kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(search, "search_image", broken)
+    monkeypatch.setattr(search, "search_photo", broken)
     response = anon.post(SEARCH, {"image": photo(jpeg_bytes())}, format="multipart")
     error = error_of(response, 500, "server_error")
     assert "disk on fire" not in error["message"]  # no internals leak to clients

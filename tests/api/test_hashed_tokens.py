@@ -16,6 +16,7 @@ from rest_framework.test import APIClient
 
 from retrieval.models import ApiToken, Category
 from retrieval.tokens import issue_token
+from tests.factories import grant_catalogue_permissions
 
 pytestmark = pytest.mark.django_db
 
@@ -34,7 +35,9 @@ def create_category(client: APIClient, name: str):
 
 @pytest.fixture
 def staff_user(django_user_model):
-    return django_user_model.objects.create_user("curator", password="pw-x", is_staff=True)
+    user = django_user_model.objects.create_user("curator", password="pw-x", is_staff=True)
+    grant_catalogue_permissions(user)
+    return user
 
 
 def stored_row(token: ApiToken) -> str:

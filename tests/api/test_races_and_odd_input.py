@@ -14,7 +14,7 @@ from rest_framework.test import APIClient
 from retrieval.api.parsers import MAX_JSON_DEPTH, json_too_deep
 from retrieval.models import Category, Garment
 from tests.blocking import in_thread, race
-from tests.factories import jpeg_bytes
+from tests.factories import grant_catalogue_permissions, jpeg_bytes
 
 GARMENTS = "/api/v1/garments/"
 CATEGORIES = "/api/v1/categories/"
@@ -30,7 +30,9 @@ def error_of(response, status: int, code: str) -> dict:
 
 @pytest.fixture
 def staff_user(django_user_model):
-    return django_user_model.objects.create_user("curator", password="pw-x", is_staff=True)
+    user = django_user_model.objects.create_user("curator", password="pw-x", is_staff=True)
+    grant_catalogue_permissions(user)
+    return user
 
 
 def as_staff(user) -> APIClient:
