@@ -161,6 +161,7 @@ def test_a_superuser_issues_tokens_from_the_users_list_shown_once(admin_client, 
 def test_migration_0009_hashes_drf_authtoken_keys_and_drops_them(django_user_model):
     """A site upgraded from DRF authtoken: its clients' keys keep working, no plain key is left."""
     user = django_user_model.objects.create_user("legacy", password="pw-z", is_staff=True)
+    grant_catalogue_permissions(user)
     before = [("retrieval", "0008_garment_attributes")]
     MigrationExecutor(connection).migrate(before)
     key = "401f7ac837da42b97f613d789819ff93537bee6a"  # DRF's format: 40 hex characters
