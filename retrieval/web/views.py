@@ -226,6 +226,16 @@ class SearchForm(FilterForm):
         empty_value=10,
         widget=forms.RadioSelect,
     )
+    category = SlugChoiceField(
+        label="Category",
+        # Shoppers choose among the categories that hold something to find.
+        queryset=Category.objects.filter(active=True, garments__status=Garment.Status.READY)
+        .distinct()
+        .order_by("name"),
+        to_field_name="slug",
+        required=False,
+        empty_label="All categories",
+    )
     # "Colour matters" (fused vs deep); the colour *filter* is FilterForm's ``colour``.
     colour_matters = forms.BooleanField(label="Colour matters", required=False, initial=True)
     like = GarmentIdsField(required=False)
