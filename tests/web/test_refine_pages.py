@@ -106,7 +106,9 @@ def garment_bytes(garment: Garment) -> bytes:
 @pytest.mark.slow
 def test_photo_and_words_without_javascript(client, query):
     q = '<b>blue</b> "cotton"'
-    response = client.post("/", {"image": upload(garment_bytes(query)), "q": q, "colour_matters": "on"})
+    response = client.post(
+        "/", {"image": upload(garment_bytes(query)), "q": q, "colour_matters": "on"}
+    )
     assert response.status_code == 200
     html = response.content.decode()
     assert "<b>blue</b>" not in html
@@ -136,7 +138,8 @@ def test_more_and_not_like_this_without_javascript(client, query):
     photo = match(r'name="photo" value="([^"]+)"', html).group(1)
     # The buttons post the form again: the carried photo, and the pressed button's id.
     second = client.post(
-        "/", {"photo": photo, "colour_matters": "on", "like": [str(ids[3])], "dislike": [str(ids[4])]}
+        "/",
+        {"photo": photo, "colour_matters": "on", "like": [str(ids[3])], "dislike": [str(ids[4])]},
     )
     assert second.status_code == 200
     html = second.content.decode()
@@ -147,7 +150,9 @@ def test_more_and_not_like_this_without_javascript(client, query):
     assert re.search(rf'data-garment-id="{ids[3]}".*?<span class="liked">Liked</span>', html, re.S)
     # "Start over" drops the marks.
     third = client.post(
-        "/", {"photo": photo, "colour_matters": "on", "like": [str(ids[3])], "feedback": "reset"}, **FETCH
+        "/",
+        {"photo": photo, "colour_matters": "on", "like": [str(ids[3])], "feedback": "reset"},
+        **FETCH,
     )
     assert "Refined by your choices" not in third.content.decode()
 
