@@ -43,7 +43,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from retrieval import features as F  # noqa: E402
-from retrieval.catalog import CatalogRow, CatalogSource, read_rows  # noqa: E402
+from retrieval.catalogue.source import CatalogRow, CatalogSource, read_rows  # noqa: E402
 from retrieval.images import pooled_grid, resize_rgb  # noqa: E402
 
 # At most 2 (the brief); 1 by default: on 2 cores shared with other jobs, OpenMP's second

@@ -116,7 +116,7 @@ def search_with(page, site: str, path: str, *, words: str = "") -> None:
     expect(page.locator("#crop-panel")).to_be_visible()
     if words:
         page.fill("#id_q", words)
-    page.get_by_role("button", name="Search", exact=True).click()
+    page.locator("#search-button").click()
     expect(page.locator("#result-list > li.card")).to_have_count(10)
 
 
@@ -202,7 +202,7 @@ def test_a_new_photo_clears_the_old_results_and_errors(site, browser, query):
     expect(page.locator("#crop-panel")).to_be_visible()
     expect(page.locator("#results")).to_be_empty()
     expect(page.locator("#photo-message")).to_be_hidden()
-    page.get_by_role("button", name="Search", exact=True).click()
+    page.locator("#search-button").click()
     expect(page.locator("#result-list > li.card")).to_have_count(10)
     assert result_ids(page)[0] == other.pk
     context.close()
@@ -240,7 +240,7 @@ def test_a_50_megapixel_camera_photo_is_searched(site, screen, query):
         photo = screen.locator("#crop-stage").bounding_box()
         button = screen.locator("#search-button").bounding_box()
         assert button["y"] + button["height"] - photo["y"] <= screen.viewport_size["height"]
-    screen.get_by_role("button", name="Search", exact=True).click()
+    screen.locator("#search-button").click()
     expect(screen.locator("#result-list > li.card")).to_have_count(10)
     assert result_ids(screen)[0] == query.pk
     (width, height), *_ = screen.evaluate("window.uploads")
@@ -257,7 +257,7 @@ def test_without_javascript(site, browser, query):
     page.set_input_files("#photo-file", query.image.path)
     assert picker.evaluate("input => input.files[0].name") == Path(query.image.path).name
     page.fill("#id_q", "in blue")
-    page.get_by_role("button", name="Search", exact=True).click()
+    page.locator("#search-button").click()
     page.wait_for_url(site + "/")
     expect(page.locator("img.searched-photo")).to_be_visible()  # the photo searched
     expect(page.locator("#understood")).to_contain_text("Blue")
