@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -525,9 +526,25 @@ def _restore_database(dump: Path) -> None:
     connection.close()  # this process's own idle session must not hold anything
     env = _postgres_env()
     env["PGAPPNAME"] = f"fashionsite-restore-{uuid.uuid4().hex[:8]}"
+    # The search table's partitions inherit their primary key from the parent: with --clean,
+    # dropping a partition's own copy of it fails ("cannot drop inherited constraint"). Those
+    # entries are left out; attaching the partition to the restored parent recreates them.
+    listing = _run_tool([str(postgres_tool("pg_restore")), "--list", str(dump)]).stdout
+    kept = [
+        line
+        for line in listing.splitlines()
+        if not re.search(
+            r" CONSTRAINT public retrieval_searchrow_r\d+ retrieval_searchrow_r\d+_pkey ", line
+        )
+    ]
+    handle, name = tempfile.mkstemp(suffix=".list")  # the backup folder may be read-only
+    use_list = Path(name)
+    with os.fdopen(handle, "w") as out:
+        out.write("\n".join(kept) + "\n")
     process = subprocess.Popen(
         [
             str(postgres_tool("pg_restore")),
+            f"--use-list={use_list}",
             "--single-transaction",
             "--exit-on-error",
             "--clean",
@@ -555,6 +572,7 @@ def _restore_database(dump: Path) -> None:
             blocked = blocked or row is not None
             time.sleep(0.2)
     _, stderr = process.communicate()
+    use_list.unlink(missing_ok=True)
     if process.returncode != 0:
         hint = ""
         if blocked:
