@@ -90,7 +90,7 @@ def test_markup_from_a_csv_import_is_shown_as_text_everywhere(
     page.goto(site + "/")
     page.set_input_files("#photo-file", garment.image.path)
     expect(page.locator("#crop-panel")).to_be_visible()
-    page.get_by_role("button", name="Search").click()
+    page.locator("#search-button").click()
     card = page.locator(f'#result-list > li.card[data-garment-id="{garment.pk}"]')
     expect(card.locator(".card-title")).to_have_text(shown_as_text(title))
     expect(card.locator(".card-meta")).to_contain_text(CATEGORY)

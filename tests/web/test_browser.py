@@ -133,7 +133,7 @@ def test_search_by_photo_switch_to_20_and_open_a_result(site, page, query):
     page.set_input_files("#photo-file", query.image.path)
     expect(page.locator("#crop-panel")).to_be_visible()
     expect(page.locator("#crop-info")).to_contain_text("whole photo")
-    page.get_by_role("button", name="Search").click()
+    page.locator("#search-button").click()
     cards = page.locator("#result-list > li.card")
     expect(cards).to_have_count(10)
     assert result_ids(page)[0] == query.pk  # the garment's own photo finds it first
@@ -170,7 +170,7 @@ def test_the_search_uses_the_cropped_part(site, page, query):
     page.mouse.up()
     expect(page.locator("#crop-info")).to_contain_text("framed part")
     page.locator("#crop-panel").screenshot(path=str(OUTPUT / "crop-desktop.png"))
-    page.get_by_role("button", name="Search").click()
+    page.locator("#search-button").click()
     expect(page.locator("#result-list > li.card")).to_have_count(10)
     width, height = Image.open(query.image.path).size
     (crop_width, crop_height, kind), *_ = uploads(page)
@@ -206,7 +206,7 @@ def test_busy_state_while_searching(site, page, query):
     page.route(f"{site}/", hold_searches)
     page.set_input_files("#photo-file", query.image.path)
     expect(page.locator("#crop-panel")).to_be_visible()
-    page.get_by_role("button", name="Search").click()
+    page.locator("#search-button").click()
     expect(page.locator("#busy")).to_be_visible()
     expect(page.locator("#search-button")).to_be_disabled()
     expect(page.locator("#results")).to_have_attribute("aria-busy", "true")
@@ -237,7 +237,7 @@ def test_paste_and_drop_load_the_photo(site, page, query):
     transfer = page.evaluate_handle(make_file, query.image.url)
     page.locator("#dropzone").dispatch_event("drop", {"dataTransfer": transfer})
     expect(page.locator("#crop-panel")).to_be_visible()
-    page.get_by_role("button", name="Search").click()
+    page.locator("#search-button").click()
     expect(page.locator("#result-list > li.card")).to_have_count(10)
 
 
@@ -275,7 +275,7 @@ def test_phone_sized_screen(site, phone, query):
     expect(phone.get_by_text("Take a photo")).to_be_visible()  # touch screen: the camera
     phone.set_input_files("#photo-file", query.image.path)
     expect(phone.locator("#crop-panel")).to_be_visible()
-    phone.get_by_role("button", name="Search").click()
+    phone.locator("#search-button").click()
     expect(phone.locator("#result-list > li.card")).to_have_count(10)
     overflow = phone.evaluate("document.documentElement.scrollWidth")
     assert overflow <= 375, f"the page is {overflow} px wide on a 375 px screen"
