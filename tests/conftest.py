@@ -16,6 +16,13 @@ from django.conf import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_ZIP = ROOT.parent / "shared" / "data" / "fashion-product-images-small.zip"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+]
 
 
 def database_url_for(settings_dict: dict) -> str:
@@ -138,6 +145,33 @@ def celery_worker(django_db_setup, django_db_blocker) -> Iterator[WorkerProcess]
             yield worker
         finally:
             worker.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (Debian's, driven by Playwright), one per browser test module.
+
+    Playwright's sync API runs an event loop in this thread, and while it runs Django keeps a
+    separate set of database connections (asgiref's context-local storage). Those are closed
+    with the browser: one left open across a PostgreSQL restart (the fault tests) was handed,
+    dead, to the next browser module ("terminating connection due to administrator command").
+    """
+    from django.db import connections
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium: apt-get install chromium chromium-driver")
+    # The ORM calls the tests make here (fixtures, the flush after each test) are synchronous.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        with sync_api.sync_playwright() as playwright:
+            connections.close_all()
+            chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                yield chromium
+            finally:
+                chromium.close()
+                connections.close_all()
 
 
 @pytest.fixture

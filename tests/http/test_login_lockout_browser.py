@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from django.core.management import call_command
 
-from tests.web.test_browser import browser, page  # noqa: F401 - fixtures used below
+from tests.web.test_browser import page  # noqa: F401 - fixture used below
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

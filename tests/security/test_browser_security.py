@@ -17,7 +17,7 @@ from retrieval import catalogue, indexing
 from retrieval.models import Garment, ImportJob
 from tests.factories import jpeg_bytes
 from tests.images_corpus import catalogue_zip
-from tests.web.test_browser import browser, page, site  # noqa: F401 - fixtures used below
+from tests.web.test_browser import page, site  # noqa: F401 - fixtures used below
 
 pytestmark = [
     pytest.mark.security,

@@ -22,13 +22,6 @@ pytestmark = [
     pytest.mark.django_db(transaction=True),
 ]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-]
 OUTPUT = ROOT / "test-output"
 
 # The live server's URLconf: the site's, plus media files as `make run` serves them (DEBUG).
@@ -38,21 +31,6 @@ urlpatterns = [
 ]
 handler404 = site_urls.handler404
 handler500 = site_urls.handler500
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not CHROMIUM.exists():
-        pytest.skip("no /usr/bin/chromium: apt-get install chromium chromium-driver")
-    # Playwright's sync API keeps an event loop in this thread; the ORM calls the tests make
-    # here (fixtures, the flush after each test) are plain synchronous ones.
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-        with sync_api.sync_playwright() as playwright:
-            chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-            yield chromium
-            chromium.close()
 
 
 @pytest.fixture
