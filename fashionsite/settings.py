@@ -514,6 +514,17 @@ FILE_UPLOAD_HANDLERS = [
 SAMPLE_CATALOG = (
     BASE_DIR.parent / "shared" / "data" / "fashion-product-images-small.zip"
 ).resolve()
+# Labelled shoppers' photos that train the model and are never shown (issue #14): `make run`
+# imports this file (the import format plus a `sender` column) before the first training;
+# default: the shared sample's shoppers' photos where they exist; empty = none.
+_SHOPPER_PHOTOS = (BASE_DIR.parent / "shared" / "data" / "shopper-photos.zip").resolve()
+RETRIEVAL_EXAMPLE_PHOTOS = env_str(
+    "RETRIEVAL_EXAMPLE_PHOTOS", str(_SHOPPER_PHOTOS) if _SHOPPER_PHOTOS.exists() else ""
+)
+# Share of the example photos' senders held out for evaluation (never trained on), 0..0.9.
+RETRIEVAL_EXAMPLE_HOLDOUT = env_float("RETRIEVAL_EXAMPLE_HOLDOUT", 0.25)
+# Labelled query sets (zips in the import format) every evaluation also reports, by path.
+RETRIEVAL_EVALUATION_QUERY_SETS = env_list("RETRIEVAL_EVALUATION_QUERY_SETS", "")
 # The demo catalogue in the repository (3,110 products of the sample, demo/README.md): what
 # `make run` imports into an empty catalogue when no CATALOG is given and the sample is absent.
 DEMO_CATALOG = BASE_DIR / "demo" / "catalogue.zip"

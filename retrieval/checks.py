@@ -17,6 +17,9 @@ Two kinds of bad configuration, two places:
                             is not N/unit (or off)
   ``retrieval.E006``        an integer setting is below its minimum (:data:`MINIMUMS`)
   ``retrieval.E007``        a cron schedule is not five valid fields
+  ``retrieval.E008``        ``RETRIEVAL_EXAMPLE_HOLDOUT`` is not between 0 and 0.9
+  ``retrieval.W001``        a file named by ``RETRIEVAL_EVALUATION_QUERY_SETS`` or
+                            ``RETRIEVAL_EXAMPLE_PHOTOS`` does not exist (skipped, not fatal)
   ========================  ===========================================================
 
 Django runs them before management commands (``check``, ``migrate``, ``runserver``, ...);
@@ -157,6 +160,37 @@ def check_schedules(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
                 )
             )
     return errors
+
+
+@checks.register(TAG)
+def check_examples(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    """retrieval.E008: the example photos' hold-out share is 0..0.9; retrieval.W001: the
+    labelled query sets and example photos named exist (a missing one is skipped, so a
+    warning: an evaluation or first start without it still runs)."""
+    from pathlib import Path
+
+    messages: list[checks.CheckMessage] = []
+    holdout = settings.RETRIEVAL_EXAMPLE_HOLDOUT
+    if isinstance(holdout, bool) or not isinstance(holdout, int | float) or not 0 <= holdout <= 0.9:
+        messages.append(
+            checks.Error(
+                f"RETRIEVAL_EXAMPLE_HOLDOUT={holdout!r} must be a number from 0 to 0.9.",
+                hint="The share of senders held out for evaluation; 0 trains on all of them.",
+                id="retrieval.E008",
+            )
+        )
+    named = [("RETRIEVAL_EVALUATION_QUERY_SETS", p) for p in settings.RETRIEVAL_EVALUATION_QUERY_SETS]
+    if settings.RETRIEVAL_EXAMPLE_PHOTOS:
+        named.append(("RETRIEVAL_EXAMPLE_PHOTOS", settings.RETRIEVAL_EXAMPLE_PHOTOS))
+    for name, path in named:
+        if not Path(path).exists():
+            messages.append(
+                checks.Warning(
+                    f"{name} names {path}, which does not exist: it is skipped.",
+                    id="retrieval.W001",
+                )
+            )
+    return messages
 
 
 def exit_on_errors() -> None:
