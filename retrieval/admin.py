@@ -20,6 +20,7 @@ from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html, format_html_join
 
 from retrieval import catalogue, evaluation, indexing, tokens, training
+from retrieval.admin_examples import ExamplePhotoAdmin
 from retrieval.jobs import publishing
 from retrieval.models import (
     ApiToken,
@@ -32,6 +33,10 @@ from retrieval.models import (
     GarmentFeature,
     ImportJob,
 )
+
+# Registered in its own module (the example photos' section, issue #14); named here so that
+# importing this module registers it.
+__all__ = ["ExamplePhotoAdmin"]
 
 
 class CategoryActionForm(ActionForm):
@@ -417,6 +422,36 @@ def evaluation_context(report: EvaluationReport | None) -> dict:
         "examples": m.get("examples", []),
         "queries": m.get("queries"),
         "skipped": m.get("skipped"),
+        "query_sets": [_query_set_table(entry) for entry in m.get("query_sets", [])],
+    }
+
+
+def _query_set_table(entry: dict) -> dict:
+    """One labelled query set of a report as tables: overall p@k per mode, and per category
+    (rows) the p@k of each mode (columns), with the number of queries."""
+    modes = list(entry.get("modes", {}))
+    keys = list(next(iter(entry["modes"].values()), {})) if modes else []
+    per_category = entry.get("per_category", {})
+    names = sorted({name for mode in modes for name in per_category.get(mode, {})})
+    rows = []
+    for name in names:
+        cells = []
+        queries = 0
+        for mode in modes:
+            row = per_category.get(mode, {}).get(name, {})
+            queries = row.get("queries", queries)
+            cells += [row.get(k) for k in keys]
+        rows.append((name, queries, cells))
+    return {
+        "name": entry.get("name", ""),
+        "source": entry.get("source", ""),
+        "queries": entry.get("queries", 0),
+        "skipped": entry.get("skipped", 0),
+        "error": entry.get("error", ""),
+        "keys": keys,
+        "overall": [(mode, [entry["modes"][mode].get(k) for k in keys]) for mode in modes],
+        "columns": [f"{mode} {k}" for mode in modes for k in keys],
+        "categories": rows,
     }
 
 
@@ -435,6 +470,14 @@ def evaluation_csv(report: EvaluationReport) -> str:
     for mode, categories in m.get("per_category_p@5", {}).items():
         for name, values in categories.items():
             writer.writerow(["cluster", mode, f"p@5 {name}", values["p@5"]])
+    for entry in m.get("query_sets", []):
+        for mode, values in entry.get("modes", {}).items():
+            for key, value in values.items():
+                writer.writerow([entry["name"], mode, key, value])
+        for mode, categories in entry.get("per_category", {}).items():
+            for name, values in categories.items():
+                for key, value in values.items():
+                    writer.writerow([entry["name"], mode, f"{key} {name}", value])
     return out.getvalue()
 
 

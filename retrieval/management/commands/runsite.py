@@ -503,6 +503,12 @@ class Command(BaseCommand):
             "(the home page shows the progress)"
         )
         manage = f"{shlex.quote(sys.executable)} manage.py import_catalog {shlex.quote(str(path))}"
+        examples = settings.RETRIEVAL_EXAMPLE_PHOTOS
+        if examples and Path(examples).exists():
+            # Imported once the catalogue's rows (its categories) are in and before the first
+            # training, which then learns from them too (issue #14); on both runs of the
+            # chain: photos of a category the first slice lacks come in with the rest.
+            manage += f" --examples {shlex.quote(str(examples))}"
         if path == settings.DEMO_CATALOG:
             # Small: one import, one training (a slice first would train twice).
             script = f"{manage} --wait --train"
