@@ -1,5 +1,9 @@
 """Staff curation of example photos: labelled shoppers' photos that train the model and are
-never shown in the shop (issue #14). Imported from :mod:`retrieval.admin`."""
+never shown in the shop (issue #14). Imported from :mod:`retrieval.admin`.
+
+Their files are not public media (the site serves ``/media/garments/`` only): people's home
+photos are shown to staff with the view permission, through :meth:`ExamplePhotoAdmin.image_view`.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,9 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.http import FileResponse, Http404
 from django.template.response import TemplateResponse
-from django.urls import path
+from django.urls import path, reverse
 from django.utils.html import format_html
 
 from retrieval import catalogue
@@ -71,19 +76,24 @@ class ExamplePhotoAdmin(admin.ModelAdmin):
     change_list_template = "admin/retrieval/examplephoto/change_list.html"
     list_per_page = 100
 
+    @staticmethod
+    def image_url(obj: ExamplePhoto) -> str:
+        return reverse("admin:retrieval_examplephoto_image", args=[obj.pk])
+
     @admin.display(description="image")
     def thumbnail(self, obj: ExamplePhoto) -> str:
         if not obj.image:
             return "-"
         return format_html(
-            '<img src="{}" alt="" style="height:48px;width:auto" loading="lazy">', obj.image.url
+            '<img src="{}" alt="" style="height:48px;width:auto" loading="lazy">',
+            self.image_url(obj),
         )
 
     @admin.display(description="preview")
     def preview(self, obj: ExamplePhoto) -> str:
-        if not obj.image:
+        if not obj.image or obj.pk is None:
             return "-"
-        return format_html('<img src="{}" alt="" style="max-height:240px">', obj.image.url)
+        return format_html('<img src="{}" alt="" style="max-height:240px">', self.image_url(obj))
 
     def save_model(self, request, obj: ExamplePhoto, form, change: bool) -> None:
         upload = form.cleaned_data.get("image") if "image" in form.changed_data else None
@@ -97,9 +107,31 @@ class ExamplePhotoAdmin(admin.ModelAdmin):
                 "import/",
                 self.admin_site.admin_view(self.import_view),
                 name="retrieval_examplephoto_import",
-            )
+            ),
+            path(
+                "<int:photo_id>/image/",
+                self.admin_site.admin_view(self.image_view),
+                name="retrieval_examplephoto_image",
+            ),
         ]
         return extra + super().get_urls()
+
+    def image_view(self, request, photo_id: int):
+        """The photo's stored (re-encoded) JPEG, for staff who may view example photos."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        photo = ExamplePhoto.objects.filter(pk=photo_id).first()
+        if photo is None or not photo.image:
+            raise Http404("no such example photo")
+        try:
+            handle = photo.image.open("rb")
+        except OSError as exc:
+            raise Http404("the photo's file is missing") from exc
+        response = FileResponse(handle, content_type="image/jpeg")
+        response["X-Content-Type-Options"] = "nosniff"
+        response["Content-Security-Policy"] = "default-src 'none'; sandbox"
+        response["Cache-Control"] = "private, max-age=3600"
+        return response
 
     def import_view(self, request):
         """Import a zip of labelled photos (catalogue.import_example_photos), in the request:

@@ -9,6 +9,7 @@ from collections import defaultdict
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
+from django.test import Client
 
 from retrieval import catalogue
 from retrieval.models import ExamplePhoto
@@ -178,6 +179,16 @@ def test_admin_import_page_imports_for_a_curator(curator, tmp_path):
     html = response.content.decode()
     assert 'id="example-import-report"' in html and "Nope" in html
     assert list(ExamplePhoto.objects.values_list("key", "role")) == [("u1", "train")]
+    # The photo shows in the admin (staff only), never as public media.
+    photo = ExamplePhoto.objects.get()
+    listing = curator.get("/admin/retrieval/examplephoto/").content.decode()
+    image_url = f"/admin/retrieval/examplephoto/{photo.pk}/image/"
+    assert image_url in listing and photo.image.url not in listing
+    image = curator.get(image_url)
+    assert image.status_code == 200 and image["Content-Type"] == "image/jpeg"
+    assert b"".join(image.streaming_content)[:2] == b"\xff\xd8"
+    assert Client().get(image_url).status_code == 302  # to the admin's login
+    assert Client().get(photo.image.url).status_code == 404
     not_zip = curator.post(
         "/admin/retrieval/examplephoto/import/",
         {"upload": SimpleUploadedFile("x.zip", b"not a zip"), "holdout": "0"},
