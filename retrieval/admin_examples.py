@@ -152,9 +152,7 @@ class ExamplePhotoAdmin(admin.ModelAdmin):
             "form": form,
             "report": report,
         }
-        response = TemplateResponse(
-            request, "admin/retrieval/examplephoto/import.html", context
-        )
+        response = TemplateResponse(request, "admin/retrieval/examplephoto/import.html", context)
         if request.method == "POST" and report is None:
             response.status_code = 400
         return response

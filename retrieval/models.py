@@ -449,9 +449,7 @@ class ExamplePhoto(models.Model):
         max_length=64, unique=True, help_text="The source's id (re-imports match on it)."
     )
     image = models.ImageField(upload_to="examples/", max_length=255)
-    category = models.ForeignKey(
-        Category, on_delete=models.PROTECT, related_name="example_photos"
-    )
+    category = models.ForeignKey(Category, on_delete=models.PROTECT, related_name="example_photos")
     sender = models.CharField(
         max_length=100, blank=True, help_text="Who took the photo: the split is by sender."
     )

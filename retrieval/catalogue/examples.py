@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
-from django.core.files.base import ContentFile
+from django.core.files.base import ContentFile, File
 from django.db import IntegrityError, transaction
 
 from retrieval.catalogue.media import STORAGE_UNAVAILABLE, MediaStorageError
 from retrieval.catalogue.source import CatalogError, CatalogRow, CatalogSource, Problem, read_rows
+from retrieval.images import ImageSource
 from retrieval.models import Category, ExamplePhoto
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,9 @@ def example_role(*, sender: str, key: str, holdout: float) -> str:
     return ExamplePhoto.Role.HOLDOUT if fraction < holdout else ExamplePhoto.Role.TRAIN
 
 
-def store_example_image(*, photo: ExamplePhoto, source, name: str | None = None) -> str:
+def store_example_image(
+    *, photo: ExamplePhoto, source: ImageSource, name: str | None = None
+) -> str:
     """Re-encode an untrusted image (the upload path's decoder and limits,
     :func:`retrieval.images.reencode_jpeg`) and write it under a server-chosen name in
     ``examples/``; ``photo.image`` then names it (the row is not saved here).
@@ -96,7 +99,7 @@ def _delete_file(name: str) -> None:
         log.warning("could not remove the unsaved example image %s: %s", name, exc)
 
 
-def save_example_photo(*, photo: ExamplePhoto, upload=None) -> ExamplePhoto:
+def save_example_photo(*, photo: ExamplePhoto, upload: File | None = None) -> ExamplePhoto:
     """Save one example photo (the admin's add form): the upload, if any, is re-encoded and
     stored first; its role follows the split (RETRIEVAL_EXAMPLE_HOLDOUT) when it is new."""
     if upload is not None:
@@ -163,9 +166,7 @@ def import_example_photos(*, source: Path, holdout: float) -> ExampleImportRepor
                 source=str(source)[-255:],
             )
             try:
-                store_example_image(
-                    photo=photo, source=catalog.read(item.image), name=item.image
-                )
+                store_example_image(photo=photo, source=catalog.read(item.image), name=item.image)
             except (images.ImageError, CatalogError) as exc:
                 report.problems.append(
                     Problem(row=item.row, sku=item.sku, file=item.image, reason=str(exc))
@@ -176,7 +177,7 @@ def import_example_photos(*, source: Path, holdout: float) -> ExampleImportRepor
                     photo.save()
             except IntegrityError:
                 # Imported meanwhile by another run (same key): that row stands.
-                _delete_file(photo.image.name)
+                _delete_file(photo.image.name or "")
                 report.already_present += 1
             else:
                 report.created += 1

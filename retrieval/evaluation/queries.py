@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
 from django.conf import settings
 
 from retrieval.evaluation.metrics import Labelled
+
+if TYPE_CHECKING:
+    from retrieval.images import ImageSource
+    from retrieval.models import FeatureModel
 
 
 def held_out_queries(*, model, limit: int | None, seed: int, probs: bool = False) -> list[dict]:
@@ -115,7 +122,9 @@ def extract_queries(*, extractor, sources, flip: bool, crop: bool, batch: int = 
     return keys, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, errors
 
 
-def photo_queries(*, model, items) -> tuple[list[dict], int]:
+def photo_queries(
+    *, model: FeatureModel, items: Sequence[tuple[str, ImageSource, Labelled]]
+) -> tuple[list[dict], int]:
     """Query photos run through the CNN as a shopper's photo is in the shop (the same
     :meth:`FeatureExtractor.extract_query`, RETRIEVAL_QUERY_CROP / _FLIP), never stored.
 
@@ -154,21 +163,21 @@ def external_queries(*, model, path, category_field: str, limit: int | None):
     return queries, skipped + unreadable
 
 
-def example_queries(*, model, limit: int | None = None) -> tuple[list[dict], int]:
+def example_queries(*, model: FeatureModel, limit: int | None = None) -> tuple[list[dict], int]:
     """The held-out example photos (senders never trained on, issue #14) as query photos.
 
     Returns ``(queries, skipped)``; ids are the photos' keys (they are not garments).
     """
     from retrieval.models import ExamplePhoto
 
-    photos = ExamplePhoto.objects.filter(role=ExamplePhoto.Role.HOLDOUT).select_related(
-        "category"
-    )
-    items, skipped = [], 0
+    photos = ExamplePhoto.objects.filter(role=ExamplePhoto.Role.HOLDOUT).select_related("category")
+    items: list[tuple[str, ImageSource, Labelled]] = []
+    skipped = 0
     for photo in photos.order_by("key")[:limit]:
         if not photo.image:
             skipped += 1
             continue
+        source: ImageSource
         try:
             source = photo.image.path
         except NotImplementedError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -240,7 +240,9 @@ def ensure_backbone_features(*, backbone: str, progress=None) -> int:
     return len(missing)
 
 
-def ensure_example_features(*, backbone: str, progress=None) -> dict[int, str]:
+def ensure_example_features(
+    *, backbone: str, progress: Callable[[dict], None] | None = None
+) -> dict[int, str]:
     """Run the CNN for the training example photos (role train) that have no cached pooled
     feature under ``backbone`` (or one from an older FEATURE_VERSION): the same extractor and
     batch path as the garments', on the plain photo (no query-time crop or flip), so the head
@@ -257,7 +259,7 @@ def ensure_example_features(*, backbone: str, progress=None) -> dict[int, str]:
     if not missing:
         return failed
 
-    def source(photo: ExamplePhoto):
+    def source(photo: ExamplePhoto) -> str | bytes:
         try:
             return photo.image.path
         except NotImplementedError:

@@ -9,6 +9,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import transaction
@@ -27,6 +28,9 @@ from retrieval.models import (
 )
 from retrieval.selectors import active_model
 from retrieval.training.activation import activate_model, recompute_vectors
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +102,9 @@ def load_backbone_features(*, backbone: str, category_field: str = "category"):
     )
 
 
-def load_example_features(*, backbone: str, classes: Sequence[str], category_field: str):
+def load_example_features(
+    *, backbone: str, classes: Sequence[str], category_field: str
+) -> tuple[np.ndarray | None, np.ndarray, int]:
     """The training example photos' cached pooled features, labelled with their index in
     ``classes`` (issue #14: shoppers' photos beside the studio photos).
 

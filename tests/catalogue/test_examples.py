@@ -12,7 +12,7 @@ from django.core.management import call_command
 from django.test import Client
 
 from retrieval import catalogue
-from retrieval.models import ExamplePhoto
+from retrieval.models import Category, ExamplePhoto
 from tests.catalogue_zips import example_row, make_examples, png_bomb
 from tests.factories import CategoryFactory, jpeg_bytes
 
@@ -71,12 +71,13 @@ def test_split_is_by_sender_and_stable_across_reimports(tmp_path):
 
 
 def test_holdout_zero_trains_on_every_photo_and_no_sender_splits_by_key(tmp_path):
-    assert {
-        catalogue.example_role(sender="", key=f"k{i}", holdout=0.5) for i in range(50)
-    } == {ExamplePhoto.Role.TRAIN, ExamplePhoto.Role.HOLDOUT}
-    assert {
-        catalogue.example_role(sender=str(i), key="k", holdout=0.0) for i in range(50)
-    } == {ExamplePhoto.Role.TRAIN}
+    assert {catalogue.example_role(sender="", key=f"k{i}", holdout=0.5) for i in range(50)} == {
+        ExamplePhoto.Role.TRAIN,
+        ExamplePhoto.Role.HOLDOUT,
+    }
+    assert {catalogue.example_role(sender=str(i), key="k", holdout=0.0) for i in range(50)} == {
+        ExamplePhoto.Role.TRAIN
+    }
     assert catalogue.example_role(sender="7", key="a", holdout=0.3) == catalogue.example_role(
         sender="7", key="b", holdout=0.3
     )
@@ -112,7 +113,7 @@ def test_bad_rows_are_reported_and_skipped_never_a_failed_run(tmp_path, settings
     assert "Sarees" in reasons["e6"] and "not in the catalogue" in reasons["e6"]
     assert reasons["e5"] == "image file missing"
     # The stored file is a re-encoded JPEG under examples/, never the upload's name.
-    stored = ExamplePhoto.objects.get().image.name
+    stored = ExamplePhoto.objects.get().image.name or ""
     assert stored.startswith("examples/") and stored.endswith(".jpg") and "e1" not in stored
 
 
@@ -210,7 +211,7 @@ def test_admin_import_is_refused_without_the_add_permission(viewer, tmp_path):
 
 def test_admin_add_form_stores_a_reencoded_photo_with_its_role(curator, settings):
     settings.RETRIEVAL_EXAMPLE_HOLDOUT = 0.0
-    category = CategoryFactory(name="Tshirts")
+    category = Category.objects.create(name="Tshirts")
     response = curator.post(
         "/admin/retrieval/examplephoto/add/",
         {
@@ -223,7 +224,8 @@ def test_admin_add_form_stores_a_reencoded_photo_with_its_role(curator, settings
     assert response.status_code == 302, response.content.decode()[:2000]
     photo = ExamplePhoto.objects.get()
     assert photo.role == ExamplePhoto.Role.TRAIN
-    assert photo.image.name.startswith("examples/") and photo.image.name.endswith(".jpg")
+    name = photo.image.name or ""
+    assert name.startswith("examples/") and name.endswith(".jpg")
     refused = curator.post(
         "/admin/retrieval/examplephoto/add/",
         {

@@ -12,7 +12,8 @@ from tests.catalogue_zips import examples_from_garments
 
 def senders_with_role(role: str, n: int, *, holdout: float) -> list[str]:
     """n sender names the split (sha1 of the sender) puts on ``role``."""
-    found, i = [], 0
+    found: list[str] = []
+    i = 0
     while len(found) < n:
         name = f"sender-{i}"
         if catalogue.example_role(sender=name, key="", holdout=holdout) == role:

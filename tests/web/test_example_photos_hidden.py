@@ -3,6 +3,8 @@ search, category page or API list returns or links one, even with the photo itse
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
@@ -16,7 +18,7 @@ pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 
 
 @pytest.fixture
-def example(trained_catalogue, tmp_path, no_search_throttle) -> ExamplePhoto:
+def example(trained_catalogue, tmp_path, no_search_throttle) -> Iterator[ExamplePhoto]:
     tee = Garment.objects.filter(
         pk__in=trained_catalogue.ids[Garment], category__name="Tshirts"
     ).first()
@@ -38,7 +40,7 @@ def _photo(example: ExamplePhoto) -> SimpleUploadedFile:
 
 
 def _assert_hidden(text: str, example: ExamplePhoto, *, echoes_query: bool = False) -> None:
-    assert "examples/" not in text and example.image.name not in text
+    assert "examples/" not in text and (example.image.name or "examples/") not in text
     if not echoes_query:  # a keyword page repeats what was asked
         assert example.key not in text
 

@@ -35,11 +35,8 @@ class Command(BaseCommand):
         except (catalogue.CatalogError, catalogue.MediaStorageError) as exc:
             raise CommandError(f"example photos not imported: {exc}") from exc
         for problem in report.problems[:50]:
-            where = ", ".join(
-                f"{key} {value}"
-                for key, value in (("row", problem.row), ("id", problem.sku), ("file", problem.file))
-                if value
-            )
+            fields = (("row", problem.row), ("id", problem.sku), ("file", problem.file))
+            where = ", ".join(f"{key} {value}" for key, value in fields if value)
             self.stderr.write(f"  skipped ({where}): {problem.reason}")
         if len(report.problems) > 50:
             self.stderr.write(f"  ... and {len(report.problems) - 50} more problems")
