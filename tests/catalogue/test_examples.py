@@ -235,3 +235,18 @@ def test_admin_add_form_stores_a_reencoded_photo_with_its_role(curator, settings
         },
     )
     assert refused.status_code == 200 and ExamplePhoto.objects.count() == 1
+
+
+def test_merging_categories_moves_their_example_photos(tmp_path):
+    CategoryFactory(name="Tshirts")
+    tees = CategoryFactory(name="Tees")
+    catalogue.import_example_photos(
+        source=make_examples(
+            tmp_path / "m.zip", example_row("m1", "Tees", sender="a"), {"m1.jpg": jpeg_bytes()}
+        ),
+        holdout=0.0,
+    )
+    target = Category.objects.get(name="Tshirts")
+    catalogue.merge_categories(sources=[tees], target=target)
+    assert ExamplePhoto.objects.get().category == target
+    assert not Category.objects.filter(name="Tees").exists()
