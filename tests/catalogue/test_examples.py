@@ -14,6 +14,7 @@ from django.test import Client
 from retrieval import catalogue
 from retrieval.models import Category, ExamplePhoto
 from tests.catalogue_zips import example_row, make_examples, png_bomb
+from tests.conftest import SAMPLE_ZIP
 from tests.factories import CategoryFactory, jpeg_bytes
 
 pytestmark = pytest.mark.django_db
@@ -250,3 +251,22 @@ def test_merging_categories_moves_their_example_photos(tmp_path):
     catalogue.merge_categories(sources=[tees], target=target)
     assert ExamplePhoto.objects.get().category == target
     assert not Category.objects.filter(name="Tees").exists()
+
+
+SHOPPER_PHOTOS = SAMPLE_ZIP.parent / "shopper-photos.zip"
+
+
+@pytest.mark.slow
+def test_the_shared_shoppers_photos_import_split_by_sender():
+    """The real file (989 photos, 129 senders): every row imports into the catalogue's seven
+    categories, about a quarter of the senders are held out, none on both sides."""
+    if not SHOPPER_PHOTOS.exists():
+        pytest.skip(f"{SHOPPER_PHOTOS} not found")
+    for name in ("Tshirts", "Shirts", "Dresses", "Shorts", "Skirts", "Sweatshirts", "Tops"):
+        CategoryFactory(name=name)
+    report = catalogue.import_example_photos(source=SHOPPER_PHOTOS, holdout=0.25)
+    assert report.created == 989 and not report.problems
+    roles = _roles_by_sender()
+    assert len(roles) == 129 and all(len(sides) == 1 for sides in roles.values())
+    held = sum(1 for sides in roles.values() if sides == {ExamplePhoto.Role.HOLDOUT})
+    assert 0.15 * 129 < held < 0.35 * 129
