@@ -86,13 +86,14 @@ def store_example_image(
         )
     except OSError as exc:
         log.error("media storage refused %s: %s", target, exc)
-        _delete_file(target)
+        delete_example_file(target)
         raise MediaStorageError(STORAGE_UNAVAILABLE) from exc
     photo.image = stored
     return stored
 
 
-def _delete_file(name: str) -> None:
+def delete_example_file(name: str) -> None:
+    """Remove a stored example photo's file (best effort: logged)."""
     try:
         ExamplePhoto._meta.get_field("image").storage.delete(name)
     except OSError as exc:
@@ -177,7 +178,7 @@ def import_example_photos(*, source: Path, holdout: float) -> ExampleImportRepor
                     photo.save()
             except IntegrityError:
                 # Imported meanwhile by another run (same key): that row stands.
-                _delete_file(photo.image.name or "")
+                delete_example_file(photo.image.name or "")
                 report.already_present += 1
             else:
                 report.created += 1

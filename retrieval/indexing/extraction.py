@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Count, Exists, OuterRef, Q
 from django.utils import timezone
 
 from retrieval.jobs.publishing import workers_available
@@ -250,9 +250,14 @@ def ensure_example_features(
     could not be read (skipped by training, never a failed run)."""
     from retrieval import features
 
+    # One cache row matching both backbone and version (an exclude() over the relation could
+    # match them on two different rows).
+    cached = ExampleFeature.objects.filter(
+        photo=OuterRef("pk"), backbone=backbone, version=FEATURE_VERSION
+    )
     missing = list(
         ExamplePhoto.objects.filter(role=ExamplePhoto.Role.TRAIN)
-        .exclude(features__backbone=backbone, features__version=FEATURE_VERSION)
+        .exclude(Exists(cached))
         .order_by("id")
     )
     failed: dict[int, str] = {}

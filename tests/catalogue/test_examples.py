@@ -270,3 +270,17 @@ def test_the_shared_shoppers_photos_import_split_by_sender():
     assert len(roles) == 129 and all(len(sides) == 1 for sides in roles.values())
     held = sum(1 for sides in roles.values() if sides == {ExamplePhoto.Role.HOLDOUT})
     assert 0.15 * 129 < held < 0.35 * 129
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deleting_an_example_photo_deletes_its_file(tmp_path, media_root):
+    CategoryFactory(name="Tshirts")
+    catalogue.import_example_photos(
+        source=make_examples(tmp_path / "d.zip", example_row("d1"), {"d1.jpg": jpeg_bytes()}),
+        holdout=0.0,
+    )
+    photo = ExamplePhoto.objects.get()
+    stored = media_root / (photo.image.name or "missing")
+    assert stored.exists()
+    photo.delete()
+    assert not stored.exists()
