@@ -29,12 +29,14 @@ def delete_image_of_deleted_garment(sender, instance: Garment, **kwargs) -> None
 
 
 @receiver(post_delete, sender=ExamplePhoto, dispatch_uid="retrieval.example_image_file")
-def delete_image_of_deleted_example(sender, instance: ExamplePhoto, **kwargs) -> None:
+def delete_image_of_deleted_example(
+    sender: type[ExamplePhoto], instance: ExamplePhoto, **kwargs: object
+) -> None:
     """A deleted example photo's file goes once the deletion commits (each stored example
     file has a fresh name of its own: no other row can name it)."""
     from retrieval.catalogue.examples import delete_example_file
 
     if instance.image:
         transaction.on_commit(
-            functools.partial(delete_example_file, instance.image.name), robust=True
+            functools.partial(delete_example_file, instance.image.name or ""), robust=True
         )

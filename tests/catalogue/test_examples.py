@@ -240,7 +240,7 @@ def test_admin_add_form_stores_a_reencoded_photo_with_its_role(curator, settings
 
 def test_merging_categories_moves_their_example_photos(tmp_path):
     CategoryFactory(name="Tshirts")
-    tees = CategoryFactory(name="Tees")
+    tees = Category.objects.create(name="Tees")
     catalogue.import_example_photos(
         source=make_examples(
             tmp_path / "m.zip", example_row("m1", "Tees", sender="a"), {"m1.jpg": jpeg_bytes()}
