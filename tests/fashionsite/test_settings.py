@@ -219,6 +219,8 @@ def test_default_retrieval_settings_pass_the_checks():
         ("RETRIEVAL_MAX_UPLOAD_BYTES", 0, "retrieval.E006"),
         ("RETRIEVAL_KMEANS_SCHEDULE", "0 3 * *", "retrieval.E007"),
         ("RETRIEVAL_PRUNE_MEDIA_SCHEDULE", "30 25 * * *", "retrieval.E007"),
+        ("RETRIEVAL_EXAMPLE_HOLDOUT", 0.95, "retrieval.E008"),
+        ("RETRIEVAL_EXAMPLE_HOLDOUT", -0.1, "retrieval.E008"),
     ],
 )
 def test_a_bad_retrieval_choice_is_a_check_error_naming_it(settings, name, value, check_id):
