@@ -154,10 +154,10 @@ def test_evaluation_report_page_shows_tables_chart_and_downloads(staff):
 def test_a_training_models_progress_shows_in_the_list_and_page_which_refresh(staff):
     from tests.factories import FeatureModelFactory
 
-    done = FeatureModelFactory(active=True, progress={"stage": "done"})
+    done = FeatureModelFactory.create(active=True, progress={"stage": "done"})
     page = staff.get("/admin/retrieval/featuremodel/")
     assert b"training-refresh" not in page.content  # nothing trains: no reloading
-    training = FeatureModelFactory(
+    training = FeatureModelFactory.create(
         active=False,
         status=FeatureModel.Status.TRAINING,
         progress={
