@@ -133,3 +133,26 @@ def test_a_training_reports_loss_validation_accuracy_and_time_left(trained_catal
         assert model.status == FeatureModel.Status.READY
     finally:
         model.head_path.unlink(missing_ok=True)
+
+
+@pytest.mark.django_db
+@pytest.mark.slow
+def test_the_train_model_command_prints_the_admins_line(trained_catalogue):
+    import io
+
+    from django.core.management import call_command
+
+    from retrieval.models import FeatureModel
+
+    before = set(FeatureModel.objects.values_list("pk", flat=True))
+    out = io.StringIO()
+    call_command("train_model", "--epochs", "2", "--no-activate", stdout=out)
+    try:
+        lines = out.getvalue().splitlines()
+        last = next(line for line in lines if "epoch 2/2" in line)
+        assert last.startswith("  training: epoch 2/2 · loss ") and "validation accuracy" in last
+        assert last.endswith("elapsed · about 0:00 left")
+        assert any(line.startswith("  vectors: ") and "left" in line for line in lines)
+    finally:
+        for model in FeatureModel.objects.exclude(pk__in=before):
+            model.head_path.unlink(missing_ok=True)
