@@ -2,7 +2,7 @@
 
 Two kinds of bad configuration, two places:
 
-- a value that cannot be read at all (``RETRIEVAL_BATCH_SIZE=abc``, ``RETRIEVAL_QUERY_CROP=
+- a value that cannot be read at all (``RETRIEVAL_BATCH_SIZE=abc``, ``RETRIEVAL_QUERY_FLIP=
   maybe``, a malformed ``DATABASE_URL``) has no value to check: settings.py stops the process
   with one line while it is imported, as before;
 - a value that reads but is not one of the choices or out of range (``RETRIEVAL_BACKBONE=vgg``,
@@ -17,6 +17,8 @@ Two kinds of bad configuration, two places:
                             is not N/unit (or off)
   ``retrieval.E006``        an integer setting is below its minimum (:data:`MINIMUMS`)
   ``retrieval.E007``        a cron schedule is not five valid fields
+  ``retrieval.E008``        ``RETRIEVAL_QUERY_CROP`` is not a query crop mode (the old
+                            booleans are read as map / off by settings.py)
   ========================  ===========================================================
 
 Django runs them before management commands (``check``, ``migrate``, ``runserver``, ...);
@@ -66,6 +68,7 @@ _CHOICES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("RETRIEVAL_COLOUR", spec.COLOUR_VARIANTS, "retrieval.E002"),
     ("RETRIEVAL_PRECISION", spec.PRECISION_CHOICES, "retrieval.E003"),
     ("RETRIEVAL_RERANK", spec.RERANK_MODES, "retrieval.E004"),
+    ("RETRIEVAL_QUERY_CROP", spec.QUERY_CROP_MODES, "retrieval.E008"),
 )
 
 # N/unit, a positive N and a unit Django REST framework reads (it looks at the first letter).
@@ -78,7 +81,7 @@ def _one_of(choices: tuple[str, ...]) -> str:
 
 @checks.register(TAG)
 def check_choices(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
-    """retrieval.E001-E004: each choice setting names one of its choices."""
+    """retrieval.E001-E004, E008: each choice setting names one of its choices."""
     errors = []
     for name, choices, check_id in _CHOICES:
         value = getattr(settings, name)
