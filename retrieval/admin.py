@@ -233,9 +233,31 @@ class FeatureModelAdmin(admin.ModelAdmin):
         *("val_accuracy", "active"),
     )
     list_filter = ("backbone", "status", "active")
-    readonly_fields = ("metrics", "progress", "error", "split", "created_at", "activated_at")
+    readonly_fields = (
+        *("progress_text", "metrics", "progress", "error", "split"),
+        *("created_at", "activated_at"),
+    )
     actions = ("activate_selected", "delete_search_data")
     change_list_template = "admin/retrieval/featuremodel/change_list.html"
+    change_form_template = "admin/retrieval/featuremodel/change_form.html"
+    #: While a model trains or re-indexes, its list and page reload themselves this often.
+    refresh_seconds = 5
+
+    def _busy(self) -> bool:
+        building = (FeatureModel.Status.TRAINING, FeatureModel.Status.INDEXING)
+        return FeatureModel.objects.filter(status__in=building).exists()
+
+    def changelist_view(self, request, extra_context=None):
+        extra = {"refresh_seconds": self.refresh_seconds if self._busy() else None}
+        return super().changelist_view(request, extra_context={**(extra_context or {}), **extra})
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        building = (FeatureModel.Status.TRAINING, FeatureModel.Status.INDEXING)
+        busy = FeatureModel.objects.filter(pk=object_id, status__in=building).exists()
+        extra = {"refresh_seconds": self.refresh_seconds if busy else None}
+        return super().change_view(
+            request, object_id, form_url, extra_context={**(extra_context or {}), **extra}
+        )
 
     @admin.display(description="validation accuracy")
     def val_accuracy(self, obj: FeatureModel) -> str:
@@ -244,12 +266,9 @@ class FeatureModelAdmin(admin.ModelAdmin):
 
     @admin.display(description="progress")
     def progress_text(self, obj: FeatureModel) -> str:
-        p = obj.progress or {}
-        if "epoch" in p:
-            return f"{p.get('stage')} {p['epoch']}/{p['epochs']}"
-        if "done" in p:
-            return f"{p.get('stage')} {p['done']}/{p['total']}"
-        return p.get("stage", "-")
+        """Stage, epoch, loss, validation accuracy, elapsed and time left
+        (:func:`retrieval.training.progress_text`)."""
+        return training.progress_text(obj.progress)
 
     @admin.action(description="Activate the selected model (re-indexes in the background)")
     def activate_selected(self, request, queryset) -> None:

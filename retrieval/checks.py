@@ -2,7 +2,7 @@
 
 Two kinds of bad configuration, two places:
 
-- a value that cannot be read at all (``RETRIEVAL_BATCH_SIZE=abc``, ``RETRIEVAL_QUERY_CROP=
+- a value that cannot be read at all (``RETRIEVAL_BATCH_SIZE=abc``, ``RETRIEVAL_QUERY_FLIP=
   maybe``, a malformed ``DATABASE_URL``) has no value to check: settings.py stops the process
   with one line while it is imported, as before;
 - a value that reads but is not one of the choices or out of range (``RETRIEVAL_BACKBONE=vgg``,
@@ -17,7 +17,9 @@ Two kinds of bad configuration, two places:
                             is not N/unit (or off)
   ``retrieval.E006``        an integer setting is below its minimum (:data:`MINIMUMS`)
   ``retrieval.E007``        a cron schedule is not five valid fields
-  ``retrieval.E008``        ``RETRIEVAL_EXAMPLE_HOLDOUT`` is not between 0 and 0.9
+  ``retrieval.E008``        ``RETRIEVAL_QUERY_CROP`` is not a query crop mode (the old
+                            booleans are read as map / off by settings.py)
+  ``retrieval.E009``        ``RETRIEVAL_EXAMPLE_HOLDOUT`` is not between 0 and 0.9
   ``retrieval.W001``        a file named by ``RETRIEVAL_EVALUATION_QUERY_SETS`` or
                             ``RETRIEVAL_EXAMPLE_PHOTOS`` does not exist (skipped, not fatal)
   ========================  ===========================================================
@@ -69,6 +71,7 @@ _CHOICES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("RETRIEVAL_COLOUR", spec.COLOUR_VARIANTS, "retrieval.E002"),
     ("RETRIEVAL_PRECISION", spec.PRECISION_CHOICES, "retrieval.E003"),
     ("RETRIEVAL_RERANK", spec.RERANK_MODES, "retrieval.E004"),
+    ("RETRIEVAL_QUERY_CROP", spec.QUERY_CROP_MODES, "retrieval.E008"),
 )
 
 # N/unit, a positive N and a unit Django REST framework reads (it looks at the first letter).
@@ -81,7 +84,7 @@ def _one_of(choices: tuple[str, ...]) -> str:
 
 @checks.register(TAG)
 def check_choices(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
-    """retrieval.E001-E004: each choice setting names one of its choices."""
+    """retrieval.E001-E004, E008: each choice setting names one of its choices."""
     errors = []
     for name, choices, check_id in _CHOICES:
         value = getattr(settings, name)
@@ -164,7 +167,7 @@ def check_schedules(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
 
 @checks.register(TAG)
 def check_examples(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
-    """retrieval.E008: the example photos' hold-out share is 0..0.9; retrieval.W001: the
+    """retrieval.E009: the example photos' hold-out share is 0..0.9; retrieval.W001: the
     labelled query sets and example photos named exist (a missing one is skipped, so a
     warning: an evaluation or first start without it still runs)."""
     from pathlib import Path
@@ -176,7 +179,7 @@ def check_examples(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
             checks.Error(
                 f"RETRIEVAL_EXAMPLE_HOLDOUT={holdout!r} must be a number from 0 to 0.9.",
                 hint="The share of senders held out for evaluation; 0 trains on all of them.",
-                id="retrieval.E008",
+                id="retrieval.E009",
             )
         )
     named = [

@@ -90,7 +90,7 @@ def read_query_set(*, path, category_field: str, limit: int | None):
     return items, skipped
 
 
-def extract_queries(*, extractor, sources, flip: bool, crop: bool, batch: int = 32):
+def extract_queries(*, extractor, sources, flip: bool, crop: str, batch: int = 32):
     """Run query photos through :meth:`FeatureExtractor.extract_query`, a batch at a time.
 
     sources: ``[(key, image source)]``. Returns ``(keys, features, errors)``: the keys that

@@ -231,6 +231,8 @@ def ensure_backbone_features(*, backbone: str, progress=None) -> int:
         .order_by("id")
     )
     done = 0
+    if progress is not None and missing:  # the stage's start, for its elapsed time and pace
+        progress({"stage": "extracting", "done": 0, "total": len(missing)})
     for start in range(0, len(missing), 256):
         chunk = missing[start : start + 256]
         extract_and_store(garments=chunk, backbone=backbone, model=None, result=IndexResult())

@@ -28,6 +28,7 @@ from retrieval.models import (
 )
 from retrieval.selectors import active_model
 from retrieval.training.activation import activate_model, recompute_vectors
+from retrieval.training.progress import StageClock
 
 if TYPE_CHECKING:
     import numpy as np
@@ -173,7 +174,9 @@ def train_model(
     with the test part); train FC1+FC2 on cached pooled backbone features (running the CNN
     first for garments that have none); save the head atomically; recompute every garment's
     vectors from the cache (no second CNN pass); fit K-means; switch the active model only
-    when all of that is done. Progress is saved on the model row (the admin shows it).
+    when all of that is done. Progress is saved on the model row (the admin shows it) and
+    passed to ``progress``: dicts of :mod:`retrieval.training.progress`, with elapsed time and
+    time left per stage.
     ``model``: a row created beforehand (status training) by whoever queued the training.
     """
     from retrieval import features
@@ -185,8 +188,10 @@ def train_model(
     )
     if model is None:
         model = new_feature_model(backbone=backbone)
+    clock = StageClock()
 
     def report(state: dict) -> None:
+        state = clock.stamp(state)  # + elapsed and time left (training.progress)
         FeatureModel.objects.filter(pk=model.pk).update(progress=state)
         if progress is not None:
             progress(state)

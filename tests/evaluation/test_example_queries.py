@@ -79,4 +79,4 @@ def test_missing_query_set_is_a_warning_and_a_bad_holdout_an_error(settings, tmp
     assert [(m.id, m.level) for m in messages] == [("retrieval.W001", checks.WARNING)]
     settings.RETRIEVAL_EVALUATION_QUERY_SETS = []
     settings.RETRIEVAL_EXAMPLE_HOLDOUT = 0.95
-    assert [m.id for m in check_examples()] == ["retrieval.E008"]
+    assert [m.id for m in check_examples()] == ["retrieval.E009"]

@@ -1,6 +1,6 @@
 """python manage.py evaluate [--queries PATH] [--limit N] [--top 5,10,20] [--json OUT]
 python manage.py evaluate --sweep [--weights 0,0.3,0.6,1] [--probes 1,2,3]
-    [--pipelines plain,flip,crop,crop+flip] [--queries PATH] [--json OUT]"""
+    [--pipelines plain,flip,crop,crop+flip,centre,centre+flip] [--queries PATH] [--json OUT]"""
 
 from __future__ import annotations
 
