@@ -275,6 +275,8 @@ def ensure_example_features(
 
     extractor = features.extractor_for(backbone=backbone, model=None)
     done = 0
+    if progress is not None:  # the stage's start, for its elapsed time and pace
+        progress({"stage": "extracting_examples", "done": 0, "total": len(missing)})
     for start in range(0, len(missing), 256):
         chunk = [p for p in missing[start : start + 256] if p.image]
         failed.update({p.pk: "no image" for p in missing[start : start + 256] if not p.image})
@@ -302,7 +304,7 @@ def ensure_example_features(
             )
         done += len(chunk)
         if progress is not None:
-            progress({"stage": "extracting examples", "done": done, "total": len(missing)})
+            progress({"stage": "extracting_examples", "done": done, "total": len(missing)})
     return failed
 
 

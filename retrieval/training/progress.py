@@ -4,6 +4,7 @@ A training (and an activation's re-index) reports plain dicts, saved on
 ``FeatureModel.progress`` as they come:
 
 - ``{"stage": "extracting", "done", "total"}``: the CNN features of garments that have none;
+- ``{"stage": "extracting_examples", "done", "total"}``: the same for training example photos;
 - ``{"stage": "training", "epoch", "epochs", "loss", "val_accuracy", "seconds"}``: after each
   epoch of the head (``seconds`` since its first epoch began, measured by the training loop);
 - ``{"stage": "vectors", "done", "total"}``: searchable vectors from the cached features;
@@ -25,6 +26,7 @@ from typing import Any
 STAGE_NAMES: dict[str, str] = {
     "queued": "queued",
     "extracting": "CNN features",
+    "extracting_examples": "CNN features of the example photos",
     "training": "training",
     "vectors": "vectors",
     "clustering": "clustering (K-means)",
