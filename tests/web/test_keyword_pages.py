@@ -117,9 +117,9 @@ def test_photo_search_menus_count_with_the_chosen_filters(client, shop):
     assert 'data-label="Shirts">Shirts (1)</option>' in html
     assert 'data-label="Formal">Formal (1)</option>' in html and "Party (" not in html
     fragment = client.post("/", {"gender": "Men"}, headers={"X-Requested-With": "fetch"})
-    counts = json.loads(
-        re.search(r'id="menu-counts"[^>]*>(.*?)</script>', fragment.content.decode()).group(1)
-    )
+    found = re.search(r'id="menu-counts"[^>]*>(.*?)</script>', fragment.content.decode())
+    assert found is not None
+    counts = json.loads(found.group(1))
     assert counts["gender"] == {"Men": "Men (1)", "Women": "Women (4)"}
     assert counts["colour"] == {"Red": "Red (1)"}
     assert counts["category"][shop.slug] == "Dresses (0)"
