@@ -16,6 +16,8 @@ from django.conf import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_ZIP = ROOT.parent / "shared" / "data" / "fashion-product-images-small.zip"
+# Screenshots of the browser tests (gitignored).
+OUTPUT = ROOT / "test-output"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -172,6 +174,19 @@ def browser():
             finally:
                 chromium.close()
                 connections.close_all()
+
+
+@pytest.fixture
+def site(browser, live_server, trained_catalogue, settings) -> str:
+    """The live server's address, serving the site and its media (tests/live_urls.py) over the
+    trained catalogue, without the search throttle (the browser tests search many times)."""
+    settings.ROOT_URLCONF = "tests.live_urls"
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {"search": None},
+    }
+    OUTPUT.mkdir(exist_ok=True)
+    return live_server.url
 
 
 @pytest.fixture

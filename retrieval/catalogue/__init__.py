@@ -35,7 +35,7 @@ from retrieval.catalogue.media import (
     delete_stored_image,
     delete_unreferenced_images,
     prune_media,
-    store_garment_image,
+    store_image,
 )
 from retrieval.catalogue.source import CatalogError, CatalogRow, CatalogSource, Problem, read_rows
 from retrieval.catalogue.uploads import (
@@ -82,6 +82,6 @@ __all__ = [
     "save_garment",
     "save_import_job",
     "start_import",
-    "store_garment_image",
+    "store_image",
     "validate_upload",
 ]

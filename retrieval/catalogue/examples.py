@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
-from django.core.files.base import ContentFile, File
+from django.core.files.base import File
 from django.db import IntegrityError, transaction
 
-from retrieval.catalogue.media import STORAGE_UNAVAILABLE, MediaStorageError
+from retrieval.catalogue.media import delete_stored_image, store_image
 from retrieval.catalogue.source import CatalogError, CatalogRow, CatalogSource, Problem, read_rows
-from retrieval.images import ImageSource
 from retrieval.models import Category, ExamplePhoto
 
 log = logging.getLogger(__name__)
@@ -66,45 +64,11 @@ def example_role(*, sender: str, key: str, holdout: float) -> str:
     return ExamplePhoto.Role.HOLDOUT if fraction < holdout else ExamplePhoto.Role.TRAIN
 
 
-def store_example_image(
-    *, photo: ExamplePhoto, source: ImageSource, name: str | None = None
-) -> str:
-    """Re-encode an untrusted image (the upload path's decoder and limits,
-    :func:`retrieval.images.reencode_jpeg`) and write it under a server-chosen name in
-    ``examples/``; ``photo.image`` then names it (the row is not saved here).
-
-    Raises ``images.ImageError`` (not a usable image) or MediaStorageError (nothing left).
-    """
-    from retrieval import images
-
-    jpeg = images.reencode_jpeg(source, max_pixels=settings.RETRIEVAL_MAX_PIXELS, name=name)
-    image_field = ExamplePhoto._meta.get_field("image")
-    target = image_field.generate_filename(photo, f"{uuid.uuid4().hex}.jpg")
-    try:
-        stored = image_field.storage.save(
-            target, ContentFile(jpeg), max_length=image_field.max_length
-        )
-    except OSError as exc:
-        log.error("media storage refused %s: %s", target, exc)
-        delete_example_file(target)
-        raise MediaStorageError(STORAGE_UNAVAILABLE) from exc
-    photo.image = stored
-    return stored
-
-
-def delete_example_file(name: str) -> None:
-    """Remove a stored example photo's file (best effort: logged)."""
-    try:
-        ExamplePhoto._meta.get_field("image").storage.delete(name)
-    except OSError as exc:
-        log.warning("could not remove the unsaved example image %s: %s", name, exc)
-
-
 def save_example_photo(*, photo: ExamplePhoto, upload: File | None = None) -> ExamplePhoto:
     """Save one example photo (the admin's add form): the upload, if any, is re-encoded and
     stored first; its role follows the split (RETRIEVAL_EXAMPLE_HOLDOUT) when it is new."""
     if upload is not None:
-        store_example_image(photo=photo, source=upload, name=getattr(upload, "name", None))
+        store_image(row=photo, source=upload, name=getattr(upload, "name", None))
     if photo.pk is None:
         photo.role = example_role(
             sender=photo.sender, key=photo.key, holdout=settings.RETRIEVAL_EXAMPLE_HOLDOUT
@@ -167,7 +131,7 @@ def import_example_photos(*, source: Path, holdout: float) -> ExampleImportRepor
                 source=str(source)[-255:],
             )
             try:
-                store_example_image(photo=photo, source=catalog.read(item.image), name=item.image)
+                store_image(row=photo, source=catalog.read(item.image), name=item.image)
             except (images.ImageError, CatalogError) as exc:
                 report.problems.append(
                     Problem(row=item.row, sku=item.sku, file=item.image, reason=str(exc))
@@ -178,7 +142,7 @@ def import_example_photos(*, source: Path, holdout: float) -> ExampleImportRepor
                     photo.save()
             except IntegrityError:
                 # Imported meanwhile by another run (same key): that row stands.
-                delete_example_file(photo.image.name or "")
+                delete_stored_image(photo.image.name or "", model=ExamplePhoto)
                 report.already_present += 1
             else:
                 report.created += 1

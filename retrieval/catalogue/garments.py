@@ -10,7 +10,7 @@ from django.utils import timezone
 from retrieval.catalogue.media import (
     delete_images_after_commit,
     delete_stored_image,
-    store_garment_image,
+    store_image,
 )
 from retrieval.catalogue.uploads import read_upload
 from retrieval.indexing import enqueue_indexing
@@ -101,7 +101,7 @@ def save_garment(*, garment: Garment, image_changed: bool) -> Garment:
     """Create or update a garment (admin, API); a new image is re-encoded, stored, and
     indexed after commit.
 
-    Nothing is half-saved: a new upload is stored first (:func:`store_garment_image`), so
+    Nothing is half-saved: a new upload is stored first (:func:`store_image`), so
     when the storage refuses it (:class:`MediaStorageError`) no row is written and nothing
     is queued; when the database write then fails, the stored file is removed again.
     A replaced image's file is deleted once the new one is committed (never before: a
@@ -116,9 +116,7 @@ def save_garment(*, garment: Garment, image_changed: bool) -> Garment:
     if image_changed and garment.image and not garment.image._committed:
         upload = garment.image.file
         try:
-            stored = store_garment_image(
-                garment=garment, source=read_upload(upload), name=upload.name
-            )
+            stored = store_image(row=garment, source=read_upload(upload), name=upload.name)
         except images.ImageError as exc:  # callers validate first; this is the backstop
             raise ValidationError({"image": str(exc)}) from exc
     try:

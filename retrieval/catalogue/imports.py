@@ -22,7 +22,7 @@ from retrieval.catalogue.media import (
     MediaStorageError,
     delete_images_after_commit,
     delete_stored_image,
-    store_garment_image,
+    store_image,
 )
 from retrieval.catalogue.uploads import image_digest
 from retrieval.indexing import enqueue_indexing
@@ -289,7 +289,7 @@ def _import_batch(
     rows: list[CatalogRow],
     problems: list[dict],
 ) -> None:
-    """One transaction of rows. Images are re-encoded and stored (:func:`store_garment_image`)
+    """One transaction of rows. Images are re-encoded and stored (:func:`store_image`)
     before their rows are written; if the batch fails, the files it stored are removed; once
     it commits, the files of the images it replaced are deleted. The job's counts and lease
     are written in the same transaction as its garments: a garment the job holds has been
@@ -363,9 +363,7 @@ def _import_batch(
                 if image_changed:
                     previous = "" if created else garment.image.name
                     try:
-                        stored.append(
-                            store_garment_image(garment=garment, source=data, name=row.image)
-                        )
+                        stored.append(store_image(row=garment, source=data, name=row.image))
                     except images.ImageError as exc:  # the row is refused, the garment kept
                         problem(exc.reason)
                         continue

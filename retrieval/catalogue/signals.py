@@ -34,9 +34,10 @@ def delete_image_of_deleted_example(
 ) -> None:
     """A deleted example photo's file goes once the deletion commits (each stored example
     file has a fresh name of its own: no other row can name it)."""
-    from retrieval.catalogue.examples import delete_example_file
+    from retrieval.catalogue.media import delete_stored_image
 
     if instance.image:
         transaction.on_commit(
-            functools.partial(delete_example_file, instance.image.name or ""), robust=True
+            functools.partial(delete_stored_image, instance.image.name or "", model=ExamplePhoto),
+            robust=True,
         )

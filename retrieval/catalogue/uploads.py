@@ -50,7 +50,7 @@ def decode_upload(data: bytes, *, name: str | None = None) -> Image.Image:
     search reads (448 px at most) and enough to check an upload, without a 40 MP photo's
     120 MB of pixels, copied by each conversion, in the web worker. Every byte is still
     decoded, so a truncated or corrupt file is refused as before; stored images are
-    re-encoded from the upload's bytes at full size (:func:`store_garment_image`).
+    re-encoded from the upload's bytes at full size (:func:`store_image`).
     """
     limit = settings.RETRIEVAL_MAX_UPLOAD_BYTES
     if len(data) > limit:

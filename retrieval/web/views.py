@@ -579,7 +579,7 @@ def _int_choice(raw: str | None, choices, *, default: int) -> int:
 def media_file(request: HttpRequest, path: str) -> HttpResponse:
     """Garment photos from MEDIA_ROOT, where Django serves media (DJANGO_SERVE_MEDIA).
 
-    Only ``garments/**.jpg``: the JPEGs the site re-encoded itself (catalogue.store_garment_image),
+    Only ``garments/**.jpg``: the JPEGs the site re-encoded itself (catalogue.store_image),
     never import archives or anything else in media storage, never a path out of MEDIA_ROOT
     (``..`` is resolved first; serve() refuses what still climbs out). Sent as image/jpeg with
     nosniff and a sandboxing CSP, so even a file that slipped in some other way is never run

@@ -9,20 +9,16 @@ counts follow. Screenshots go to test-output/."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.db.models import Count, QuerySet
-from django.urls import re_path
-from django.views.static import serve
 
-from fashionsite import urls as site_urls
 from retrieval import search
 from retrieval.models import Category, Garment
 from retrieval.selectors import visible_garments
+from tests.conftest import OUTPUT
 
 pytestmark = [
     pytest.mark.browser,
@@ -30,7 +26,6 @@ pytestmark = [
     pytest.mark.django_db(transaction=True),
 ]
 
-OUTPUT = Path(__file__).resolve().parent.parent.parent / "test-output"
 SCREENS: dict[str, dict[str, Any]] = {
     "desktop": {"viewport": {"width": 1280, "height": 900}},
     "phone": {
@@ -53,25 +48,6 @@ CARDS = "#garment-list > li.card"
 # a CI machine that may be busy (expect()'s own default is 5 s).
 SEARCH_WAIT_MS = 60_000
 RESULTS = "#result-list > li.card"
-
-# The live server's URLconf: the site's, plus media files as `make run` serves them (DEBUG).
-urlpatterns = [
-    *site_urls.urlpatterns,
-    re_path(r"^media/(?P<path>.*)$", serve, {"document_root": settings.MEDIA_ROOT}),
-]
-handler404 = site_urls.handler404
-handler500 = site_urls.handler500
-
-
-@pytest.fixture
-def site(browser, live_server, trained_catalogue, settings) -> str:
-    settings.ROOT_URLCONF = __name__
-    settings.REST_FRAMEWORK = {
-        **settings.REST_FRAMEWORK,
-        "DEFAULT_THROTTLE_RATES": {"search": None},
-    }
-    OUTPUT.mkdir(exist_ok=True)
-    return live_server.url
 
 
 @pytest.fixture(params=list(SCREENS))

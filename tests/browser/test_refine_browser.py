@@ -11,12 +11,10 @@ from typing import Any
 
 import pytest
 from django.conf import settings
-from django.urls import re_path
-from django.views.static import serve
 from PIL import Image
 
-from fashionsite import urls as site_urls
 from retrieval.models import FeatureModel, Garment
+from tests.conftest import OUTPUT
 
 pytestmark = [
     pytest.mark.browser,
@@ -24,7 +22,6 @@ pytestmark = [
     pytest.mark.django_db(transaction=True),
 ]
 
-OUTPUT = Path(__file__).resolve().parent.parent.parent / "test-output"
 SCREENS: dict[str, dict[str, Any]] = {
     "desktop": {"viewport": {"width": 1280, "height": 900}},
     "phone": {
@@ -34,25 +31,6 @@ SCREENS: dict[str, dict[str, Any]] = {
         "has_touch": True,
     },
 }
-
-# The live server's URLconf: the site's, plus media files as `make run` serves them (DEBUG).
-urlpatterns = [
-    *site_urls.urlpatterns,
-    re_path(r"^media/(?P<path>.*)$", serve, {"document_root": settings.MEDIA_ROOT}),
-]
-handler404 = site_urls.handler404
-handler500 = site_urls.handler500
-
-
-@pytest.fixture
-def site(browser, live_server, trained_catalogue, settings) -> str:
-    settings.ROOT_URLCONF = __name__
-    settings.REST_FRAMEWORK = {
-        **settings.REST_FRAMEWORK,
-        "DEFAULT_THROTTLE_RATES": {"search": None},
-    }
-    OUTPUT.mkdir(exist_ok=True)
-    return live_server.url
 
 
 def open_page(browser, screen: str, **options):

@@ -17,7 +17,7 @@ from retrieval import catalogue, indexing
 from retrieval.models import Garment, ImportJob
 from tests.factories import jpeg_bytes
 from tests.images_corpus import catalogue_zip
-from tests.web.test_browser import page, site  # noqa: F401 - fixtures used below
+from tests.web.test_browser import page  # noqa: F401 - fixture used below
 
 pytestmark = [
     pytest.mark.security,
@@ -57,7 +57,7 @@ def dialogs(page):  # noqa: F811 - the fixture imported above
 
 
 @pytest.fixture
-def hostile_garment(request, site, tmp_path, private_features_queue):  # noqa: F811
+def hostile_garment(request, site, tmp_path, private_features_queue):
     """Imported from a catalogue CSV with a markup title and category, then indexed (the CNN
     runs here, while the indexing task the import queued waits in a queue no worker reads), so
     a search by its photo finds it."""
@@ -77,7 +77,7 @@ def hostile_garment(request, site, tmp_path, private_features_queue):  # noqa: F
 
 @pytest.mark.parametrize("hostile_garment", list(TITLES), indirect=True)
 def test_markup_from_a_csv_import_is_shown_as_text_everywhere(
-    site,  # noqa: F811
+    site,
     page,  # noqa: F811
     dialogs,
     hostile_garment,

@@ -7,39 +7,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from django.conf import settings
-from django.urls import re_path
-from django.views.static import serve
 from PIL import Image
 
-from fashionsite import urls as site_urls
 from retrieval.models import Garment
-from tests.conftest import ROOT
+from tests.conftest import OUTPUT
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
     pytest.mark.django_db(transaction=True),
 ]
-
-OUTPUT = ROOT / "test-output"
-
-# The live server's URLconf: the site's, plus media files as `make run` serves them (DEBUG).
-urlpatterns = [
-    *site_urls.urlpatterns,
-    re_path(r"^media/(?P<path>.*)$", serve, {"document_root": settings.MEDIA_ROOT}),
-]
-handler404 = site_urls.handler404
-handler500 = site_urls.handler500
-
-
-@pytest.fixture
-def site(browser, live_server, trained_catalogue, settings) -> str:
-    settings.ROOT_URLCONF = __name__
-    rates = {"search": None}
-    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": rates}
-    OUTPUT.mkdir(exist_ok=True)
-    return live_server.url
 
 
 @pytest.fixture
