@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import threading
 import time
+from typing import TYPE_CHECKING, Any
 
 import _pg
 import numpy as np
@@ -37,6 +39,22 @@ searchtable = _load_searchtable()
 
 class SwitchBenchMixin:
     """Switch designs (``--designs switch``) and the product's own statements (``product``)."""
+
+    # Set and defined by ``bench_search_db.Bench``, whose methods these are.
+    args: argparse.Namespace
+    ds: Any
+    n: int
+    k: int
+    queries: np.ndarray
+    gt_global: Any
+    gt_cluster: Any
+    url: str
+    conn: psycopg.Connection
+    if TYPE_CHECKING:
+
+        def record(self, **row: Any) -> None: ...
+        def sizes_of(self, table: str) -> dict: ...
+        def measure(self, *args: Any, **options: Any) -> dict: ...
 
     def new_labels(self) -> tuple[np.ndarray, np.ndarray]:
         """What a fresh K-means writes: another fit (perturbed centroids) whose label ids are

@@ -361,6 +361,7 @@ def _import_batch(
                 if created:
                     garment = Garment(sku=row.sku)
                 if image_changed:
+                    assert garment is not None  # created above when new
                     previous = "" if created else garment.image.name
                     try:
                         stored.append(store_image(row=garment, source=data, name=row.image))
