@@ -121,7 +121,7 @@ ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "retrieval.admin_site.ShopAdminConfig",  # django.contrib.admin, branded (admin_site.py)
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -291,6 +291,9 @@ CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"retry_policy": _REDIS_RETRY}
 CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 CELERY_TASK_DEFAULT_QUEUE = "default"
 FEATURES_QUEUE = env_str("RETRIEVAL_FEATURES_QUEUE", "features")
+# Training and whole-catalogue re-indexing (fashionsite.celery.TRAINING_TASKS): a queue and a
+# worker of their own, so a training never holds up the indexing of new garments.
+TRAINING_QUEUE = env_str("RETRIEVAL_TRAINING_QUEUE", "training")
 
 # --------------------------------------------------------------------------- caches / sessions
 
@@ -501,6 +504,10 @@ RETRIEVAL_QUERY_FLIP = env_bool("RETRIEVAL_QUERY_FLIP", False)
 # the rest; "none" = the paper's plain ranking by fused distance.
 RETRIEVAL_RERANK = env_str("RETRIEVAL_RERANK", "category")
 RETRIEVAL_RERANK_MIN_CONFIDENCE = env_float("RETRIEVAL_RERANK_MIN_CONFIDENCE", 0.0)
+# Shoppers' photo sets (catalogue zips or folders in the import format, comma-separated) that a
+# newly trained model is evaluated on, besides its held-out catalogue photos, before it may go
+# live (evaluation.promotion): it is activated only when not worse than the live model on each.
+RETRIEVAL_SHOPPER_QUERY_SETS = env_list("RETRIEVAL_SHOPPER_QUERY_SETS", "")
 DATA_UPLOAD_MAX_MEMORY_SIZE = RETRIEVAL_MAX_UPLOAD_BYTES + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 # An uploaded file is stopped while it streams once past its limit (retrieval.http.limits).

@@ -9,15 +9,17 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
+from django.contrib.admin.utils import flatten_fieldsets
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count
 from django.http import HttpResponse, HttpResponseNotAllowed, JsonResponse
-from django.shortcuts import redirect
+from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
-from django.urls import path
+from django.urls import path, reverse
 from django.utils.cache import add_never_cache_headers
-from django.utils.html import format_html, format_html_join
+from django.utils.html import format_html
 
 from retrieval import catalogue, evaluation, indexing, tokens, training
 from retrieval.jobs import publishing
@@ -33,6 +35,30 @@ from retrieval.models import (
     ImportJob,
 )
 
+# Status -> badge colour (CSS classes in templates/admin/base_site.html).
+TONES = {
+    "ready": "ok", "done": "ok", "active": "ok",
+    "failed": "bad",
+    "pending": "wait", "processing": "wait", "running": "wait", "training": "wait",
+    "indexing": "wait", "queued": "wait",
+    "not activated": "warn", "inactive": "idle",
+}  # fmt: skip
+
+
+def badge(text: str, *, tone: str | None = None, title: str = "") -> str:
+    return format_html(
+        '<span class="fs-badge fs-badge-{}" title="{}">{}</span>',
+        tone or TONES.get(text, "idle"),
+        title,
+        text,
+    )
+
+
+def require(request, permission: str) -> None:
+    """A custom admin view's permission check (admin_view only checks is_staff)."""
+    if not request.user.has_perm(permission):
+        raise PermissionDenied(f"you need the {permission} permission")
+
 
 class CategoryActionForm(ActionForm):
     category = forms.ModelChoiceField(
@@ -42,7 +68,7 @@ class CategoryActionForm(ActionForm):
 
 @admin.register(Category)
 class CategoryAdmin(admin.ModelAdmin):
-    list_display = ("name", "slug", "parent", "active", "garment_count")
+    list_display = ("name", "slug", "parent", "active", "garment_count", "known_to_model")
     list_filter = ("active",)
     search_fields = ("name", "slug")
     prepopulated_fields = {"slug": ("name",)}
@@ -50,7 +76,29 @@ class CategoryAdmin(admin.ModelAdmin):
 
     action_form = CategoryActionForm
 
-    @admin.action(description="Merge the selected categories into the category chosen above")
+    def has_merge_permission(self, request) -> bool:
+        """Merging moves garments and deletes the merged categories."""
+        return (
+            self.has_change_permission(request)
+            and self.has_delete_permission(request)
+            and request.user.has_perm("retrieval.change_garment")
+        )
+
+    @admin.display(description="known to the search model")
+    def known_to_model(self, obj: Category) -> str:
+        from retrieval.selectors import active_model
+
+        model = active_model()
+        if model is None or obj.name in model.classes:
+            return badge("yes", tone="ok")
+        return badge(
+            "not yet", tone="warn", title="Retrain the model so search can predict this category"
+        )
+
+    @admin.action(
+        description="Merge the selected categories into the category chosen above",
+        permissions=("merge",),
+    )
     def merge_into(self, request, queryset) -> None:
         category = request.POST.get("category")
         if not category:
@@ -111,7 +159,16 @@ class UploadAdminMixin:
         return type(form.__name__, (form,), {"clean": clean})
 
 
+ATTRIBUTE_PREFIX = "attribute__"
+
+
 class GarmentForm(forms.ModelForm):
+    """The garment's attributes (gender, season, usage... from imports) as one text field each,
+    plus a blank pair to add one, instead of raw JSON."""
+
+    new_attribute_name = forms.CharField(required=False, max_length=40, label="new attribute")
+    new_attribute_value = forms.CharField(required=False, max_length=200, label="its value")
+
     class Meta:
         model = Garment
         fields = (
@@ -125,8 +182,33 @@ class GarmentForm(forms.ModelForm):
             "usage",
             "year",
             "image",
-            "attributes",
         )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for key, value in sorted((self.instance.attributes or {}).items()):
+            self.fields[f"{ATTRIBUTE_PREFIX}{key}"] = forms.CharField(
+                required=False,
+                label=key,
+                initial="" if value is None else str(value),
+                help_text="Empty removes it.",
+            )
+
+    def clean(self):
+        cleaned = super().clean() or {}
+        old = self.instance.attributes or {}
+        attributes = {}
+        for key, value in old.items():
+            text = (cleaned.get(f"{ATTRIBUTE_PREFIX}{key}") or "").strip()
+            if text:  # unchanged values keep their type (a year stays a number)
+                attributes[key] = value if text == str(value) else text
+        name = (cleaned.get("new_attribute_name") or "").strip()
+        if name:
+            if name in attributes:
+                self.add_error("new_attribute_name", f"{name!r} exists already: edit it above")
+            attributes[name] = (cleaned.get("new_attribute_value") or "").strip()
+        self.instance.attributes = attributes
+        return cleaned
 
     def clean_image(self):
         upload = self.cleaned_data.get("image")
@@ -156,6 +238,43 @@ class GarmentAdmin(UploadAdminMixin, admin.ModelAdmin):
     readonly_fields = ("status", "error", "created_at", "updated_at", "preview")
     list_per_page = 50
     actions = ("reindex_selected", "move_to_category")
+    view_on_site = True
+
+    def get_fieldsets(self, request, obj=None):
+        attributes = [f"{ATTRIBUTE_PREFIX}{key}" for key in sorted((obj and obj.attributes) or {})]
+        return [
+            (
+                None,
+                {
+                    "fields": (
+                        "sku",
+                        "title",
+                        "description",
+                        "category",
+                        "colour",
+                        "gender",
+                        "season",
+                        "usage",
+                        "year",
+                        "image",
+                    )
+                },
+            ),
+            ("Attributes", {"fields": (*attributes, "new_attribute_name", "new_attribute_value")}),
+            ("Indexing", {"fields": ("status", "error", "created_at", "updated_at", "preview")}),
+        ]
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        # One field per attribute is added by the form itself (GarmentForm.__init__): they are
+        # no model fields, so modelform_factory must not be asked for them.
+        fields = flatten_fieldsets(self.get_fieldsets(request, obj))
+        kwargs["fields"] = [
+            f
+            for f in fields
+            if not f.startswith(ATTRIBUTE_PREFIX)
+            and f not in self.get_readonly_fields(request, obj)
+        ]
+        return super().get_form(request, obj, change, **kwargs)
 
     @admin.display(description="image")
     def thumbnail(self, obj: Garment) -> str:
@@ -173,19 +292,20 @@ class GarmentAdmin(UploadAdminMixin, admin.ModelAdmin):
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: Garment) -> str:
-        if obj.status == Garment.Status.FAILED:
-            return format_html('<span title="{}">failed: {}</span>', obj.error, obj.error[:80])
-        return obj.status
+        return badge(obj.status, title=obj.error[:500])
 
     def save_model(self, request, obj: Garment, form, change: bool) -> None:
         catalogue.save_garment(garment=obj, image_changed="image" in form.changed_data)
 
-    @admin.action(description="Re-index the selected garments")
+    @admin.action(description="Re-index the selected garments", permissions=("change",))
     def reindex_selected(self, request, queryset) -> None:
         count = indexing.mark_for_reindex(garment_ids=list(queryset.values_list("id", flat=True)))
         self.message_user(request, f"{count} garments queued for indexing.", messages.SUCCESS)
 
-    @admin.action(description="Move the selected garments to the category chosen above")
+    @admin.action(
+        description="Move the selected garments to the category chosen above",
+        permissions=("change",),
+    )
     def move_to_category(self, request, queryset) -> None:
         category = request.POST.get("category")
         if not category:
@@ -221,16 +341,64 @@ class BackboneFeatureAdmin(admin.ModelAdmin):
         return False
 
 
+# A model's fields that never change by hand: what it was trained as, and its state. The
+# "active" flag above all: activation is the explicit action (a free checkbox let a click
+# take search offline).
+FEATURE_MODEL_FIXED = (
+    *("name", "backbone", "backbone_dim", "head_file", "classes", "status", "active"),
+    *("promotion", "metrics", "progress", "error", "split", "created_at", "activated_at"),
+)
+
+
 @admin.register(FeatureModel)
 class FeatureModelAdmin(admin.ModelAdmin):
     list_display = (
-        *("name", "backbone", "colour_variant", "colour_weight", "status", "progress_text"),
-        *("val_accuracy", "active"),
+        *("name", "backbone", "colour_variant", "colour_weight", "status_badge", "progress_text"),
+        *("val_accuracy", "live_badge"),
     )
     list_filter = ("backbone", "status", "active")
-    readonly_fields = ("metrics", "progress", "error", "split", "created_at", "activated_at")
     actions = ("activate_selected", "delete_search_data")
     change_list_template = "admin/retrieval/featuremodel/change_list.html"
+    change_form_template = "admin/retrieval/featuremodel/change_form.html"
+
+    def has_add_permission(self, request) -> bool:
+        return False  # models come from "Train a new model", never from a raw form
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        if obj is not None and obj.active:
+            return False  # the live model: activate another one first
+        return super().has_delete_permission(request, obj)
+
+    def has_train_permission(self, request) -> bool:
+        return request.user.has_perm("retrieval.add_featuremodel")
+
+    def has_activate_permission(self, request) -> bool:
+        return request.user.has_perm("retrieval.change_featuremodel")
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is not None and (obj.active or obj.status != FeatureModel.Status.READY):
+            # The live model's vectors were computed with its colour knobs: a change would
+            # make new queries disagree with the stored vectors.
+            return (*FEATURE_MODEL_FIXED, "colour_variant", "colour_weight", "normalize_deep")
+        return FEATURE_MODEL_FIXED
+
+    def get_fields(self, request, obj=None):
+        return (*FEATURE_MODEL_FIXED, "colour_variant", "colour_weight", "normalize_deep")
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj: FeatureModel) -> str:
+        stage = (obj.progress or {}).get("stage")
+        if obj.status == FeatureModel.Status.READY and stage == "not activated":
+            return badge("not activated", title=promotion_of(obj).get("reason", ""))
+        return badge(obj.status, title=obj.error[:500])
+
+    @admin.display(description="live", ordering="active", boolean=False)
+    def live_badge(self, obj: FeatureModel) -> str:
+        return badge("live", tone="ok") if obj.active else badge("inactive")
+
+    @admin.display(description="why (not) activated")
+    def promotion(self, obj: FeatureModel) -> str:
+        return promotion_of(obj).get("reason", "-")
 
     @admin.display(description="validation accuracy")
     def val_accuracy(self, obj: FeatureModel) -> str:
@@ -246,24 +414,20 @@ class FeatureModelAdmin(admin.ModelAdmin):
             return f"{p.get('stage')} {p['done']}/{p['total']}"
         return p.get("stage", "-")
 
-    @admin.action(description="Activate the selected model (re-indexes in the background)")
-    def activate_selected(self, request, queryset) -> None:
-
+    @admin.action(
+        description="Activate the selected model (compare with the live one first)",
+        permissions=("activate",),
+    )
+    def activate_selected(self, request, queryset):
         if queryset.count() != 1:
             self.message_user(request, "Select exactly one model.", messages.ERROR)
-            return
-        model = queryset.get()
-        if not model.head_file:
-            self.message_user(request, f"{model} has no trained head.", messages.ERROR)
-            return
-        try:
-            training.queue_activation(model=model)
-        except publishing.QueueUnavailable as exc:
-            self.message_user(request, str(exc), messages.ERROR)
-            return
-        self.message_user(request, f"Re-indexing for {model}; it becomes active when done.")
+            return None
+        return redirect("admin:retrieval_featuremodel_activate", queryset.get().pk)
 
-    @admin.action(description="Delete the search data (partitions, vectors) of inactive models")
+    @admin.action(
+        description="Delete the search data (partitions, vectors) of inactive models",
+        permissions=("delete",),
+    )
     def delete_search_data(self, request, queryset) -> None:
         models = list(queryset)
         try:
@@ -288,28 +452,151 @@ class FeatureModelAdmin(admin.ModelAdmin):
                 "train/",
                 self.admin_site.admin_view(self.train_view),
                 name="retrieval_featuremodel_train",
-            )
+            ),
+            path(
+                "<int:model_id>/activate/",
+                self.admin_site.admin_view(self.activate_view),
+                name="retrieval_featuremodel_activate",
+            ),
         ]
         return extra + super().get_urls()
 
+    def changelist_view(self, request, extra_context=None):
+        extra_context = {**(extra_context or {}), "can_train": self.has_train_permission(request)}
+        return super().changelist_view(request, extra_context)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        model = self.get_object(request, object_id)
+        extra_context = {
+            **(extra_context or {}),
+            **(comparison_context(model) if model else {}),
+            "can_activate": bool(
+                model
+                and not model.active
+                and model.status == FeatureModel.Status.READY
+                and self.has_activate_permission(request)
+            ),
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
+
     def train_view(self, request):
-        if request.method != "POST" or not self.has_add_permission(request):
+        if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
+        if not self.has_train_permission(request):
+            raise PermissionDenied("you need the retrieval.add_featuremodel permission")
         model = training.queue_training()
-        self.message_user(request, f"Training {model.name}; progress shows in the list.")
+        self.message_user(
+            request,
+            f"Training {model.name}; progress shows in the list. It goes live only if its "
+            "evaluation is not worse than the live model's (else you can compare and decide).",
+        )
         return redirect("admin:retrieval_featuremodel_changelist")
+
+    def activate_view(self, request, model_id: int):
+        """Staff's explicit activation: the candidate and the live model side by side, then a
+        POST to confirm (re-indexes in the background; the switch happens when done)."""
+        if not self.has_activate_permission(request):
+            raise PermissionDenied("you need the retrieval.change_featuremodel permission")
+        model = get_object_or_404(FeatureModel, pk=model_id)
+        if request.method == "POST":
+            if model.active:
+                self.message_user(request, f"{model} is already live.")
+            elif not model.head_file:
+                self.message_user(request, f"{model} has no trained head.", messages.ERROR)
+            else:
+                try:
+                    training.queue_activation(model=model)
+                except publishing.QueueUnavailable as exc:
+                    self.message_user(request, str(exc), messages.ERROR)
+                else:
+                    self.message_user(
+                        request, f"Re-indexing for {model}; it becomes live when done."
+                    )
+            return redirect("admin:retrieval_featuremodel_changelist")
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Activate {model}?",
+            "opts": self.model._meta,
+            "original": model,
+            **comparison_context(model),
+        }
+        return TemplateResponse(request, "admin/retrieval/featuremodel/activate.html", context)
+
+
+def promotion_of(model: FeatureModel) -> dict:
+    return (model.metrics or {}).get("promotion") or {}
+
+
+def comparison_context(model: FeatureModel) -> dict:
+    """The candidate beside the live model: the promotion's figures per query set (with links
+    to both evaluation reports) and the models' own facts."""
+    from retrieval.selectors import active_model
+
+    live = active_model()
+    decision = promotion_of(model)
+    rows = []
+    for c in decision.get("comparisons", []):
+        rows.append(
+            {
+                **c,
+                "verdict": "worse"
+                if c["live"] is not None and c["candidate"] < c["live"]
+                else "not worse",
+                "candidate_url": reverse(
+                    "admin:retrieval_evaluationreport_change", args=[c["candidate_report"]]
+                )
+                if c.get("candidate_report")
+                else "",
+                "live_url": reverse(
+                    "admin:retrieval_evaluationreport_change", args=[c["live_report"]]
+                )
+                if c.get("live_report")
+                else "",
+            }
+        )
+    facts = []
+    for label, read in (
+        ("categories", lambda m: len(m.classes)),
+        ("validation accuracy", lambda m: m.metrics.get("val_accuracy", "-")),
+        ("trained on (garments)", lambda m: m.metrics.get("n_train", "-")),
+        ("colour weight", lambda m: m.colour_weight),
+        ("created", lambda m: m.created_at.strftime("%Y-%m-%d %H:%M")),
+    ):
+        facts.append((label, read(model), read(live) if live else "-"))
+    return {
+        "live_model": live,
+        "comparison_rows": rows,
+        "promotion_reason": decision.get("reason", ""),
+        "model_facts": facts,
+    }
 
 
 @admin.register(ClusterRun)
 class ClusterRunAdmin(admin.ModelAdmin):
-    list_display = ("id", "model", "k", "n_samples", "inertia", "seconds", "active", "created_at")
+    """Read-only: runs are fitted by K-means jobs and switched atomically, never by hand."""
+
+    list_display = ("id", "model", "k", "n_samples", "inertia", "seconds", "live", "created_at")
     list_filter = ("active", "model")
-    readonly_fields = ("sizes",)
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        if obj is not None and obj.active:
+            return False  # the run searches read
+        return super().has_delete_permission(request, obj)
+
+    @admin.display(description="live", ordering="active")
+    def live(self, obj: ClusterRun) -> str:
+        return badge("live", tone="ok") if obj.active else badge("inactive")
 
 
 @admin.register(EvaluationReport)
 class EvaluationReportAdmin(admin.ModelAdmin):
-    list_display = ("id", "model", "status", "queries", "fused_p5", "deep_p5", "created_at")
+    list_display = ("id", "model", "status_badge", "queries", "fused_p5", "deep_p5", "created_at")
     list_filter = ("status",)
     readonly_fields = ("model", "status", "parameters", "error", "created_at", "finished_at")
     exclude = ("metrics",)
@@ -318,6 +605,20 @@ class EvaluationReportAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False  # reports come from evaluation runs ("Run an evaluation" button)
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # a report is read, never edited: no Save button
+
+    def has_run_permission(self, request) -> bool:
+        return request.user.has_perm("retrieval.add_evaluationreport")
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj: EvaluationReport) -> str:
+        return badge(obj.status, title=obj.error[:500])
+
+    def changelist_view(self, request, extra_context=None):
+        extra_context = {**(extra_context or {}), "can_run": self.has_run_permission(request)}
+        return super().changelist_view(request, extra_context)
 
     @admin.display(description="queries")
     def queries(self, obj: EvaluationReport):
@@ -356,6 +657,8 @@ class EvaluationReportAdmin(admin.ModelAdmin):
 
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
+        if not self.has_run_permission(request):
+            raise PermissionDenied("you need the retrieval.add_evaluationreport permission")
         try:
             model = search.require_active_model()
         except search.SearchUnavailable as exc:
@@ -366,6 +669,8 @@ class EvaluationReportAdmin(admin.ModelAdmin):
         return redirect("admin:retrieval_evaluationreport_changelist")
 
     def download_view(self, request, report_id: int, fmt: str):
+        if not self.has_view_permission(request):
+            raise PermissionDenied("you need the retrieval.view_evaluationreport permission")
         report = EvaluationReport.objects.filter(pk=report_id).first()
         if report is None or fmt not in {"json", "csv"}:
             return HttpResponse(status=404)
@@ -468,12 +773,11 @@ class ImportJobForm(forms.ModelForm):
 class ImportJobAdmin(UploadAdminMixin, admin.ModelAdmin):
     form = ImportJobForm
     upload_field = "upload"
-    list_display = ("id", "source", "status", "rows", "created", "updated", "problem_count")
+    list_display = ("id", "source", "status_badge", "rows", "created", "updated", "problem_count")
     list_filter = ("status",)
-    readonly_fields = (
-        *("source", "status", "rows", "created", "updated", "unchanged", "problem_table"),
-        *("error", "created_by", "created_at", "finished_at"),
-    )
+    # Status, counts and problems are shown once, by the live panel of the page (the
+    # template polls the progress view): fields rendered at page load went stale beside it.
+    readonly_fields = ("source", "created_by", "created_at")
     change_form_template = "admin/retrieval/importjob/change_form.html"
     actions = ("resume_imports",)
 
@@ -502,23 +806,13 @@ class ImportJobAdmin(UploadAdminMixin, admin.ModelAdmin):
     def has_change_permission(self, request, obj=None) -> bool:
         return obj is None and super().has_change_permission(request, obj)
 
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj: ImportJob) -> str:
+        return badge(obj.status, title=obj.error[:500])
+
     @admin.display(description="problems")
     def problem_count(self, obj: ImportJob) -> int:
         return len(obj.problems)
-
-    @admin.display(description="problems (row, sku, file: reason)")
-    def problem_table(self, obj: ImportJob) -> str:
-        if not obj.problems:
-            return "none"
-        return format_html_join(
-            "",
-            "<div>{}</div>",
-            (
-                (", ".join(f"{k} {p[k]}" for k in ("row", "sku", "file") if p.get(k))
-                 + f": {p['reason']}",)
-                for p in obj.problems[:500]
-            ),
-        )  # fmt: skip
 
     def save_model(self, request, obj: ImportJob, form, change: bool) -> None:
         obj.source = getattr(form, "client_name", "") or (obj.upload.name if obj.upload else "")
@@ -537,6 +831,8 @@ class ImportJobAdmin(UploadAdminMixin, admin.ModelAdmin):
         return extra + urls
 
     def progress_view(self, request, job_id: int) -> JsonResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied("you need the retrieval.view_importjob permission")
         job = ImportJob.objects.filter(pk=job_id).first()
         if job is None:
             return JsonResponse({"error": "no such import"}, status=404)

@@ -17,6 +17,7 @@ Two kinds of bad configuration, two places:
                             is not N/unit (or off)
   ``retrieval.E006``        an integer setting is below its minimum (:data:`MINIMUMS`)
   ``retrieval.E007``        a cron schedule is not five valid fields
+  ``retrieval.E008``        a ``RETRIEVAL_SHOPPER_QUERY_SETS`` entry does not exist
   ========================  ===========================================================
 
 Django runs them before management commands (``check``, ``migrate``, ``runserver``, ...);
@@ -157,6 +158,22 @@ def check_schedules(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
                 )
             )
     return errors
+
+
+@checks.register(TAG)
+def check_shopper_query_sets(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    """retrieval.E008: every shoppers' photo set a new model is evaluated on exists."""
+    from pathlib import Path
+
+    return [
+        checks.Error(
+            f"RETRIEVAL_SHOPPER_QUERY_SETS names {path!r}, which does not exist.",
+            hint="Give catalogue zips or folders (styles.csv + images/), comma-separated.",
+            id="retrieval.E008",
+        )
+        for path in settings.RETRIEVAL_SHOPPER_QUERY_SETS
+        if not Path(path).exists()
+    ]
 
 
 def exit_on_errors() -> None:

@@ -9,6 +9,13 @@ from retrieval.evaluation.grid import (
     run_grid,
 )
 from retrieval.evaluation.metrics import Labelled, precision_at, summarise
+from retrieval.evaluation.promotion import (
+    Comparison,
+    PromotionDecision,
+    decide,
+    evaluate_and_promote,
+    train_and_promote,
+)
 from retrieval.evaluation.queries import extract_queries, read_query_set
 from retrieval.evaluation.reports import queue_evaluation, run_evaluation
 
@@ -17,8 +24,12 @@ __all__ = [
     "GRID_PROBES",
     "GRID_WEIGHTS",
     "PIPELINES",
+    "Comparison",
     "Labelled",
     "MemoryIndex",
+    "PromotionDecision",
+    "decide",
+    "evaluate_and_promote",
     "extract_queries",
     "precision_at",
     "queue_evaluation",
@@ -26,4 +37,5 @@ __all__ = [
     "run_evaluation",
     "run_grid",
     "summarise",
+    "train_and_promote",
 ]

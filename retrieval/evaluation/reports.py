@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -18,15 +19,15 @@ from retrieval.spec import TOPS
 
 def run_evaluation(
     *,
-    model=None,
+    model: FeatureModel | None = None,
     limit: int | None = None,
     tops: Sequence[int] = TOPS,
-    queries_path=None,
+    queries_path: Any = None,
     category_field: str = "articleType",
     examples: int = 6,
-    report=None,
+    report: EvaluationReport | None = None,
     seed: int = 0,
-):
+) -> EvaluationReport:
     """Evaluate ``model`` (default: the active one) and store an EvaluationReport.
 
     Default queries: the model's held-out test split (never trained on), each searched
@@ -201,7 +202,7 @@ def _metrics(summaries: dict, *, modes: Sequence[str], tops: Sequence[int]) -> d
     }
 
 
-def _examples(raw, queries, *, examples: int) -> list[dict]:
+def _examples(raw: dict, queries: list[dict], *, examples: int) -> list[dict]:
     """The top 5 of each mode for a few queries, side by side (the paper's Figure 4)."""
     from retrieval.models import Garment
 
