@@ -513,6 +513,28 @@ def restore_backup(
     )
 
 
+PARTITION_KEY = re.compile(
+    r" CONSTRAINT public retrieval_searchrow_r\d+ retrieval_searchrow_r\d+_pkey "
+)
+PARENT_KEY = re.compile(r" CONSTRAINT public retrieval_searchrow retrieval_searchrow_pkey ")
+
+
+def partition_keys_first(lines: list[str]) -> list[str]:
+    """A ``pg_restore --list`` with the search partitions' primary keys moved just before the
+    parent table's (unchanged when the dump has no parent key line)."""
+    if not any(PARENT_KEY.search(line) for line in lines):
+        return lines
+    moved = [line for line in lines if PARTITION_KEY.search(line)]
+    ordered: list[str] = []
+    for line in lines:
+        if PARTITION_KEY.search(line):
+            continue
+        if PARENT_KEY.search(line):
+            ordered.extend(moved)
+        ordered.append(line)
+    return ordered
+
+
 def _restore_database(dump: Path) -> None:
     """pg_restore the dump over this database in one transaction: every object in the dump is
     dropped and recreated, or (any error) nothing changed.
@@ -526,17 +548,14 @@ def _restore_database(dump: Path) -> None:
     connection.close()  # this process's own idle session must not hold anything
     env = _postgres_env()
     env["PGAPPNAME"] = f"fashionsite-restore-{uuid.uuid4().hex[:8]}"
-    # The search table's partitions inherit their primary key from the parent: with --clean,
-    # dropping a partition's own copy of it fails ("cannot drop inherited constraint"). Those
-    # entries are left out; attaching the partition to the restored parent recreates them.
+    # The search table's partitions inherit their primary key from the parent's: with --clean,
+    # dropping a partition's own key first fails ("cannot drop inherited constraint"), and
+    # leaving it out breaks the ALTER INDEX ... ATTACH PARTITION that needs it. So the list is
+    # reordered: the partitions' keys just before the parent's. pg_restore creates in list order
+    # (the parent's key, made with ONLY, is valid once its partitions' keys are attached) and
+    # cleans in reverse: the parent's key is dropped first, taking its partitions' keys along.
     listing = _run_tool([str(postgres_tool("pg_restore")), "--list", str(dump)]).stdout
-    kept = [
-        line
-        for line in listing.splitlines()
-        if not re.search(
-            r" CONSTRAINT public retrieval_searchrow_r\d+ retrieval_searchrow_r\d+_pkey ", line
-        )
-    ]
+    kept = partition_keys_first(listing.splitlines())
     handle, name = tempfile.mkstemp(suffix=".list")  # the backup folder may be read-only
     use_list = Path(name)
     with os.fdopen(handle, "w") as out:
