@@ -683,46 +683,11 @@ class EvaluationReportAdmin(admin.ModelAdmin):
 
 
 def evaluation_context(report: EvaluationReport | None) -> dict:
-    """Tables and a per-category bar chart (inline SVG, no CDN) for a report page."""
+    """The report laid out for a merchandiser (evaluation.readable_report): plain column
+    names, a chart with its axis and values (inline SVG, no CDN), query photos beside results."""
     if report is None or not report.metrics:
         return {}
-    m = report.metrics
-    keys = list(m["modes"]["fused"])
-    rows = [(f"{mode} (cluster)", [m["modes"][mode][k] for k in keys]) for mode in m["modes"]]
-    rows += [
-        (f"{mode} (exact)", [m.get("exact", {}).get(mode, {}).get(k) for k in keys])
-        for mode in m.get("exact", {})
-    ]
-    per_category = m.get("per_category_p@5", {})
-    names = sorted(per_category.get("fused", {}))
-    bar_h, gap, label_w, chart_w = 12, 6, 170, 320
-    bars = []
-    for i, name in enumerate(names):
-        y = i * (2 * bar_h + gap)
-        for j, mode in enumerate(("fused", "deep")):
-            value = per_category.get(mode, {}).get(name, {}).get("p@5") or 0.0
-            bars.append(
-                {
-                    "y": y + j * bar_h,
-                    "width": round(value * chart_w, 1),
-                    "value": value,
-                    "mode": mode,
-                    "name": name,
-                    "label_y": y + bar_h,
-                }
-            )
-    return {
-        "metric_keys": keys,
-        "metric_rows": rows,
-        "chart_bars": bars,
-        "chart_names": names,
-        "chart_height": max(1, len(names)) * (2 * bar_h + gap),
-        "chart_label_w": label_w,
-        "chart_w": chart_w,
-        "examples": m.get("examples", []),
-        "queries": m.get("queries"),
-        "skipped": m.get("skipped"),
-    }
+    return {"readable": evaluation.readable_report(metrics=report.metrics)}
 
 
 def evaluation_csv(report: EvaluationReport) -> str:

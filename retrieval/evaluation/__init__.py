@@ -17,7 +17,13 @@ from retrieval.evaluation.promotion import (
     train_and_promote,
 )
 from retrieval.evaluation.queries import extract_queries, read_query_set
-from retrieval.evaluation.reports import queue_evaluation, run_evaluation
+from retrieval.evaluation.reports import (
+    ReadableReport,
+    describe_metric,
+    queue_evaluation,
+    readable_report,
+    run_evaluation,
+)
 
 __all__ = [
     "GRID_MODES",
@@ -28,12 +34,15 @@ __all__ = [
     "Labelled",
     "MemoryIndex",
     "PromotionDecision",
+    "ReadableReport",
     "decide",
+    "describe_metric",
     "evaluate_and_promote",
     "extract_queries",
     "precision_at",
     "queue_evaluation",
     "read_query_set",
+    "readable_report",
     "run_evaluation",
     "run_grid",
     "summarise",
