@@ -246,3 +246,22 @@ def test_a_full_disk_fails_the_backup_cleanly(transactional_db, media_root, smal
     assert "nothing was written" in str(exc.value)
     assert "space" in str(exc.value)
     assert list(small_disk.iterdir()) == []  # no partial directory left behind
+
+
+def test_the_partitions_keys_are_restored_just_before_the_parents():
+    """Created in list order (the parent's key, made ONLY, is attached to its partitions'),
+    cleaned in reverse (the parent's key first, taking its partitions' keys along)."""
+    listing = [
+        "10; 1259 1 TABLE public retrieval_searchrow postgres",
+        "11; 1259 2 TABLE public retrieval_searchrow_r1 postgres",
+        "20; 2606 3 CONSTRAINT public retrieval_garment retrieval_garment_pkey postgres",
+        "21; 2606 4 CONSTRAINT public retrieval_searchrow retrieval_searchrow_pkey postgres",
+        "22; 2606 5 CONSTRAINT public retrieval_searchrow_r1 retrieval_searchrow_r1_pkey postgres",
+        "23; 2606 6 CONSTRAINT public retrieval_searchrow_r12 retrieval_searchrow_r12_pkey pg",
+        "30; 0 0 INDEX ATTACH public retrieval_searchrow_r1_pkey postgres",
+    ]
+    ordered = backup.archive.partition_keys_first(listing)
+    assert sorted(ordered) == sorted(listing)  # nothing left out
+    assert [line.split(";")[0] for line in ordered] == ["10", "11", "20", "22", "23", "21", "30"]
+    without_parent = [line for line in listing if not line.startswith("21;")]
+    assert backup.archive.partition_keys_first(without_parent) == without_parent
