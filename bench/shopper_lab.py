@@ -39,8 +39,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "bench"))
 
+import django  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+
+# retrieval.catalogue's package imports the Django models: the app registry must be ready
+# (no database is opened: only the zip reader is used).
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fashionsite.settings")
+django.setup()
 
 from retrieval import features as F  # noqa: E402
 from retrieval.catalogue.source import CatalogRow, CatalogSource, read_rows  # noqa: E402

@@ -22,6 +22,7 @@ from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html
 
 from retrieval import catalogue, evaluation, indexing, tokens, training
+from retrieval.admin_examples import ExamplePhotoAdmin
 from retrieval.jobs import publishing
 from retrieval.models import (
     ApiToken,
@@ -58,6 +59,11 @@ def require(request, permission: str) -> None:
     """A custom admin view's permission check (admin_view only checks is_staff)."""
     if not request.user.has_perm(permission):
         raise PermissionDenied(f"you need the {permission} permission")
+
+
+# Registered in its own module (the example photos' section, issue #14); named here so that
+# importing this module registers it.
+__all__ = ["ExamplePhotoAdmin"]
 
 
 class CategoryActionForm(ActionForm):
@@ -346,7 +352,8 @@ class BackboneFeatureAdmin(admin.ModelAdmin):
 # take search offline).
 FEATURE_MODEL_FIXED = (
     *("name", "backbone", "backbone_dim", "head_file", "classes", "status", "active"),
-    *("promotion", "metrics", "progress", "error", "split", "created_at", "activated_at"),
+    *("promotion", "progress_text", "metrics", "progress", "error", "split"),
+    *("created_at", "activated_at"),
 )
 
 
@@ -360,6 +367,12 @@ class FeatureModelAdmin(admin.ModelAdmin):
     actions = ("activate_selected", "delete_search_data")
     change_list_template = "admin/retrieval/featuremodel/change_list.html"
     change_form_template = "admin/retrieval/featuremodel/change_form.html"
+    #: While a model trains or re-indexes, its list and page reload themselves this often.
+    refresh_seconds = 5
+
+    def _busy(self) -> bool:
+        building = (FeatureModel.Status.TRAINING, FeatureModel.Status.INDEXING)
+        return FeatureModel.objects.filter(status__in=building).exists()
 
     def has_add_permission(self, request) -> bool:
         return False  # models come from "Train a new model", never from a raw form
@@ -407,12 +420,9 @@ class FeatureModelAdmin(admin.ModelAdmin):
 
     @admin.display(description="progress")
     def progress_text(self, obj: FeatureModel) -> str:
-        p = obj.progress or {}
-        if "epoch" in p:
-            return f"{p.get('stage')} {p['epoch']}/{p['epochs']}"
-        if "done" in p:
-            return f"{p.get('stage')} {p['done']}/{p['total']}"
-        return p.get("stage", "-")
+        """Stage, epoch, loss, validation accuracy, elapsed and time left
+        (:func:`retrieval.training.progress_text`)."""
+        return training.progress_text(obj.progress)
 
     @admin.action(
         description="Activate the selected model (compare with the live one first)",
@@ -462,14 +472,21 @@ class FeatureModelAdmin(admin.ModelAdmin):
         return extra + super().get_urls()
 
     def changelist_view(self, request, extra_context=None):
-        extra_context = {**(extra_context or {}), "can_train": self.has_train_permission(request)}
+        extra_context = {
+            **(extra_context or {}),
+            "can_train": self.has_train_permission(request),
+            "refresh_seconds": self.refresh_seconds if self._busy() else None,
+        }
         return super().changelist_view(request, extra_context)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         model = self.get_object(request, object_id)
+        building = (FeatureModel.Status.TRAINING, FeatureModel.Status.INDEXING)
+        busy = model is not None and model.status in building
         extra_context = {
             **(extra_context or {}),
             **(comparison_context(model) if model else {}),
+            "refresh_seconds": self.refresh_seconds if busy else None,
             "can_activate": bool(
                 model
                 and not model.active
@@ -687,7 +704,40 @@ def evaluation_context(report: EvaluationReport | None) -> dict:
     names, a chart with its axis and values (inline SVG, no CDN), query photos beside results."""
     if report is None or not report.metrics:
         return {}
-    return {"readable": evaluation.readable_report(metrics=report.metrics)}
+    m = report.metrics
+    return {
+        "readable": evaluation.readable_report(metrics=m),
+        "query_sets": [_query_set_table(entry) for entry in m.get("query_sets", [])],
+    }
+
+
+def _query_set_table(entry: dict) -> dict:
+    """One labelled query set of a report as tables: overall p@k per mode, and per category
+    (rows) the p@k of each mode (columns), with the number of queries."""
+    modes = list(entry.get("modes", {}))
+    keys = list(next(iter(entry["modes"].values()), {})) if modes else []
+    per_category = entry.get("per_category", {})
+    names = sorted({name for mode in modes for name in per_category.get(mode, {})})
+    rows = []
+    for name in names:
+        cells = []
+        queries = 0
+        for mode in modes:
+            row = per_category.get(mode, {}).get(name, {})
+            queries = row.get("queries", queries)
+            cells += [row.get(k) for k in keys]
+        rows.append((name, queries, cells))
+    return {
+        "name": entry.get("name", ""),
+        "source": entry.get("source", ""),
+        "queries": entry.get("queries", 0),
+        "skipped": entry.get("skipped", 0),
+        "error": entry.get("error", ""),
+        "keys": keys,
+        "overall": [(mode, [entry["modes"][mode].get(k) for k in keys]) for mode in modes],
+        "columns": [f"{mode} {k}" for mode in modes for k in keys],
+        "categories": rows,
+    }
 
 
 def evaluation_csv(report: EvaluationReport) -> str:
@@ -705,6 +755,14 @@ def evaluation_csv(report: EvaluationReport) -> str:
     for mode, categories in m.get("per_category_p@5", {}).items():
         for name, values in categories.items():
             writer.writerow(["cluster", mode, f"p@5 {name}", values["p@5"]])
+    for entry in m.get("query_sets", []):
+        for mode, values in entry.get("modes", {}).items():
+            for key, value in values.items():
+                writer.writerow([entry["name"], mode, key, value])
+        for mode, categories in entry.get("per_category", {}).items():
+            for name, values in categories.items():
+                for key, value in values.items():
+                    writer.writerow([entry["name"], mode, f"{key} {name}", value])
     return out.getvalue()
 
 

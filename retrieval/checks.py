@@ -2,7 +2,7 @@
 
 Two kinds of bad configuration, two places:
 
-- a value that cannot be read at all (``RETRIEVAL_BATCH_SIZE=abc``, ``RETRIEVAL_QUERY_CROP=
+- a value that cannot be read at all (``RETRIEVAL_BATCH_SIZE=abc``, ``RETRIEVAL_QUERY_FLIP=
   maybe``, a malformed ``DATABASE_URL``) has no value to check: settings.py stops the process
   with one line while it is imported, as before;
 - a value that reads but is not one of the choices or out of range (``RETRIEVAL_BACKBONE=vgg``,
@@ -17,7 +17,11 @@ Two kinds of bad configuration, two places:
                             is not N/unit (or off)
   ``retrieval.E006``        an integer setting is below its minimum (:data:`MINIMUMS`)
   ``retrieval.E007``        a cron schedule is not five valid fields
-  ``retrieval.E008``        a ``RETRIEVAL_SHOPPER_QUERY_SETS`` entry does not exist
+  ``retrieval.E008``        ``RETRIEVAL_QUERY_CROP`` is not a query crop mode (the old
+                            booleans are read as map / off by settings.py)
+  ``retrieval.E009``        ``RETRIEVAL_EXAMPLE_HOLDOUT`` is not between 0 and 0.9
+  ``retrieval.W001``        a file named by ``RETRIEVAL_EVALUATION_QUERY_SETS`` or
+                            ``RETRIEVAL_EXAMPLE_PHOTOS`` does not exist (skipped, not fatal)
   ========================  ===========================================================
 
 Django runs them before management commands (``check``, ``migrate``, ``runserver``, ...);
@@ -67,6 +71,7 @@ _CHOICES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("RETRIEVAL_COLOUR", spec.COLOUR_VARIANTS, "retrieval.E002"),
     ("RETRIEVAL_PRECISION", spec.PRECISION_CHOICES, "retrieval.E003"),
     ("RETRIEVAL_RERANK", spec.RERANK_MODES, "retrieval.E004"),
+    ("RETRIEVAL_QUERY_CROP", spec.QUERY_CROP_MODES, "retrieval.E008"),
 )
 
 # N/unit, a positive N and a unit Django REST framework reads (it looks at the first letter).
@@ -79,7 +84,7 @@ def _one_of(choices: tuple[str, ...]) -> str:
 
 @checks.register(TAG)
 def check_choices(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
-    """retrieval.E001-E004: each choice setting names one of its choices."""
+    """retrieval.E001-E004, E008: each choice setting names one of its choices."""
     errors = []
     for name, choices, check_id in _CHOICES:
         value = getattr(settings, name)
@@ -161,19 +166,37 @@ def check_schedules(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
 
 
 @checks.register(TAG)
-def check_shopper_query_sets(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
-    """retrieval.E008: every shoppers' photo set a new model is evaluated on exists."""
+def check_examples(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    """retrieval.E009: the example photos' hold-out share is 0..0.9; retrieval.W001: the
+    labelled query sets and example photos named exist (a missing one is skipped, so a
+    warning: an evaluation or first start without it still runs)."""
     from pathlib import Path
 
-    return [
-        checks.Error(
-            f"RETRIEVAL_SHOPPER_QUERY_SETS names {path!r}, which does not exist.",
-            hint="Give catalogue zips or folders (styles.csv + images/), comma-separated.",
-            id="retrieval.E008",
+    messages: list[checks.CheckMessage] = []
+    holdout: object = settings.RETRIEVAL_EXAMPLE_HOLDOUT  # an override may set anything
+    if not (isinstance(holdout, int | float) and 0 <= holdout <= 0.9):
+        messages.append(
+            checks.Error(
+                f"RETRIEVAL_EXAMPLE_HOLDOUT={holdout!r} must be a number from 0 to 0.9.",
+                hint="The share of senders held out for evaluation; 0 trains on all of them.",
+                id="retrieval.E009",
+            )
         )
-        for path in settings.RETRIEVAL_SHOPPER_QUERY_SETS
-        if not Path(path).exists()
+    named = [
+        ("RETRIEVAL_EVALUATION_QUERY_SETS", path)
+        for path in settings.RETRIEVAL_EVALUATION_QUERY_SETS
     ]
+    if settings.RETRIEVAL_EXAMPLE_PHOTOS:
+        named.append(("RETRIEVAL_EXAMPLE_PHOTOS", settings.RETRIEVAL_EXAMPLE_PHOTOS))
+    for name, path in named:
+        if not Path(path).exists():
+            messages.append(
+                checks.Warning(
+                    f"{name} names {path}, which does not exist: it is skipped.",
+                    id="retrieval.W001",
+                )
+            )
+    return messages
 
 
 def exit_on_errors() -> None:

@@ -435,3 +435,59 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.user})"
+
+
+class ExamplePhoto(models.Model):
+    """A labelled photo that trains the model and is never shown: not a garment, so no shop
+    page, search result or API response can name it (issue #14, training-only photos).
+
+    ``role`` comes from a hash of the sender (retrieval.catalogue.examples.example_role):
+    ``holdout`` photos are evaluation queries only, never training rows, and all the photos of
+    one sender are on one side.
+    """
+
+    class Role(models.TextChoices):
+        TRAIN = "train", "trains the model"
+        HOLDOUT = "holdout", "held out: evaluation only"
+
+    key = models.CharField(
+        max_length=64, unique=True, help_text="The source's id (re-imports match on it)."
+    )
+    image = models.ImageField(upload_to="examples/", max_length=255)
+    category = models.ForeignKey(Category, on_delete=models.PROTECT, related_name="example_photos")
+    sender = models.CharField(
+        max_length=100, blank=True, help_text="Who took the photo: the split is by sender."
+    )
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.TRAIN)
+    source = models.CharField(max_length=255, blank=True, help_text="The file it came from.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["key"]
+        indexes = [models.Index(fields=["role", "category"])]
+
+    def __str__(self) -> str:
+        return f"example {self.key} ({self.category_id}, {self.role})"
+
+
+class ExampleFeature(models.Model):
+    """The CNN cache of an example photo under one backbone (like :class:`BackboneFeature`):
+    ``pooled`` (float32, D = the backbone's pooled size) is what the head trains on."""
+
+    photo = models.ForeignKey(ExamplePhoto, on_delete=models.CASCADE, related_name="features")
+    backbone = models.CharField(max_length=40)
+    version = models.PositiveSmallIntegerField(
+        help_text="FEATURE_VERSION of the code that wrote the row."
+    )
+    pooled = VectorField()
+    created_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["photo", "backbone"], name="one_cnn_pass_per_example_backbone"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.backbone} features of example {self.photo_id}"

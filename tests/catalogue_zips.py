@@ -33,3 +33,29 @@ def make_catalogue(path, rows: str, images: dict[str, bytes], *, csv_bytes: byte
         for name, data in images.items():
             zf.writestr(f"images/{name}", data)
     return path
+
+
+EXAMPLES_HEADER = HEADER.rstrip("\n") + ",sender\n"
+
+
+def example_row(key, category="Tshirts", sender="", image=None):
+    """A shoppers' photo line (the shared shopper-photos.zip's format: a sender column)."""
+    image = image or f"images/{key}.jpg"
+    return f"{key},{image},,Apparel,,{category},,,,,shopper photo {key},{sender}\n"
+
+
+def make_examples(path, rows: str, images: dict[str, bytes]):
+    """A zip of labelled example photos: styles.csv with a sender column, images/."""
+    return make_catalogue(path, "", images, csv_bytes=(EXAMPLES_HEADER + rows).encode())
+
+
+def examples_from_garments(path, photos):
+    """A zip of example photos made of catalogue garments' images: ``photos`` is
+    ``[(key, garment, sender)]`` or ``[(key, garment, sender, category)]`` (default: the
+    garment's category)."""
+    lines, images = [], {}
+    for key, garment, sender, *category in photos:
+        with garment.image.open("rb") as handle:
+            images[f"{key}.jpg"] = handle.read()
+        lines.append(example_row(key, category[0] if category else garment.category.name, sender))
+    return make_examples(path, "".join(lines), images)

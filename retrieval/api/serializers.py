@@ -270,13 +270,59 @@ class GarmentImageUrlMixin(serializers.Serializer):
         return request.build_absolute_uri(url) if request is not None else url
 
 
-class GarmentSerializer(GarmentImageUrlMixin, serializers.ModelSerializer):
-    """A garment as shoppers and apps see it."""
+def staff_request(context: dict) -> bool:
+    """Whether the serializer's ``context`` holds a staff user's request (no request: not)."""
+    request = context.get("request")
+    user = getattr(request, "user", None)
+    return bool(user is not None and user.is_authenticated and user.is_staff)
+
+
+class StaffOnlyFieldsMixin:
+    """Leaves ``staff_only_fields`` out of the output unless the request in the context is a
+    staff user's: internal state (indexing errors, image digests, K-means clusters) that
+    shoppers and the apps have no use for and should not come to rely on. Dropped at
+    output, not from ``fields``, so the OpenAPI schema still documents them (as staff only)
+    and a serializer used without a request shows the shopper's view."""
+
+    staff_only_fields: tuple[str, ...] = ()
+
+    def to_representation(self, instance: Any) -> dict:
+        data = super().to_representation(instance)  # type: ignore[misc]
+        if not staff_request(self.context):  # type: ignore[attr-defined]
+            for name in self.staff_only_fields:
+                data.pop(name, None)
+        return data
+
+
+# Keys of Garment.attributes the catalogue keeps for itself (not catalogue columns):
+# image_sha256 lets a re-import skip unchanged photos (retrieval.catalogue.imports).
+INTERNAL_ATTRIBUTES = ("image_sha256",)
+
+
+class GarmentSerializer(StaffOnlyFieldsMixin, GarmentImageUrlMixin, serializers.ModelSerializer):
+    """A garment as shoppers and apps see it; staff also get ``error`` and ``image_sha256``."""
+
+    staff_only_fields = ("error", "image_sha256")
 
     category = CategoryBriefSerializer(read_only=True)
-    attributes = serializers.DictField(
-        read_only=True, help_text="Extra catalogue fields (gender, season, usage, ...)."
+    attributes = serializers.SerializerMethodField(
+        help_text="Extra catalogue fields (gender, season, usage, ...)."
     )
+    error = serializers.CharField(
+        read_only=True, help_text="Staff only: why indexing failed (empty when it did not)."
+    )
+    image_sha256 = serializers.SerializerMethodField(
+        help_text="Staff only: SHA-256 of the imported photo's bytes (hex), or null."
+    )
+
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_attributes(self, garment: Garment) -> dict:
+        attributes = garment.attributes or {}
+        return {k: v for k, v in attributes.items() if k not in INTERNAL_ATTRIBUTES}
+
+    @extend_schema_field(OpenApiTypes.STR)
+    def get_image_sha256(self, garment: Garment) -> str | None:
+        return (garment.attributes or {}).get("image_sha256")
 
     class Meta:
         model = Garment
@@ -295,6 +341,7 @@ class GarmentSerializer(GarmentImageUrlMixin, serializers.ModelSerializer):
             "attributes",
             "status",
             "error",
+            "image_sha256",
             "created_at",
             "updated_at",
         ]
@@ -639,12 +686,15 @@ class SearchHitSerializer(GarmentImageUrlMixin, serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class SearchResponseSerializer(serializers.Serializer):
+class SearchResponseSerializer(StaffOnlyFieldsMixin, serializers.Serializer):
+    staff_only_fields = ("cluster",)
+
     results = SearchHitSerializer(many=True, help_text="Most similar first.")
     cluster = serializers.ListField(
         child=serializers.IntegerField(),
-        help_text="K-means cluster(s) probed, nearest first (empty when the catalogue has no "
-        "clustering yet).",
+        required=False,
+        help_text="Staff only: K-means cluster(s) probed, nearest first (empty when the "
+        "catalogue has no clustering yet).",
     )
     model = serializers.CharField(help_text="The feature model that answered.")
     mode = serializers.ChoiceField(choices=SHOPPER_MODES)

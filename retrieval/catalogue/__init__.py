@@ -4,6 +4,12 @@ One validation path for uploads (:mod:`.uploads`), media files (:mod:`.media`), 
 (:mod:`.garments`), imports (:mod:`.imports`) and the import format reader (:mod:`.source`).
 """
 
+from retrieval.catalogue.examples import (
+    ExampleImportReport,
+    example_role,
+    import_example_photos,
+    save_example_photo,
+)
 from retrieval.catalogue.garments import (
     CategoryNameTaken,
     create_category,
@@ -47,6 +53,7 @@ __all__ = [
     "CatalogRow",
     "CatalogSource",
     "CategoryNameTaken",
+    "ExampleImportReport",
     "MediaPruneResult",
     "MediaStorageError",
     "Problem",
@@ -56,9 +63,11 @@ __all__ = [
     "delete_images_after_commit",
     "delete_stored_image",
     "delete_unreferenced_images",
+    "example_role",
     "get_or_create_category",
     "image_digest",
     "import_catalog",
+    "import_example_photos",
     "import_progress",
     "is_too_large",
     "merge_categories",
@@ -69,6 +78,7 @@ __all__ = [
     "requeue_unqueued_imports",
     "rescue_stalled_imports",
     "resume_import",
+    "save_example_photo",
     "save_garment",
     "save_import_job",
     "start_import",

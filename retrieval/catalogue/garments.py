@@ -17,6 +17,7 @@ from retrieval.indexing import enqueue_indexing
 from retrieval.models import (
     BackboneFeature,
     Category,
+    ExamplePhoto,
     Garment,
     GarmentFeature,
     unique_slug,
@@ -89,6 +90,8 @@ def merge_categories(*, sources: Sequence[Category], target: Category) -> int:
     moved = Garment.objects.filter(category_id__in=source_ids).update(
         category=target, updated_at=timezone.now()
     )
+    # Example photos (training only) follow their garments' category; they PROTECT it.
+    ExamplePhoto.objects.filter(category_id__in=source_ids).update(category=target)
     Category.objects.filter(parent_id__in=source_ids).update(parent=target)
     Category.objects.filter(id__in=source_ids).delete()
     return moved

@@ -190,9 +190,17 @@ def decode_csv(data: bytes, *, name: str) -> tuple[str, Problem | None]:
 
 
 def read_rows(
-    source: CatalogSource, *, category_field: str, limit: int | None = None
+    source: CatalogSource,
+    *,
+    category_field: str,
+    limit: int | None = None,
+    extra_columns: tuple[str, ...] = (),
 ) -> Iterator[CatalogRow | Problem]:
-    """Validated rows of styles.csv, or a Problem for each row that cannot be imported."""
+    """Validated rows of styles.csv, or a Problem for each row that cannot be imported.
+
+    ``extra_columns``: columns besides :data:`KNOWN_COLUMNS` kept in the row's attributes
+    when present and not empty (e.g. the shoppers' photos' ``sender``).
+    """
     csv_name = source.find_csv()
     text, problem = decode_csv(source.read(csv_name), name=csv_name)
     if problem is not None:
@@ -268,7 +276,7 @@ def read_rows(
         title = record.get("productDisplayName") or f"{category} {sku}"
         attributes = {
             k: record[k]
-            for k in KNOWN_COLUMNS
+            for k in (*KNOWN_COLUMNS, *extra_columns)
             if k in record and k not in {"id", "image", "productDisplayName"} and record[k]
         }
         yield CatalogRow(

@@ -1,10 +1,13 @@
 """Promotion: a newly trained model goes live only when it searches at least as well as the
 live one, measured on the same kinds of photos; otherwise it waits for staff to decide.
 
-Each model is evaluated on its own held-out catalogue photos (never trained on) and on every
-shoppers' photo set configured in RETRIEVAL_SHOPPER_QUERY_SETS (the same photos for both). The
-figure compared is precision@10 by category in the mode the shop serves (the category re-rank
-when RETRIEVAL_RERANK=category, else the fused search): what a shopper sees in the top 10.
+Each model is evaluated once (``run_evaluation``): on its own held-out catalogue photos (never
+trained on) and on every query set that evaluation reports (``metrics["query_sets"]``: the
+example photos of the held-out senders and each zip of RETRIEVAL_EVALUATION_QUERY_SETS, the same
+photos for both models). A query set that could not be read or had no query, for either model,
+is left out of the comparison (its error is in the report). The figure compared is
+precision@10 by category in the mode the shop serves (the category re-rank when
+RETRIEVAL_RERANK=category, else the fused search): what a shopper sees in the top 10.
 The decision, with both reports, is stored on the candidate (``metrics["promotion"]``); the
 admin shows it side by side and lets staff activate a model the gate held back.
 """
@@ -95,13 +98,55 @@ def _figure(report: EvaluationReport, mode: str) -> float:
     return float(values[METRIC])
 
 
-def _evaluate(model: FeatureModel, query_set: str | None) -> EvaluationReport:
-    return run_evaluation(
-        model=model,
-        limit=PROMOTION_QUERY_LIMIT,
-        queries_path=query_set,
-        category_field="articleType",
-    )
+def _set_figure(report: EvaluationReport, name: str, mode: str) -> float | None:
+    """The figure of the report's query set ``name``; None when it has none (unreadable, no
+    query, or not in this report)."""
+    for entry in report.metrics.get("query_sets", []):
+        if entry.get("name") == name and not entry.get("error") and entry.get("queries"):
+            modes = entry.get("modes", {})
+            values = modes.get(mode) or modes.get("fused")
+            return float(values[METRIC]) if values and METRIC in values else None
+    return None
+
+
+def _evaluate(model: FeatureModel) -> EvaluationReport:
+    return run_evaluation(model=model, limit=PROMOTION_QUERY_LIMIT, category_field="articleType")
+
+
+def compare(
+    *, candidate: EvaluationReport, live: EvaluationReport | None, mode: str
+) -> list[Comparison]:
+    """One comparison for the held-out catalogue photos, then one per query set both reports
+    measured (the candidate's order)."""
+    metric = f"{METRIC} ({mode})"
+    live_pk = live.pk if live is not None else None
+    comparisons = [
+        Comparison(
+            query_set=HELD_OUT,
+            metric=metric,
+            candidate=_figure(candidate, mode),
+            live=_figure(live, mode) if live is not None else None,
+            candidate_report=candidate.pk,
+            live_report=live_pk,
+        )
+    ]
+    for entry in candidate.metrics.get("query_sets", []):
+        name = entry.get("name", "")
+        ours = _set_figure(candidate, name, mode)
+        theirs = _set_figure(live, name, mode) if live is not None else None
+        if ours is None or (live is not None and theirs is None):
+            continue
+        comparisons.append(
+            Comparison(
+                query_set=name,
+                metric=metric,
+                candidate=ours,
+                live=theirs,
+                candidate_report=candidate.pk,
+                live_report=live_pk,
+            )
+        )
+    return comparisons
 
 
 def evaluate_and_promote(*, model: FeatureModel) -> PromotionDecision:
@@ -115,21 +160,9 @@ def evaluate_and_promote(*, model: FeatureModel) -> PromotionDecision:
         return PromotionDecision(True, "already live", live.name)
     clustering.ensure_active_runs(model=model)
     mode = served_mode()
-    comparisons = []
-    for query_set in [None, *settings.RETRIEVAL_SHOPPER_QUERY_SETS]:
-        name = HELD_OUT if query_set is None else str(query_set)
-        candidate_report = _evaluate(model, query_set)
-        live_report = _evaluate(live, query_set) if live is not None else None
-        comparisons.append(
-            Comparison(
-                query_set=name,
-                metric=f"{METRIC} ({mode})",
-                candidate=_figure(candidate_report, mode),
-                live=_figure(live_report, mode) if live_report else None,
-                candidate_report=candidate_report.pk,
-                live_report=live_report.pk if live_report else None,
-            )
-        )
+    candidate_report = _evaluate(model)
+    live_report = _evaluate(live) if live is not None else None
+    comparisons = compare(candidate=candidate_report, live=live_report, mode=mode)
     decision = decide(comparisons=comparisons, live_model=live.name if live else None)
     metrics = {**FeatureModel.objects.get(pk=model.pk).metrics, "promotion": decision.as_dict()}
     FeatureModel.objects.filter(pk=model.pk).update(metrics=metrics)

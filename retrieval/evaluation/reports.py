@@ -13,7 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from retrieval.evaluation.metrics import Labelled, summarise, timed
-from retrieval.evaluation.queries import external_queries, held_out_queries
+from retrieval.evaluation.queries import example_queries, external_queries, held_out_queries
 from retrieval.jobs.publishing import publish
 from retrieval.models import EvaluationReport, FeatureModel, Garment
 from retrieval.spec import TOPS
@@ -79,6 +79,7 @@ def run_evaluation(
             "skipped": skipped,
             **metrics,
             "examples": _examples(raw, queries, examples=examples),
+            "query_sets": _query_sets(model=model, modes=modes, tops=tops, limit=limit),
         }
         report.status = EvaluationReport.Status.DONE
     except Exception as exc:
@@ -117,17 +118,90 @@ def _parameters(
     }
 
 
+#: The query set every evaluation builds from the held-out example photos (issue #14).
+HELD_OUT_EXAMPLES = "shoppers' photos (held-out senders)"
+
+
+def _query_sets(
+    *, model: FeatureModel, modes: Sequence[str], tops: Sequence[int], limit: int | None
+) -> list[dict]:
+    """The labelled photo sets every evaluation reports besides its main queries: the held-out
+    example photos, then each file of RETRIEVAL_EVALUATION_QUERY_SETS. Each is searched as
+    the shop searches (the photo through the CNN, the cluster search, every mode) and
+    reported overall and per category; a set that cannot be read is reported with its
+    error, never failing the evaluation.
+
+    Each entry: ``name``, ``source``, ``queries``, ``skipped``, ``error`` (or ""),
+    ``modes`` {mode: {"p@k": ...}} and ``per_category`` {mode: {category: {"p@k", "queries"}}}.
+    """
+    from pathlib import Path
+
+    from retrieval.catalogue.source import CatalogError
+
+    loaders: list[tuple[str, str, object]] = [
+        (
+            HELD_OUT_EXAMPLES,
+            "example photos, role holdout",
+            lambda: example_queries(model=model, limit=limit),
+        )
+    ]
+    for path in settings.RETRIEVAL_EVALUATION_QUERY_SETS:
+        loaders.append(
+            (
+                Path(path).stem,
+                str(path),
+                lambda path=path: external_queries(
+                    model=model, path=path, category_field="articleType", limit=limit
+                ),
+            )
+        )
+    out = []
+    for name, source, load in loaders:
+        entry: dict = {
+            "name": name,
+            "source": source,
+            "queries": 0,
+            "skipped": 0,
+            "error": "",
+            "modes": {},
+            "per_category": {},
+        }
+        out.append(entry)
+        try:
+            queries, skipped = load()  # type: ignore[operator]
+        except (CatalogError, OSError) as exc:
+            entry["error"] = str(exc)[:500]
+            continue
+        entry["queries"], entry["skipped"] = len(queries), skipped
+        if not queries:
+            continue
+        raw = _search_all(model=model, queries=queries, modes=modes, top=max(tops), exact=False)
+        summaries = {
+            mode: summarise(rows, tops=tops) for (mode, _), rows in _labelled_runs(raw).items()
+        }
+        entry["modes"] = {
+            mode: {f"p@{k}": summaries[mode][f"p@{k}"] for k in tops} for mode in modes
+        }
+        entry["per_category"] = {mode: summaries[mode]["per_category_p@5"] for mode in modes}
+    return out
+
+
 def _search_all(
-    *, model: FeatureModel, queries: list[dict], modes: Sequence[str], top: int
+    *,
+    model: FeatureModel,
+    queries: list[dict],
+    modes: Sequence[str],
+    top: int,
+    exact: bool = True,
 ) -> dict:
-    """Every query searched in every mode, clustered (the paper's search) and exact:
-    ``{(mode, clustered): [(query, SearchResult, seconds)]}``."""
+    """Every query searched in every mode, clustered (the paper's search) and, with ``exact``,
+    exact: ``{(mode, clustered): [(query, SearchResult, seconds)]}``."""
     from retrieval import search
     from retrieval.search import rerank
 
     raw: dict[tuple[str, bool], list] = {}
     for mode in modes:
-        for clustered in (True, False):
+        for clustered in (True, False) if exact else (True,):
             rows = []
             for query in queries:
                 if mode == "rerank":

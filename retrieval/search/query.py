@@ -67,7 +67,8 @@ class PhotoSearch:
 
 def _photo_vectors(image: PhotoSource, model: FeatureModel) -> tuple[np.ndarray, np.ndarray]:
     """The photo's fused vector ``(542,)`` and category probabilities ``(C,)`` (one CNN pass,
-    more with RETRIEVAL_QUERY_CROP / RETRIEVAL_QUERY_FLIP). image: a PIL image or bytes."""
+    on the centre crop where RETRIEVAL_QUERY_CROP=centre finds the border is not plain; one
+    more with RETRIEVAL_QUERY_CROP=map or RETRIEVAL_QUERY_FLIP). image: a PIL image or bytes."""
     from retrieval import images
     from retrieval.features import extractor_for
 
@@ -160,8 +161,10 @@ def search_image(
     clustered search (:func:`retrieval.search.search_vectors`); ``category_id`` is the same
     as ``filters.category_id``.
 
-    Runs the CNN once, as the paper does, unless RETRIEVAL_QUERY_CROP / RETRIEVAL_QUERY_FLIP
-    add a pass each (:meth:`retrieval.features.FeatureExtractor.extract_query`). With
+    Runs the CNN once, as the paper does, on the photo or (RETRIEVAL_QUERY_CROP=centre, the
+    default, a departure from the paper) on its middle 80% when its border is not plain;
+    RETRIEVAL_QUERY_CROP=map and RETRIEVAL_QUERY_FLIP add a pass each
+    (:meth:`retrieval.features.FeatureExtractor.extract_query`). With
     RETRIEVAL_RERANK=category, fused and exact searches list the predicted category's garments
     first (:mod:`retrieval.search.rerank`; a departure from the paper).
     """

@@ -19,6 +19,7 @@ from retrieval.models import (
     Garment,
     GarmentFeature,
 )
+from retrieval.training.progress import StageClock
 from retrieval.training.retirement import _queue_retirement_after_activation
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,8 @@ def recompute_vectors(
     # Loaded only when there is something to compute (a switch back often has nothing).
     extractor = features.extractor_for(backbone=model.backbone, model=model) if ids else None
     written = 0
+    if progress is not None and ids:  # the stage's start, for its elapsed time and pace
+        progress({"stage": "vectors", "done": 0, "total": len(ids)})
     for start in range(0, len(ids), 4096):
         chunk = ids[start : start + 4096]
         rows = BackboneFeature.objects.filter(backbone=model.backbone, garment_id__in=chunk)
@@ -139,8 +142,10 @@ def reindex_and_activate(*, model: FeatureModel) -> None:
     """
     from retrieval.search import clustering
 
+    clock = StageClock()
+
     def report(state: dict) -> None:
-        FeatureModel.objects.filter(pk=model.pk).update(progress=state)
+        FeatureModel.objects.filter(pk=model.pk).update(progress=clock.stamp(state))
 
     # Status indexing from here on: model retirement leaves the model alone meanwhile.
     FeatureModel.objects.filter(pk=model.pk).update(status=FeatureModel.Status.INDEXING, error="")

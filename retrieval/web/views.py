@@ -354,31 +354,71 @@ def home(request: HttpRequest) -> HttpResponse:
         if status == 200:
             outcome["searched_photo"] = _photo_data_url(form.cleaned_data["image"])
         context.update(outcome, form=form, searched=True)
-        if request.headers.get("X-Requested-With") == "fetch":
-            response = render(request, "retrieval/_results.html", context, status=status)
-            response["X-Search-Fragment"] = "1"
-            return response
     else:
         form = SearchForm()
-    # After a search, the menus count with the filters chosen (a refused form has none).
-    chosen = getattr(form, "cleaned_data", {}).get("filters")
+    context.update(_filter_menus(request, form))
+    if request.method == "POST" and request.headers.get("X-Requested-With") == "fetch":
+        response = render(request, "retrieval/_results.html", context, status=status)
+        response["X-Search-Fragment"] = "1"
+        return response
     context.update(
         form=form,
-        # The filter menus: every value over the searchable catalogue, with its count.
-        filter_facets=facet_groups(
-            QueryDict(),
-            search.facet_counts(
-                queryset=visible_garments(request.user),
-                filters=chosen or search.SearchFilters(),
-                names=search.FILTER_FIELDS,
-            ),
-        ),
         categories=_categories_with_counts(request.user),
         garment_count=visible_garments(request.user).filter(status=Garment.Status.READY).count(),
         search_available=FeatureModel.objects.filter(active=True).exists(),
         setup=setup_progress(),
     )
     return render(request, "retrieval/home.html", context, status=status)
+
+
+@dataclass(frozen=True)
+class MenuOption:
+    """One option of a filter menu of the search by photo: ``text`` is "Women (1,204)"."""
+
+    value: str
+    label: str
+    count: int
+    selected: bool
+
+    @property
+    def text(self) -> str:
+        return f"{self.label} ({self.count:,})"
+
+
+def _filter_menus(request: HttpRequest, form: SearchForm) -> dict[str, Any]:
+    """The filter menus of the search by photo, each value with how many searchable garments
+    choosing it gives (the other chosen filters applied; after a search, the filters it was
+    run with: a refused form has none). ``filter_facets``: gender, colour, season, usage
+    (values found in the catalogue); ``category_menu``: every category the form offers, with
+    0 for those the other filters leave empty (the predicted-category chips set this menu, so
+    it keeps every category); ``menu_counts``: {filter: {value: "Label (count)"}}, read by the
+    page's script to update the menus after a search it made without reloading the page."""
+    chosen = getattr(form, "cleaned_data", {}).get("filters") or search.SearchFilters()
+    facets = search.facet_counts(
+        queryset=visible_garments(request.user).filter(status=Garment.Status.READY),
+        filters=chosen,
+        names=search.facets.FACETS,
+    )
+    groups = [g for g in facet_groups(QueryDict(), facets) if g.name != "category"]
+    by_slug = {
+        v.value: v.count for facet in facets if facet.name == "category" for v in facet.values
+    }
+    selected = form.data.get("category", "") if form.is_bound else ""
+    category_menu = [
+        MenuOption(
+            value=category.slug,
+            label=category.name,
+            count=by_slug.get(category.slug, 0),
+            selected=category.slug == selected,
+        )
+        for category in form.fields["category"].queryset  # type: ignore[attr-defined]
+    ]
+    counts = {
+        group.name: {link.label: f"{link.label} ({link.count_text})" for link in group.links}
+        for group in groups
+    }
+    counts["category"] = {option.value: option.text for option in category_menu}
+    return {"filter_facets": groups, "category_menu": category_menu, "menu_counts": counts}
 
 
 def _categories_with_counts(user):

@@ -400,6 +400,23 @@
     return data;
   }
 
+  /** The filter menus count with the filters of the search just made (the results carry
+   * the counts as JSON): "Women (1,204)"; a value the other filters leave empty says (0). */
+  function updateMenuCounts() {
+    var source = document.getElementById("menu-counts");
+    if (!source) return;
+    var counts = JSON.parse(source.textContent);
+    Object.keys(counts).forEach(function (name) {
+      var select = form.querySelector('select[data-filter="' + name + '"]');
+      if (!select) return;
+      Array.prototype.forEach.call(select.options, function (option) {
+        if (!option.value) return; // "Any ..."
+        var label = option.getAttribute("data-label") || option.value;
+        option.textContent = counts[name][option.value] || label + " (0)";
+      });
+    });
+  }
+
   function search(options) {
     var carried = form.querySelector('input[name="photo"]'); // the photo of the last results
     if (!photo && !carried) {
@@ -434,6 +451,7 @@
           }
           results.innerHTML = html; // rendered and escaped by Django
           searched = true;
+          updateMenuCounts();
           // Errors in the fragment are role="alert" and announce themselves.
           var heading = document.getElementById("results-heading");
           status.textContent = heading ? heading.textContent.trim() + " found." : "";

@@ -156,3 +156,29 @@ def test_evaluation_report_page_shows_tables_chart_and_downloads(staff):
     assert as_json.json()["modes"]["fused"]["p@5"] == 0.5
     as_csv = staff.get(f"/admin/retrieval/evaluationreport/{report.pk}/download.csv")
     assert b"cluster,fused,p@5,0.5" in as_csv.content
+
+
+def test_a_training_models_progress_shows_in_the_list_and_page_which_refresh(staff):
+    from tests.factories import FeatureModelFactory
+
+    done = FeatureModelFactory.create(active=True, progress={"stage": "done"})
+    page = staff.get("/admin/retrieval/featuremodel/")
+    assert b"training-refresh" not in page.content  # nothing trains: no reloading
+    training = FeatureModelFactory.create(
+        active=False,
+        status=FeatureModel.Status.TRAINING,
+        progress={
+            "stage": "training", "epoch": 3, "epochs": 20, "loss": 0.41234,
+            "val_accuracy": 0.8731, "seconds": 42.0, "elapsed_s": 42.0, "left_s": 238.0,
+        },
+    )  # fmt: skip
+    line = "training: epoch 3/20 · loss 0.412 · validation accuracy 0.873 · 0:42 elapsed · "
+    line += "about 3:58 left"
+    page = staff.get("/admin/retrieval/featuremodel/")
+    text = page.content.decode()
+    assert line in text and 'id="training-refresh"' in text
+    page = staff.get(f"/admin/retrieval/featuremodel/{training.pk}/change/")
+    text = page.content.decode()
+    assert line in text and 'id="training-refresh"' in text
+    page = staff.get(f"/admin/retrieval/featuremodel/{done.pk}/change/")
+    assert b"training-refresh" not in page.content

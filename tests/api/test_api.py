@@ -100,13 +100,13 @@ def test_search_by_uploaded_photo_finds_that_garment_first(anon, query):
     response = anon.post(SEARCH, {"image": photo(image_bytes(query))}, format="multipart")
     assert response.status_code == 200, response.content
     body = response.json()
-    assert set(body) == {"results", "cluster", "model", "mode", "top", "took_ms"} | {
+    # `cluster` is internal: staff only (tests/api/test_staff_fields.py).
+    assert set(body) == {"results", "model", "mode", "top", "took_ms"} | {
         "predicted_categories",
         "understood",
     }
     assert body["top"] == 10 and body["mode"] == "fused"
     assert body["model"] == FeatureModel.objects.get(active=True).name
-    assert body["cluster"] and all(isinstance(c, int) for c in body["cluster"])
     assert body["took_ms"] > 0
     results = body["results"]
     assert len(results) == 10
@@ -124,6 +124,15 @@ def test_search_by_uploaded_photo_finds_that_garment_first(anon, query):
     scores = [hit["score"] for hit in results]
     assert scores == sorted(scores, reverse=True) and all(s <= 1e-6 for s in scores)
     assert len({hit["id"] for hit in results}) == 10
+
+
+@pytest.mark.slow
+def test_staff_see_the_clusters_a_search_by_photo_probed(staff, anon, query):
+    body = staff.post(SEARCH, {"image": photo(image_bytes(query))}, format="multipart").json()
+    assert body["cluster"] and all(isinstance(c, int) for c in body["cluster"])
+    assert body["results"][0]["id"] == query.pk
+    shopper_body = anon.post(SEARCH, {"image": photo(image_bytes(query))}, format="multipart")
+    assert "cluster" not in shopper_body.json()
 
 
 @pytest.mark.slow
@@ -324,10 +333,9 @@ def test_garment_list_is_paginated_and_filterable(anon):
         "image_url",
         "attributes",
         "status",
-        "error",
         "created_at",
         "updated_at",
-    }
+    }  # and for staff only: error, image_sha256 (tests/api/test_staff_fields.py)
     error = error_of(anon.get(GARMENTS, {"category": "nope"}), 400, "invalid")
     assert "category" in error["details"]
     error_of(anon.get(GARMENTS, {"page": 999}), 404, "not_found")

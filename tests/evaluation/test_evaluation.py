@@ -35,7 +35,13 @@ def test_summary_averages_queries_and_skips_colourless_ones_for_colour_metrics()
     assert out["cc@5"] == 1.0  # only the red tee query has a colour
     assert out["cc@20"] == 0.25
     assert out["ms_mean"] == pytest.approx(20.0)
-    assert out["per_category_p@5"]["Shirts"] == {"p@5": 1.0, "queries": 1}
+    # Per category: p@k for every k asked, and the number of queries.
+    assert out["per_category_p@5"]["Shirts"] == {
+        "p@5": 1.0,
+        "p@10": 1.0,
+        "p@20": 0.5,
+        "queries": 1,
+    }
 
 
 def test_summary_without_any_colour_reports_category_metrics_only():
@@ -83,7 +89,10 @@ def test_memory_index_rerank_puts_the_predicted_category_first_then_the_rest():
 
 # --------------------------------------------------------------------------- on a real catalogue
 
-SUMMARY_KEYS = {"queries", "skipped", "modes", "exact", "per_category_p@5", "examples"}
+SUMMARY_KEYS = {
+    *("queries", "skipped", "modes", "exact", "per_category_p@5", "examples"),
+    "query_sets",
+}
 MODE_KEYS = {"p@5", "p@10", "p@20", "cc@5", "cc@10", "cc@20", "ms_mean", "ms_p95"}
 
 

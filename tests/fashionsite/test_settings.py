@@ -219,6 +219,10 @@ def test_default_retrieval_settings_pass_the_checks():
         ("RETRIEVAL_MAX_UPLOAD_BYTES", 0, "retrieval.E006"),
         ("RETRIEVAL_KMEANS_SCHEDULE", "0 3 * *", "retrieval.E007"),
         ("RETRIEVAL_PRUNE_MEDIA_SCHEDULE", "30 25 * * *", "retrieval.E007"),
+        ("RETRIEVAL_QUERY_CROP", "middle", "retrieval.E008"),
+        ("RETRIEVAL_QUERY_CROP", True, "retrieval.E008"),  # settings.py maps the booleans
+        ("RETRIEVAL_EXAMPLE_HOLDOUT", 0.95, "retrieval.E009"),
+        ("RETRIEVAL_EXAMPLE_HOLDOUT", -0.1, "retrieval.E009"),
     ],
 )
 def test_a_bad_retrieval_choice_is_a_check_error_naming_it(settings, name, value, check_id):
@@ -240,6 +244,9 @@ def test_a_bad_retrieval_choice_is_a_check_error_naming_it(settings, name, value
         ("RETRIEVAL_SEARCH_THROTTLE", None),  # off
         ("RETRIEVAL_KMEANS_K", 0),
         ("RETRIEVAL_KMEANS_SCHEDULE", "*/15 2-4 * * mon-fri"),
+        ("RETRIEVAL_QUERY_CROP", "centre"),
+        ("RETRIEVAL_QUERY_CROP", "map"),
+        ("RETRIEVAL_QUERY_CROP", "off"),
     ],
 )
 def test_good_retrieval_choices_pass(settings, name, value):
@@ -266,10 +273,38 @@ def test_a_bad_choice_stops_the_web_entry_point_with_one_line():
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("RETRIEVAL_BATCH_SIZE", "thirty-two"), ("RETRIEVAL_QUERY_CROP", "maybe")],
+    [("RETRIEVAL_BATCH_SIZE", "thirty-two"), ("RETRIEVAL_QUERY_FLIP", "maybe")],
 )
 def test_an_unreadable_number_or_boolean_still_stops_at_import(variable, value):
     result = run_manage("check", **{variable: value})
     assert result.returncode != 0
     lines = error_lines(result)
     assert len(lines) == 1 and variable in lines[0], result.stderr
+
+
+def test_query_crop_reads_its_modes_and_the_booleans_it_used_to_be():
+    """RETRIEVAL_QUERY_CROP was a boolean (the activation-map crop): old environments keep
+    their meaning; unset is the centre crop; a value that is neither is a check error."""
+    script = "import fashionsite.settings as s; print(s.RETRIEVAL_QUERY_CROP)"
+    expected = {
+        "": "centre",
+        "centre": "centre",
+        "Center": "centre",
+        "MAP": "map",
+        "off": "off",
+        "true": "map",
+        "1": "map",
+        "yes": "map",
+        "false": "off",
+        "0": "off",
+        "no": "off",
+    }
+    for value, mode in expected.items():
+        result = run_python("-c", script, RETRIEVAL_QUERY_CROP=value)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == mode, (value, result.stdout)
+    result = run_manage("check", RETRIEVAL_QUERY_CROP="maybe")
+    assert result.returncode != 0
+    assert "(retrieval.E008) RETRIEVAL_QUERY_CROP='maybe'" in result.stderr, result.stderr
+    assert "centre, map or off" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -72,3 +72,40 @@ def test_import_wait_indexes_in_process_when_no_worker_runs(tmp_path):
     call_command("import_catalog", str(path), "--wait", stdout=out, stderr=io.StringIO())
     assert "20 ready, 0 failed" in out.getvalue()
     assert Garment.objects.filter(status=Garment.Status.READY).count() == 20
+
+
+def test_import_catalog_with_examples_imports_them_once_the_categories_exist(tmp_path):
+    from retrieval.models import ExamplePhoto
+    from tests.catalogue_zips import example_row, make_examples
+
+    catalogue_zip = make_catalogue(
+        tmp_path / "c.zip",
+        row("1", category="Tshirts") + row("2", category="Shirts"),
+        {"1.jpg": jpeg_bytes(), "2.jpg": jpeg_bytes()},
+    )
+    examples = make_examples(
+        tmp_path / "e.zip",
+        example_row("e1", "Shirts", sender="a") + example_row("e2", "Dresses", sender="a"),
+        {"e1.jpg": jpeg_bytes(), "e2.jpg": jpeg_bytes()},
+    )
+    out = io.StringIO()
+    call_command(
+        "import_catalog", str(catalogue_zip), "--examples", str(examples), stdout=out,
+        stderr=io.StringIO(),
+    )  # fmt: skip
+    assert f"example photos from {examples}: 1 new" in out.getvalue()
+    assert list(ExamplePhoto.objects.values_list("key", "category__name")) == [("e1", "Shirts")]
+
+
+def test_first_start_imports_example_photos_before_the_first_training(settings, tmp_path):
+    from retrieval.management.commands.runsite import import_script
+
+    examples = tmp_path / "shopper-photos.zip"
+    examples.write_bytes(b"")
+    settings.RETRIEVAL_EXAMPLE_PHOTOS = str(examples)
+    script = import_script(path=tmp_path / "catalogue.zip")
+    commands = script.split(" && ")
+    assert len(commands) == 2
+    assert all(f"--examples {examples}" in c and "--train" in c for c in commands)
+    settings.RETRIEVAL_EXAMPLE_PHOTOS = ""
+    assert "--examples" not in import_script(path=tmp_path / "catalogue.zip")

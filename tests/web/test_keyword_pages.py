@@ -4,6 +4,7 @@ counts on the keyword and category pages (server-rendered, no JavaScript)."""
 from __future__ import annotations
 
 import html as htmllib
+import json
 import re
 
 import pytest
@@ -97,5 +98,28 @@ def test_photo_search_form_offers_every_filter_with_counts(client, shop):
     html = client.get("/").content.decode()
     for name in ("gender", "colour", "season", "usage"):
         assert f'name="{name}"' in html
-    assert '<option value="Red">Red (4)</option>' in html
-    assert '<option value="Women">Women (4)</option>' in html
+    assert '<option value="Red" data-label="Red">Red (4)</option>' in html
+    assert '<option value="Women" data-label="Women">Women (4)</option>' in html
+    # The category menu counts too (every category the form offers).
+    assert f'<option value="{shop.slug}" data-label="Dresses">Dresses (4)</option>' in html
+    assert re.search(
+        r'<option value="shirts[-\w]*" data-label="Shirts">Shirts \(1\)</option>', html
+    )
+
+
+def test_photo_search_menus_count_with_the_chosen_filters(client, shop):
+    """After a search the menus count with its filters (disjunctively: a menu's own choice is
+    not applied to its counts); the results fragment carries them for the page's script."""
+    html = client.post("/", {"gender": "Men", "colour": "Red"}).content.decode()
+    assert '<option value="Red" data-label="Red" selected>Red (1)</option>' in html  # of men
+    assert '<option value="Women" data-label="Women">Women (3)</option>' in html  # red ones
+    assert 'data-label="Dresses">Dresses (0)</option>' in html
+    assert 'data-label="Shirts">Shirts (1)</option>' in html
+    assert 'data-label="Formal">Formal (1)</option>' in html and "Party (" not in html
+    fragment = client.post("/", {"gender": "Men"}, headers={"X-Requested-With": "fetch"})
+    found = re.search(r'id="menu-counts"[^>]*>(.*?)</script>', fragment.content.decode())
+    assert found is not None
+    counts = json.loads(found.group(1))
+    assert counts["gender"] == {"Men": "Men (1)", "Women": "Women (4)"}
+    assert counts["colour"] == {"Red": "Red (1)"}
+    assert counts["category"][shop.slug] == "Dresses (0)"

@@ -1,4 +1,5 @@
 """python manage.py import_catalog PATH [--limit N] [--category-field articleType] [--wait]
+    [--examples PATH] [--train]
 python manage.py import_catalog --resume JOB_ID [--wait]"""
 
 from __future__ import annotations
@@ -35,6 +36,15 @@ class Command(BaseCommand):
             "rebuild the K-means clusters after a large import.",
         )
         parser.add_argument(
+            "--examples",
+            type=Path,
+            default=None,
+            metavar="PATH",
+            help="Then import the labelled example photos of PATH (import_examples; with the "
+            "RETRIEVAL_EXAMPLE_HOLDOUT split): after the catalogue's categories exist and "
+            "before --train, so the first model learns from them.",
+        )
+        parser.add_argument(
             "--wait",
             action="store_true",
             help="Return when every imported garment is ready or failed (indexes here when no "
@@ -50,6 +60,7 @@ class Command(BaseCommand):
         category_field: str,
         wait: bool,
         train: bool,
+        examples: Path | None = None,
         **options,
     ):
         if limit is not None and limit < 1:
@@ -91,6 +102,8 @@ class Command(BaseCommand):
             f"import {job.pk}: {job.created} new, {job.updated} updated, {job.unchanged} "
             f"unchanged, {len(job.problems)} problems"
         )
+        if examples is not None:
+            self._import_examples(examples)
         if not wait:
             return
         garments = Garment.objects.filter(import_job=job)
@@ -119,3 +132,17 @@ class Command(BaseCommand):
             self.stderr.write(f"  failed {sku}: {error}")
         if train:
             self.stdout.write(training.after_import(job=job))
+
+    def _import_examples(self, path: Path) -> None:
+        """The example photos, reported; a file that cannot be read is a warning (the
+        catalogue is in and trains without them), never a failed import."""
+        from django.conf import settings
+
+        try:
+            report = catalogue.import_example_photos(
+                source=path, holdout=settings.RETRIEVAL_EXAMPLE_HOLDOUT
+            )
+        except (catalogue.CatalogError, catalogue.MediaStorageError) as exc:
+            self.stderr.write(f"example photos from {path} not imported: {exc}")
+            return
+        self.stdout.write(f"example photos from {path}: {report.summary()}")

@@ -509,17 +509,30 @@ class Command(BaseCommand):
             f"importing {path} in the background; the site fills up as you watch "
             "(the home page shows the progress)"
         )
-        manage = f"{shlex.quote(sys.executable)} manage.py import_catalog {shlex.quote(str(path))}"
-        if path == settings.DEMO_CATALOG:
-            # Small: one import, one training (a slice first would train twice).
-            script = f"{manage} --wait --train"
-        else:
-            # First a slice, so a model is trained and search works within minutes; then
-            # the rest (re-reading the slice is free: the import is idempotent).
-            script = f"{manage} --limit {FIRST_SLICE} --wait --train && {manage} --wait --train"
+        script = import_script(path=path)
         child = Child("import", ["/bin/sh", "-c", script], env, restart=False)
         self._start(child)
         return child
+
+
+def import_script(*, path: Path) -> str:
+    """The shell line of the first start's background import of ``path``: the catalogue,
+    the example photos of RETRIEVAL_EXAMPLE_PHOTOS, then the first training."""
+    manage = f"{shlex.quote(sys.executable)} manage.py import_catalog {shlex.quote(str(path))}"
+    examples = settings.RETRIEVAL_EXAMPLE_PHOTOS
+    if examples and Path(examples).exists():
+        # Imported once the catalogue's rows (its categories) are in and before the first
+        # training, which then learns from them too (issue #14); on both runs of the
+        # chain: photos of a category the first slice lacks come in with the rest.
+        manage += f" --examples {shlex.quote(str(examples))}"
+    if path == settings.DEMO_CATALOG:
+        # Small: one import, one training (a slice first would train twice).
+        script = f"{manage} --wait --train"
+    else:
+        # First a slice, so a model is trained and search works within minutes; then
+        # the rest (re-reading the slice is free: the import is idempotent).
+        script = f"{manage} --limit {FIRST_SLICE} --wait --train && {manage} --wait --train"
+    return script
 
 
 def default_catalog() -> Path | None:
