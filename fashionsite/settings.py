@@ -121,7 +121,7 @@ ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "retrieval.admin_site.ShopAdminConfig",  # django.contrib.admin, branded (admin_site.py)
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -291,6 +291,9 @@ CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"retry_policy": _REDIS_RETRY}
 CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 CELERY_TASK_DEFAULT_QUEUE = "default"
 FEATURES_QUEUE = env_str("RETRIEVAL_FEATURES_QUEUE", "features")
+# Training and whole-catalogue re-indexing (fashionsite.celery.TRAINING_TASKS): a queue and a
+# worker of their own, so a training never holds up the indexing of new garments.
+TRAINING_QUEUE = env_str("RETRIEVAL_TRAINING_QUEUE", "training")
 
 # --------------------------------------------------------------------------- caches / sessions
 
@@ -531,7 +534,9 @@ RETRIEVAL_EXAMPLE_PHOTOS = env_str(
 )
 # Share of the example photos' senders held out for evaluation (never trained on), 0..0.9.
 RETRIEVAL_EXAMPLE_HOLDOUT = env_float("RETRIEVAL_EXAMPLE_HOLDOUT", 0.25)
-# Labelled query sets (zips in the import format) every evaluation also reports, by path.
+# Labelled query sets (zips in the import format) every evaluation also reports, by path; a
+# newly trained model goes live only when not worse than the live one on each of them (and on
+# its held-out catalogue photos and the held-out senders' example photos: evaluation.promotion).
 RETRIEVAL_EVALUATION_QUERY_SETS = env_list("RETRIEVAL_EVALUATION_QUERY_SETS", "")
 # The demo catalogue in the repository (3,110 products of the sample, demo/README.md): what
 # `make run` imports into an empty catalogue when no CATALOG is given and the sample is absent.

@@ -132,6 +132,11 @@ class Garment(models.Model):
     def __str__(self) -> str:
         return f"{self.sku} {self.title}"
 
+    def get_absolute_url(self) -> str:
+        from django.urls import reverse
+
+        return reverse("garment-detail", args=[self.pk])
+
 
 class FeatureModel(models.Model):
     """One versioned feature extractor: a backbone plus a trained head and the fusion knobs.

@@ -140,7 +140,8 @@ def celery_worker(django_db_setup, django_db_blocker) -> Iterator[WorkerProcess]
         app.control.purge()
         worker = WorkerProcess(
             name="testworker",
-            queues=f"{settings.CELERY_TASK_DEFAULT_QUEUE},{settings.FEATURES_QUEUE}",
+            queues=f"{settings.CELERY_TASK_DEFAULT_QUEUE},{settings.FEATURES_QUEUE},"
+            f"{settings.TRAINING_QUEUE}",
         )
         try:
             worker.wait_ready()

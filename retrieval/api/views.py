@@ -32,6 +32,7 @@ from rest_framework.permissions import (
     SAFE_METHODS,
     AllowAny,
     BasePermission,
+    DjangoModelPermissions,
     IsAuthenticatedOrReadOnly,
 )
 from rest_framework.request import Request
@@ -89,6 +90,14 @@ class IsStaffOrReadOnly(BasePermission):
         if request.method in SAFE_METHODS:
             return True
         return bool(request.user and request.user.is_authenticated and request.user.is_staff)
+
+
+class ModelPermissionsOrReadOnly(DjangoModelPermissions):
+    """Writes need the model's Django permission (add / change / delete), as in the admin: a
+    view-only staff member cannot write through the API either. Reads stay open to anyone
+    (``authenticated_users_only`` off; GET needs no permission in DRF's map)."""
+
+    authenticated_users_only = False
 
 
 SEARCH_EXAMPLE = OpenApiExample(
@@ -338,7 +347,7 @@ class SearchView(APIView):
 )
 class GarmentViewSet(viewsets.ModelViewSet):
     # IsAuthenticatedOrReadOnly is implied; named so the schema shows reads as public.
-    permission_classes = [IsAuthenticatedOrReadOnly, IsStaffOrReadOnly]
+    permission_classes = [IsAuthenticatedOrReadOnly, IsStaffOrReadOnly, ModelPermissionsOrReadOnly]
     pagination_class = ApiPagination
     parser_classes = [MultiPartParser, BoundedJSONParser]
     queryset = Garment.objects.none()  # for the schema; requests use get_queryset()
@@ -443,7 +452,7 @@ class GarmentViewSet(viewsets.ModelViewSet):
 )
 class CategoryViewSet(viewsets.ModelViewSet):
     # IsAuthenticatedOrReadOnly is implied; named so the schema shows reads as public.
-    permission_classes = [IsAuthenticatedOrReadOnly, IsStaffOrReadOnly]
+    permission_classes = [IsAuthenticatedOrReadOnly, IsStaffOrReadOnly, ModelPermissionsOrReadOnly]
     serializer_class = CategorySerializer
     pagination_class = None
     parser_classes = [BoundedJSONParser]

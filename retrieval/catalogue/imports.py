@@ -138,6 +138,8 @@ def import_catalog(
                         job=job, claim=claim, catalog=catalog, rows=batch, problems=problems
                     )
                     batch = []
+                    # The admin's import page polls the job: problems show as they are found.
+                    ImportJob.objects.filter(pk=job.pk).update(problems=problems[:5000])
                     if progress is not None:
                         progress(job)
             if batch:
@@ -169,6 +171,11 @@ def import_catalog(
             job.refresh_from_db()
             return job
         job.save()
+    if job.status == ImportJob.Status.DONE and job.upload:
+        # The archive was read in full: its images are garments' files now. A failed import
+        # keeps it (the error may be worth a look, e.g. a truncated upload).
+        job.upload.delete(save=False)
+        ImportJob.objects.filter(pk=job.pk).update(upload="")
     if progress is not None:
         progress(job)
     return job
@@ -430,4 +437,28 @@ def import_progress(*, job: ImportJob) -> dict:
         "pending": counts.get(Garment.Status.PENDING, 0) + counts.get(Garment.Status.PROCESSING, 0),
         "percent": round(100.0 * done / total, 1) if total else (100.0 if job.finished_at else 0),
         "problems": len(job.problems),
+        "problem_list": [
+            {
+                "where": ", ".join(f"{k} {p[k]}" for k in ("row", "sku", "file") if p.get(k)),
+                "reason": p.get("reason", ""),
+            }
+            for p in job.problems[:200]
+        ],
+        "error": job.error,
+        "finished": job.finished_at is not None,
+        "new_categories": unknown_categories(job=job),
     }
+
+
+def unknown_categories(*, job: ImportJob) -> list[str]:
+    """Categories of the job's garments that the live model was not trained on: their garments
+    are searchable, but the model cannot predict them until it is retrained."""
+    from retrieval.selectors import active_model
+
+    model = active_model()
+    names = set(
+        Garment.objects.filter(import_job=job).values_list("category__name", flat=True).distinct()
+    )
+    if model is None:
+        return []
+    return sorted(names - set(model.classes))

@@ -138,14 +138,19 @@ def import_catalog(self, job_id: int) -> dict:
 def train_model(
     self, model_id: int, epochs: int | None = None, category_field: str = "category"
 ) -> dict:
-    """Train a model queued from the admin (its row exists, status training)."""
+    """Train a model queued from the admin (its row exists, status training), evaluate it
+    against the live model and activate it only when it is not worse (the decision and its
+    reason are stored on the model; staff may still activate it by hand)."""
+    from retrieval import evaluation
     from retrieval.models import FeatureModel
 
     model = FeatureModel.objects.get(pk=model_id)
     if model.status != FeatureModel.Status.TRAINING:
         return {"skipped": f"model {model.name} is {model.status}"}  # redelivered after the end
-    model = training.train_model(model=model, epochs=epochs, category_field=category_field)
-    return {"model": model.name, "val_accuracy": model.metrics.get("val_accuracy")}
+    decision = evaluation.train_and_promote(
+        model=model, epochs=epochs, category_field=category_field
+    )
+    return {"model": model.name, "activated": decision.activate, "reason": decision.reason}
 
 
 @shared_task(name="retrieval.tasks.reindex_model", bind=True, acks_late=True)

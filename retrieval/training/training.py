@@ -166,7 +166,7 @@ def train_model(
     seed: int = 0,
     activate: bool = True,
     model: FeatureModel | None = None,
-    progress=None,
+    progress: Callable[[dict], None] | None = None,
 ) -> FeatureModel:
     """Train the head on the catalogue's categories and register (and activate) a new model.
 

@@ -145,6 +145,13 @@ def test_evaluation_report_page_shows_tables_chart_and_downloads(staff):
     page = staff.get(f"/admin/retrieval/evaluationreport/{report.pk}/change/").content.decode()
     assert 'id="evaluation-table"' in page and 'id="evaluation-chart"' in page
     assert "Shirts" in page and "cc@10" in page
+    # Readable by a merchandiser (issue #16): plain column names with their explanation, the
+    # chart's axis and each bar's value, and a report is read, not saved.
+    assert "right category and colour in the top 10" in page
+    assert "the share with the photo&#x27;s category and its colour" in page
+    assert 'id="evaluation-chart-axis"' in page and ">100%</text>" in page
+    assert '<text class="value"' in page and ">0.80</text>" in page and ">0.60</text>" in page
+    assert 'name="_save"' not in page and 'name="_continue"' not in page
     as_json = staff.get(f"/admin/retrieval/evaluationreport/{report.pk}/download.json")
     assert as_json.json()["modes"]["fused"]["p@5"] == 0.5
     as_csv = staff.get(f"/admin/retrieval/evaluationreport/{report.pk}/download.csv")

@@ -43,7 +43,15 @@ def anon() -> APIClient:
 
 @pytest.fixture
 def staff(django_user_model) -> APIClient:
+    from django.contrib.auth.models import Permission
+
     user = django_user_model.objects.create_user("curator", password="pw-x", is_staff=True)
+    # Writes check the model permissions (DjangoModelPermissions): a curator holds them.
+    user.user_permissions.set(
+        Permission.objects.filter(
+            content_type__app_label="retrieval", content_type__model__in=["garment", "category"]
+        )
+    )
     return client_with_token(user)
 
 

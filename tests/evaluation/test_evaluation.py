@@ -127,6 +127,7 @@ def test_held_out_report_has_the_summary_keys(trained_catalogue, settings):
     for block in (*m["modes"].values(), *m["exact"].values()):
         assert set(block) == MODE_KEYS
         assert all(0.0 <= block[k] <= 1.0 for k in MODE_KEYS if k.startswith(("p@", "cc@")))
+    assert report.model is not None
     assert m["queries"] == len(report.model.split["test"]) and m["skipped"] == 0
 
 

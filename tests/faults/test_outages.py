@@ -9,6 +9,7 @@ tests/faults/test_worker_killed.py.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -24,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import redis
@@ -45,14 +47,16 @@ from tests.factories import CategoryFactory, jpeg_bytes
 
 pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
 
+T = TypeVar("T")
+
 # Generous: long enough for a loaded 2-core machine, short enough to report a hang.
 HANG_SECONDS = 60.0
 
 
-def within(seconds: float, call: Callable[[], object]) -> object:
+def within(seconds: float, call: Callable[[], T]) -> T:
     """``call()`` in another thread; fail (rather than hang the session) if it takes longer."""
 
-    def run() -> object:
+    def run() -> T:
         try:
             return call()
         finally:
@@ -111,13 +115,61 @@ def admin_upload(admin_client, *, sku: str, category: Category):
     )
 
 
+def candidate_model(*, like: FeatureModel) -> FeatureModel:
+    """A trained, inactive model to activate: the live model's head and knobs under a new name
+    (activating the live model itself is refused before any queueing: "already live")."""
+    return FeatureModel.objects.create(
+        name=f"{like.name}-candidate",
+        backbone=like.backbone,
+        backbone_dim=like.backbone_dim,
+        head_file=like.head_file,
+        classes=like.classes,
+        colour_variant=like.colour_variant,
+        colour_weight=like.colour_weight,
+        normalize_deep=like.normalize_deep,
+        metrics={"val_accuracy": like.metrics.get("val_accuracy")},
+        status=FeatureModel.Status.READY,
+    )
+
+
 def admin_activate(admin_client, *, model: FeatureModel):
-    """The FeatureModel list's "activate" action on one model, following its redirect."""
-    return admin_client.post(
+    """Staff activate ``model`` as the admin offers it (issue #16): the list's "activate"
+    action leads to the side-by-side confirmation page, whose "Yes, make it live" POST queues
+    the re-indexing; the final page (the list, with its message) after following redirects."""
+    action = admin_client.post(
         "/admin/retrieval/featuremodel/",
         {"action": "activate_selected", "_selected_action": [model.pk]},
-        follow=True,
     )
+    confirm_url = f"/admin/retrieval/featuremodel/{model.pk}/activate/"
+    assert (action.status_code, action["Location"]) == (302, confirm_url)
+    page = admin_client.get(confirm_url)
+    assert page.status_code == 200 and 'id="model-comparison"' in page.content.decode()
+    assert f"Yes, make {model.name} live" in page.content.decode()
+    return admin_client.post(confirm_url, follow=True)
+
+
+def queued_activations(*, queue: str) -> list[list]:
+    """The positional arguments of each ``reindex_model`` message waiting in ``queue`` (a Redis
+    list of Celery messages: JSON, the body base64-encoded JSON ``[args, kwargs, embed]``)."""
+    client = redis.Redis.from_url(str(settings.REDIS_URL))
+    found = []
+    for raw in client.lrange(queue, 0, -1):
+        message = json.loads(raw)
+        if message["headers"]["task"] == "retrieval.tasks.reindex_model":
+            found.append(json.loads(base64.b64decode(message["body"]))[0])
+    return found
+
+
+@pytest.fixture
+def unconsumed_training_queue(settings) -> Iterator[str]:
+    """Training tasks routed to a queue no worker consumes, so a test can see what was queued
+    (the session's worker would otherwise run the re-indexing); emptied afterwards."""
+    queue = "training-fault-test"
+    settings.TRAINING_QUEUE = queue
+    client = redis.Redis.from_url(str(settings.REDIS_URL))
+    client.delete(queue)
+    yield queue
+    client.delete(queue, f"_kombu.binding.{queue}")  # the list and kombu's route to it
 
 
 def api_upload(api: Client, *, sku: str, category: Category):
@@ -243,12 +295,14 @@ def test_training_asked_for_while_redis_is_down_waits_and_runs_once_it_is_back(
 
 @pytest.mark.slow
 def test_activate_and_evaluate_while_redis_is_down_say_so_and_change_nothing(
-    trained_catalogue, admin_client
+    trained_catalogue, admin_client, unconsumed_training_queue
 ):
-    """The admin's other background jobs: a clear message, no error page, nothing half-done."""
+    """The admin's other background jobs: a clear message, no error page, nothing half-done;
+    the activation, confirmed again once Redis is back, is queued (once)."""
     from retrieval.models import EvaluationReport
 
-    model = FeatureModel.objects.get(active=True)
+    live = FeatureModel.objects.get(active=True)
+    model = candidate_model(like=live)
     with redis_stopped():
         response = within(
             HANG_SECONDS,
@@ -264,8 +318,15 @@ def test_activate_and_evaluate_while_redis_is_down_say_so_and_change_nothing(
     report = EvaluationReport.objects.get()
     assert report.status == EvaluationReport.Status.FAILED
     assert "Redis (the task queue) was unavailable" in report.error
+    live.refresh_from_db()
     model.refresh_from_db()
-    assert model.active and model.status == FeatureModel.Status.READY
+    assert live.active and live.status == FeatureModel.Status.READY
+    assert not model.active and model.status == FeatureModel.Status.READY
+    assert queued_activations(queue=unconsumed_training_queue) == []
+
+    response = within(HANG_SECONDS, lambda: admin_activate(admin_client, model=model))
+    assert f"Re-indexing for {model.name}" in response.content.decode()
+    assert queued_activations(queue=unconsumed_training_queue) == [[model.pk]]
 
 
 @pytest.mark.slow
@@ -313,7 +374,7 @@ def redis_hung() -> Iterator[None]:
         assert wait_until(client.ping, timeout=HANG_SECONDS)
 
 
-def timed(call: Callable[[], object]) -> tuple[object, float]:
+def timed(call: Callable[[], T]) -> tuple[T, float]:
     """``call()``'s result and the seconds it took (failing past HANG_SECONDS)."""
     started = time.monotonic()
     result = within(HANG_SECONDS, call)
@@ -404,7 +465,7 @@ def test_uploads_and_training_while_redis_hangs_answer_in_bounded_time_and_run_o
 
 @pytest.mark.slow
 def test_activate_evaluate_and_search_while_redis_hangs_answer_in_bounded_time(
-    trained_catalogue, admin_client, client, settings
+    trained_catalogue, admin_client, client, settings, unconsumed_training_queue
 ):
     from retrieval.models import EvaluationReport
 
@@ -412,7 +473,8 @@ def test_activate_evaluate_and_search_while_redis_hangs_answer_in_bounded_time(
         **settings.REST_FRAMEWORK,
         "DEFAULT_THROTTLE_RATES": {"search": "30/min"},  # counted in Redis: must fail open
     }
-    model = FeatureModel.objects.get(active=True)
+    live = FeatureModel.objects.get(active=True)
+    model = candidate_model(like=live)
     garment = Garment.objects.filter(status=Garment.Status.READY).first()
     with garment.image.open("rb") as handle:
         photo = handle.read()
@@ -437,8 +499,16 @@ def test_activate_evaluate_and_search_while_redis_hangs_answer_in_bounded_time(
     report = EvaluationReport.objects.get()
     assert report.status == EvaluationReport.Status.FAILED
     assert "Redis (the task queue) was unavailable" in report.error
+    live.refresh_from_db()
     model.refresh_from_db()
-    assert model.active and model.status == FeatureModel.Status.READY
+    assert live.active and live.status == FeatureModel.Status.READY
+    assert not model.active and model.status == FeatureModel.Status.READY
+    # Nothing reached the hung server to run later: once it answers, the confirmation queues
+    # the activation, once.
+    assert queued_activations(queue=unconsumed_training_queue) == []
+    response = within(HANG_SECONDS, lambda: admin_activate(admin_client, model=model))
+    assert f"Re-indexing for {model.name}" in response.content.decode()
+    assert queued_activations(queue=unconsumed_training_queue) == [[model.pk]]
 
 
 # --------------------------------------------------------------------------- PostgreSQL restart

@@ -7,9 +7,10 @@ from fashionsite.celery import app
 
 def test_cnn_tasks_are_routed_to_the_features_queue_named_by_settings(settings):
     router = app.amqp.router
-    for name in ("index_garments", "reindex_model", "train_model"):
-        route = router.route({}, f"retrieval.tasks.{name}")
-        assert route["queue"].name == settings.FEATURES_QUEUE
+    route = router.route({}, "retrieval.tasks.index_garments")
+    assert route["queue"].name == settings.FEATURES_QUEUE
+    for name in ("reindex_model", "train_model"):  # their own queue: never ahead of indexing
+        assert router.route({}, f"retrieval.tasks.{name}")["queue"].name == "training"
     assert router.route({}, "retrieval.tasks.requeue_stuck")["queue"].name == "default"
     settings.FEATURES_QUEUE = "features-elsewhere"
     assert router.route({}, "retrieval.tasks.index_garments")["queue"].name == "features-elsewhere"

@@ -61,7 +61,7 @@ MAX_BACKOFF_SECONDS = 60.0
 # How often the embedded servers are checked.
 WATCH_SECONDS = 3.0
 # Processes restarted when they die (the import runs once).
-SUPERVISED = ("front", "web", "worker", "beat")
+SUPERVISED = ("front", "web", "worker", "trainer", "beat")
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -303,6 +303,13 @@ class Command(BaseCommand):
             Child("worker", [
                 python, "-m", "celery", "-A", "fashionsite", "worker",
                 "-Q", queues, "--concurrency", "1", "-n", "worker@%h", "--loglevel", "INFO",
+            ], env),
+            # Training and whole-catalogue re-indexing: their own worker, so new garments are
+            # indexed by the one above while a model trains.
+            Child("trainer", [
+                python, "-m", "celery", "-A", "fashionsite", "worker",
+                "-Q", settings.TRAINING_QUEUE, "--concurrency", "1", "-n", "trainer@%h",
+                "--loglevel", "INFO",
             ], env),
             Child("beat", [
                 python, "-m", "celery", "-A", "fashionsite", "beat", "--loglevel", "INFO",

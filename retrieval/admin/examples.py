@@ -1,5 +1,5 @@
 """Staff curation of example photos: labelled shoppers' photos that train the model and are
-never shown in the shop (issue #14). Imported from :mod:`retrieval.admin`.
+never shown in the shop (issue #14). One section of :mod:`retrieval.admin`.
 
 Their files are not public media (the site serves ``/media/garments/`` only): people's home
 photos are shown to staff with the view permission, through :meth:`ExamplePhotoAdmin.image_view`.
