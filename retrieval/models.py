@@ -65,6 +65,12 @@ def unique_slug(name: str, *, exclude_pk: int | None = None) -> str:
 class Garment(models.Model):
     """A product in the catalogue; its image becomes searchable once ``status`` is ready."""
 
+    # What staff write about a garment: the admin's form and the API's reads and writes list it.
+    DESCRIPTION_FIELDS = (
+        *("sku", "title", "description", "category", "colour"),
+        *("gender", "season", "usage", "year"),
+    )
+
     class Status(models.TextChoices):
         PENDING = "pending", "pending"
         PROCESSING = "processing", "processing"

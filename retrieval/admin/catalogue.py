@@ -86,15 +86,7 @@ class GarmentForm(forms.ModelForm):
     class Meta:
         model = Garment
         fields = (
-            "sku",
-            "title",
-            "description",
-            "category",
-            "colour",
-            "gender",
-            "season",
-            "usage",
-            "year",
+            *Garment.DESCRIPTION_FIELDS,
             "image",
         )
 

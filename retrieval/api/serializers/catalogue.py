@@ -92,15 +92,7 @@ class GarmentWriteSerializer(ChangesSomethingMixin, StrictModelSerializer):
     class Meta:
         model = Garment
         fields = [
-            "sku",
-            "title",
-            "description",
-            "category",
-            "colour",
-            "gender",
-            "season",
-            "usage",
-            "year",
+            *Garment.DESCRIPTION_FIELDS,
             "image",
             "attributes",
         ]

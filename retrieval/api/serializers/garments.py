@@ -90,15 +90,7 @@ class GarmentSerializer(StaffOnlyFieldsMixin, GarmentImageUrlMixin, serializers.
         model = Garment
         fields = [
             "id",
-            "sku",
-            "title",
-            "description",
-            "category",
-            "colour",
-            "gender",
-            "season",
-            "usage",
-            "year",
+            *Garment.DESCRIPTION_FIELDS,
             "image_url",
             "attributes",
             "status",
