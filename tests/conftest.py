@@ -9,6 +9,7 @@ import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -18,6 +19,16 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_ZIP = ROOT.parent / "shared" / "data" / "fashion-product-images-small.zip"
 # Screenshots of the browser tests (gitignored).
 OUTPUT = ROOT / "test-output"
+# The two screens every shopper-facing browser test runs on: a desktop and a phone.
+SCREENS: dict[str, dict[str, Any]] = {
+    "desktop": {"viewport": {"width": 1280, "height": 900}},
+    "phone": {
+        "viewport": {"width": 375, "height": 812},
+        "device_scale_factor": 2,
+        "is_mobile": True,
+        "has_touch": True,
+    },
+}
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",

@@ -9,7 +9,6 @@ counts follow. Screenshots go to test-output/."""
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import pytest
 from django.contrib.auth.models import AnonymousUser
@@ -18,7 +17,7 @@ from django.db.models import Count, QuerySet
 from retrieval import search
 from retrieval.models import Category, Garment
 from retrieval.selectors import visible_garments
-from tests.conftest import OUTPUT
+from tests.conftest import OUTPUT, SCREENS
 
 pytestmark = [
     pytest.mark.browser,
@@ -26,15 +25,6 @@ pytestmark = [
     pytest.mark.django_db(transaction=True),
 ]
 
-SCREENS: dict[str, dict[str, Any]] = {
-    "desktop": {"viewport": {"width": 1280, "height": 900}},
-    "phone": {
-        "viewport": {"width": 375, "height": 812},
-        "device_scale_factor": 2,
-        "is_mobile": True,
-        "has_touch": True,
-    },
-}
 # The filters, and the garment column each one reads (a category by its name, as shown).
 COLUMNS = {
     "gender": "gender",

@@ -7,30 +7,19 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
 
 import pytest
 from django.conf import settings
 from PIL import Image
 
 from retrieval.models import FeatureModel, Garment
-from tests.conftest import OUTPUT
+from tests.conftest import OUTPUT, SCREENS
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
     pytest.mark.django_db(transaction=True),
 ]
-
-SCREENS: dict[str, dict[str, Any]] = {
-    "desktop": {"viewport": {"width": 1280, "height": 900}},
-    "phone": {
-        "viewport": {"width": 375, "height": 812},
-        "device_scale_factor": 2,
-        "is_mobile": True,
-        "has_touch": True,
-    },
-}
 
 
 def open_page(browser, screen: str, **options):
