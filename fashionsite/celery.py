@@ -89,6 +89,10 @@ def _configure(sender: Celery, **_: object) -> None:
             "task": "retrieval.tasks.prune_media",
             "schedule": _cron(settings.RETRIEVAL_PRUNE_MEDIA_SCHEDULE),
         },
+        "prune-search-log": {
+            "task": "retrieval.tasks.prune_search_log",
+            "schedule": _cron(settings.RETRIEVAL_SEARCH_LOG_SCHEDULE),
+        },
     }
 
 

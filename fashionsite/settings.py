@@ -439,6 +439,16 @@ RETRIEVAL_QUERY_FLIP = env_bool("RETRIEVAL_QUERY_FLIP", False)
 # the rest; "none" = the paper's plain ranking by fused distance.
 RETRIEVAL_RERANK = env_str("RETRIEVAL_RERANK", "category")
 RETRIEVAL_RERANK_MIN_CONFIDENCE = env_float("RETRIEVAL_RERANK_MIN_CONFIDENCE", 0.0)
+# Search analytics (retrieval.analytics): every search by photo is recorded (after its
+# response) unless RETRIEVAL_SEARCH_LOG is off; kept RETRIEVAL_SEARCH_LOG_DAYS days, pruned
+# daily on RETRIEVAL_SEARCH_LOG_SCHEDULE. The shopper's photo is kept only with
+# RETRIEVAL_SEARCH_LOG_PHOTOS (privacy: off by default). A search whose predicted category's
+# probability is below RETRIEVAL_SEARCH_LOW_CONFIDENCE counts as low-confidence.
+RETRIEVAL_SEARCH_LOG = env_bool("RETRIEVAL_SEARCH_LOG", True)
+RETRIEVAL_SEARCH_LOG_DAYS = env_int("RETRIEVAL_SEARCH_LOG_DAYS", 90)
+RETRIEVAL_SEARCH_LOG_PHOTOS = env_bool("RETRIEVAL_SEARCH_LOG_PHOTOS", False)
+RETRIEVAL_SEARCH_LOG_SCHEDULE = env_str("RETRIEVAL_SEARCH_LOG_SCHEDULE", "45 4 * * *")
+RETRIEVAL_SEARCH_LOW_CONFIDENCE = env_float("RETRIEVAL_SEARCH_LOW_CONFIDENCE", 0.5)
 DATA_UPLOAD_MAX_MEMORY_SIZE = RETRIEVAL_MAX_UPLOAD_BYTES + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 

@@ -9,13 +9,14 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.http import HttpResponse, HttpResponseNotAllowed, JsonResponse
 from django.shortcuts import redirect
-from django.urls import path
+from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from retrieval import catalogue, evaluation, indexing, training
+from retrieval.catalogue import duplicates
 from retrieval.jobs import publishing
 from retrieval.models import (
     BackboneFeature,
@@ -26,6 +27,8 @@ from retrieval.models import (
     Garment,
     GarmentFeature,
     ImportJob,
+    NearDuplicate,
+    SearchLog,
 )
 
 
@@ -107,6 +110,12 @@ class UploadAdminMixin:
 
 
 class GarmentForm(forms.ModelForm):
+    allow_duplicate = forms.BooleanField(
+        required=False,
+        label="Save even if another garment has this photo",
+        help_text="A photo with the same pixels as another garment's is refused otherwise.",
+    )
+
     class Meta:
         model = Garment
         fields = ("sku", "title", "description", "category", "colour", "image", "attributes")
@@ -117,17 +126,114 @@ class GarmentForm(forms.ModelForm):
             catalogue.validate_upload(upload=upload)
         return upload
 
+    def clean(self):
+        cleaned = super().clean()
+        upload = cleaned.get("image")
+        if (
+            upload
+            and "image" in self.changed_data
+            and "image" not in self.errors
+            and not cleaned.get("allow_duplicate")
+        ):
+            try:
+                duplicates.read_and_check_upload(
+                    upload=upload,
+                    garment=self.instance if self.instance.pk else None,
+                    allow_duplicate=False,
+                )
+            except catalogue.DuplicateImage as exc:
+                found = exc.duplicate
+                url = reverse("admin:retrieval_garment_change", args=[found.garment_id])
+                self.add_error(
+                    "image",
+                    forms.ValidationError(
+                        format_html(
+                            "Another garment already has this photo (the same pixels): "
+                            '<a href="{}">{} {}</a>. Tick "{}" to save it anyway.',
+                            url,
+                            found.sku,
+                            found.title,
+                            self.fields["allow_duplicate"].label,
+                        ),
+                        code="duplicate_image",
+                    ),
+                )
+        return cleaned
+
+
+class PossibleDuplicateFilter(admin.SimpleListFilter):
+    """Garments with a near-duplicate flag to review, or merged into a product group."""
+
+    title = "duplicates"
+    parameter_name = "duplicate"
+
+    def lookups(self, request, model_admin):
+        return (("open", "possible duplicate (to review)"), ("merged", "merged with another"))
+
+    def queryset(self, request, queryset):
+        if self.value() == "open":
+            flagged = NearDuplicate.objects.filter(status=NearDuplicate.Status.OPEN)
+            return queryset.filter(
+                Q(pk__in=flagged.values("garment_id")) | Q(pk__in=flagged.values("original_id"))
+            )
+        if self.value() == "merged":
+            return queryset.filter(product_group__isnull=False)
+        return queryset
+
+
+class GarmentDuplicatesMixin:
+    """The garment's change page names its possible duplicates, with a link to review each."""
+
+    @admin.display(description="possible duplicate of")
+    def possible_duplicates(self, obj: Garment) -> str:
+        if obj.pk is None:
+            return "-"
+        flags = catalogue.open_flags(garment=obj)
+        lines = []
+        for flag in flags:
+            other = flag.original if flag.garment_id == obj.pk else flag.garment
+            lines.append(
+                (
+                    reverse("admin:retrieval_garment_change", args=[other.pk]),
+                    f"{other.sku} {other.title}",
+                    reverse("admin:retrieval_nearduplicate_review", args=[flag.pk]),
+                )
+            )
+        merged = ""
+        if obj.product_group is not None:
+            count = Garment.objects.filter(product_group=obj.product_group).count()
+            merged = format_html(
+                '<div>Same product as {} other garment(s): <a href="{}?duplicate=merged">'
+                "see them</a></div>",
+                count - 1,
+                reverse("admin:retrieval_garment_changelist"),
+            )
+        if not lines:
+            return merged or "none"
+        return format_html(
+            "{}{}",
+            format_html_join(
+                "",
+                '<div><a href="{}">{}</a> (<a href="{}">review side by side</a>)</div>',
+                lines,
+            ),
+            merged,
+        )
+
 
 @admin.register(Garment)
-class GarmentAdmin(UploadAdminMixin, admin.ModelAdmin):
+class GarmentAdmin(GarmentDuplicatesMixin, UploadAdminMixin, admin.ModelAdmin):
     form = GarmentForm
     action_form = CategoryActionForm
     list_display = ("thumbnail", "sku", "title", "category", "colour", "status_badge", "updated_at")
     list_display_links = ("thumbnail", "sku")
-    list_filter = ("status", "category")
+    list_filter = ("status", "category", PossibleDuplicateFilter)
     search_fields = ("sku", "title", "colour")
     list_select_related = ("category",)
-    readonly_fields = ("status", "error", "created_at", "updated_at", "preview")
+    readonly_fields = (
+        *("status", "error", "created_at", "updated_at", "preview"),
+        "possible_duplicates",
+    )
     list_per_page = 50
     actions = ("reindex_selected", "move_to_category")
 
@@ -497,3 +603,272 @@ class ImportJobAdmin(UploadAdminMixin, admin.ModelAdmin):
         if job is None:
             return JsonResponse({"error": "no such import"}, status=404)
         return JsonResponse(catalogue.import_progress(job=job))
+
+
+# --------------------------------------------------------------------------- duplicates
+
+
+@admin.register(NearDuplicate)
+class NearDuplicateAdmin(admin.ModelAdmin):
+    """Possible duplicate photos (flagged by indexing), each reviewed side by side."""
+
+    list_display = (
+        *("review_link", "garment", "original", "status", "phash_distance"),
+        *("fused_distance", "created_at"),
+    )
+    list_filter = ("status",)
+    list_select_related = ("garment", "original")
+    search_fields = ("garment__sku", "original__sku", "garment__title", "original__title")
+    readonly_fields = (
+        *("garment", "original", "phash_distance", "fused_distance", "status"),
+        *("created_at", "reviewed_at", "reviewed_by"),
+    )
+
+    def has_add_permission(self, request) -> bool:
+        return False  # flags come from indexing
+
+    @admin.display(description="review")
+    def review_link(self, obj: NearDuplicate) -> str:
+        url = reverse("admin:retrieval_nearduplicate_review", args=[obj.pk])
+        return format_html('<a href="{}">review side by side</a>', url)
+
+    def get_urls(self):
+        extra = [
+            path(
+                "<int:flag_id>/review/",
+                self.admin_site.admin_view(self.review_view),
+                name="retrieval_nearduplicate_review",
+            )
+        ]
+        return extra + super().get_urls()
+
+    def review_view(self, request, flag_id: int):
+        """The two photos and their facts side by side; POST ``decision`` = same | different
+        (needs the change permission on possible duplicates)."""
+        from django.core.exceptions import PermissionDenied
+        from django.shortcuts import get_object_or_404
+        from django.template.response import TemplateResponse
+
+        flag = get_object_or_404(
+            NearDuplicate.objects.select_related(
+                "garment__category", "original__category", "reviewed_by"
+            ),
+            pk=flag_id,
+        )
+        if not self.has_view_or_change_permission(request, flag):
+            raise PermissionDenied
+        if request.method == "POST":
+            if not self.has_change_permission(request, flag):
+                raise PermissionDenied
+            decision = request.POST.get("decision")
+            if decision == "same":
+                catalogue.merge_same_product(flag=flag, user=request.user)
+                self.message_user(
+                    request,
+                    f"Merged: {flag.garment.sku} and {flag.original.sku} are one product; "
+                    "search shows only the better match of the two.",
+                    messages.SUCCESS,
+                )
+            elif decision == "different":
+                catalogue.mark_different_products(flag=flag, user=request.user)
+                self.message_user(
+                    request,
+                    f"Kept apart: {flag.garment.sku} and {flag.original.sku} are different "
+                    "products; they will not be flagged again.",
+                    messages.SUCCESS,
+                )
+            else:
+                self.message_user(request, "Choose same product or different.", messages.ERROR)
+                return redirect("admin:retrieval_nearduplicate_review", flag_id)
+            following = (
+                NearDuplicate.objects.filter(status=NearDuplicate.Status.OPEN)
+                .order_by("-created_at", "-id")
+                .values_list("pk", flat=True)
+                .first()
+            )
+            if following is not None:
+                return redirect("admin:retrieval_nearduplicate_review", following)
+            return redirect("admin:retrieval_nearduplicate_changelist")
+        facts = []
+        for label, attr in (
+            ("SKU", "sku"),
+            ("Title", "title"),
+            ("Category", "category"),
+            ("Colour", "colour"),
+            ("Status", "status"),
+            ("Added", "created_at"),
+        ):
+            facts.append((label, getattr(flag.garment, attr), getattr(flag.original, attr)))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": f"Possible duplicate: {flag.garment.sku} and {flag.original.sku}",
+            "flag": flag,
+            "pair": (flag.original, flag.garment),
+            "facts": facts,
+            "can_decide": self.has_change_permission(request, flag),
+        }
+        return TemplateResponse(request, "admin/retrieval/nearduplicate/review.html", context)
+
+
+# --------------------------------------------------------------------------- search analytics
+
+
+class DashboardPeriodForm(forms.Form):
+    start = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    end = forms.DateField(
+        required=False,
+        widget=forms.DateInput(attrs={"type": "date"}),
+        help_text="Inclusive.",
+    )
+
+    def clean(self):
+        cleaned = super().clean()
+        start, end = cleaned.get("start"), cleaned.get("end")
+        if start and end and start > end:
+            raise forms.ValidationError("The start is after the end.")
+        if start and end and (end - start).days > 3660:
+            raise forms.ValidationError("Choose at most ten years.")
+        return cleaned
+
+
+def _bars(values: list[float], *, width: int, height: int) -> list[dict]:
+    """SVG bars for ``values`` side by side in a ``width`` x ``height`` box (y grows down)."""
+    top = max(values, default=0) or 1
+    step = width / max(1, len(values))
+    bars = []
+    for i, value in enumerate(values):
+        h = round(height * (value or 0) / top, 1)
+        bars.append(
+            {"x": round(i * step, 1), "w": max(1.0, round(step * 0.8, 1)), "y": height - h,
+             "h": h, "value": value}
+        )  # fmt: skip
+    return bars
+
+
+def dashboard_context(stats) -> dict:
+    """Charts (inline SVG, no CDN) and tables of the search dashboard."""
+    width, height = 720, 160
+    days = stats.per_day
+    latency_top = max((d.latency_p95_ms or 0 for d in days), default=0) or 1
+    step = width / max(1, len(days))
+
+    def line(values: list[float | None]) -> str:
+        """SVG polyline points of a value per day (days without searches left out)."""
+        return " ".join(
+            f"{round(i * step + step * 0.4, 1)},{round(height - height * v / latency_top, 1)}"
+            for i, v in enumerate(values)
+            if v is not None
+        )
+
+    p50_points = line([d.latency_p50_ms for d in days])
+    p95_points = line([d.latency_p95_ms for d in days])
+    day_bars = _bars([d.searches for d in days], width=width, height=height)
+    for bar, day in zip(day_bars, days, strict=True):
+        bar["label"] = day.day.isoformat()
+    hour_bars = _bars(stats.per_hour, width=width, height=height)
+    for hour, bar in enumerate(hour_bars):
+        bar["label"] = f"{hour:02d}:00"
+    top_cat = max((c.searches for c in stats.top_categories), default=0) or 1
+    categories = [
+        {"name": c.category or "(no prediction)", "searches": c.searches, "share": c.share,
+         "w": round(400 * c.searches / top_cat, 1)}
+        for c in stats.top_categories
+    ]  # fmt: skip
+    return {
+        "stats": stats,
+        "chart_w": width,
+        "chart_h": height,
+        "day_bars": day_bars,
+        "day_first": days[0].day if days else None,
+        "day_last": days[-1].day if days else None,
+        "day_max": max((d.searches for d in days), default=0),
+        "hour_bars": hour_bars,
+        "hour_max": max(stats.per_hour, default=0),
+        "latency_max": round(latency_top, 1),
+        "p50_points": p50_points,
+        "p95_points": p95_points,
+        "categories": categories,
+        "ctr_rows": [(k, v) for k, v in stats.ctr.items()],
+    }
+
+
+@admin.register(SearchLog)
+class SearchLogAdmin(admin.ModelAdmin):
+    """Recorded searches by photo (read-only) and the search dashboard."""
+
+    list_display = (
+        *("created_at", "channel", "mode", "top", "latency_ms", "predicted_category"),
+        *("confidence", "clicks", "first_click_rank"),
+    )
+    list_filter = ("channel", "mode")
+    date_hierarchy = "created_at"
+    readonly_fields = (
+        *("id", "created_at", "channel", "mode", "top", "filters", "latency_ms"),
+        *("garment_ids", "predicted_category", "confidence", "model", "photo", "clicks"),
+        "first_click_rank",
+    )
+    change_list_template = "admin/retrieval/searchlog/change_list.html"
+    show_full_result_count = False  # no COUNT(*) of a million rows per page
+
+    def has_add_permission(self, request) -> bool:
+        return False  # written by searches
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # a record of what happened
+
+    def get_urls(self):
+        extra = [
+            path(
+                "dashboard/",
+                self.admin_site.admin_view(self.dashboard_view),
+                name="retrieval_searchlog_dashboard",
+            )
+        ]
+        return extra + super().get_urls()
+
+    def dashboard_view(self, request):
+        """Searches per day and hour, latency, predicted categories, confidence, click-through
+        and the slowest searches over a date range (default: the last 30 days); ``?format=csv``
+        downloads the same numbers."""
+        import datetime as dt
+
+        from django.core.exceptions import PermissionDenied
+        from django.template.response import TemplateResponse
+        from django.utils import timezone
+
+        from retrieval import analytics
+
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        form = DashboardPeriodForm(request.GET or None)
+        start, end = analytics.period(days=30)
+        if form.is_bound and form.is_valid():
+            zone = timezone.get_current_timezone()
+            if form.cleaned_data.get("start"):
+                start = dt.datetime.combine(form.cleaned_data["start"], dt.time(), tzinfo=zone)
+            if form.cleaned_data.get("end"):
+                end = dt.datetime.combine(
+                    form.cleaned_data["end"] + dt.timedelta(days=1), dt.time(), tzinfo=zone
+                )
+            if start >= end:
+                start = end - dt.timedelta(days=1)
+        stats = analytics.search_stats(start=start, end=end)
+        if request.GET.get("format") == "csv":
+            response = HttpResponse(analytics.stats_csv(stats), content_type="text/csv")
+            name = f"searches-{timezone.localtime(start):%Y%m%d}-{timezone.localtime(end):%Y%m%d}"
+            response["Content-Disposition"] = f'attachment; filename="{name}.csv"'
+            return response
+        query = request.GET.copy()
+        query["format"] = "csv"
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Search by photo: dashboard",
+            "form": form,
+            "csv_query": query.urlencode(),
+            "period_start": timezone.localtime(start),
+            "period_end": timezone.localtime(end - dt.timedelta(microseconds=1)),
+            **dashboard_context(stats),
+        }
+        return TemplateResponse(request, "admin/retrieval/searchlog/dashboard.html", context)

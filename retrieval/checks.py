@@ -14,6 +14,7 @@ Two kinds of bad configuration, two places:
   ``retrieval.E003``        ``RETRIEVAL_PRECISION`` is not auto or a precision
   ``retrieval.E004``        ``RETRIEVAL_RERANK`` is not a re-rank mode
   ``retrieval.E005``        ``RETRIEVAL_SEARCH_THROTTLE`` is not N/unit (or off)
+  ``retrieval.E008``        ``RETRIEVAL_SEARCH_LOW_CONFIDENCE`` is not from 0 to 1
   ``retrieval.E006``        an integer setting is below its minimum (:data:`MINIMUMS`)
   ``retrieval.E007``        a cron schedule is not five valid fields
   ========================  ===========================================================
@@ -52,10 +53,15 @@ MINIMUMS: dict[str, int] = {
     "RETRIEVAL_MAX_UPLOAD_BYTES": 1,
     "RETRIEVAL_MAX_PIXELS": 1,
     "RETRIEVAL_MAX_IMPORT_BYTES": 1,
+    "RETRIEVAL_SEARCH_LOG_DAYS": 1,
 }
 
 #: Cron expressions (minute hour day-of-month month day-of-week) beat runs tasks on.
-SCHEDULES: tuple[str, ...] = ("RETRIEVAL_KMEANS_SCHEDULE", "RETRIEVAL_PRUNE_MEDIA_SCHEDULE")
+SCHEDULES: tuple[str, ...] = (
+    "RETRIEVAL_KMEANS_SCHEDULE",
+    "RETRIEVAL_PRUNE_MEDIA_SCHEDULE",
+    "RETRIEVAL_SEARCH_LOG_SCHEDULE",
+)
 
 _CHOICES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("RETRIEVAL_BACKBONE", spec.BACKBONE_CHOICES, "retrieval.E001"),
@@ -149,6 +155,20 @@ def check_schedules(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
                 )
             )
     return errors
+
+
+@checks.register(TAG)
+def check_low_confidence(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    """retrieval.E008: RETRIEVAL_SEARCH_LOW_CONFIDENCE is a probability (0..1)."""
+    value = settings.RETRIEVAL_SEARCH_LOW_CONFIDENCE
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        return [
+            checks.Error(
+                f"RETRIEVAL_SEARCH_LOW_CONFIDENCE={value!r} must be a number from 0 to 1.",
+                id="retrieval.E008",
+            )
+        ]
+    return []
 
 
 def exit_on_errors() -> None:

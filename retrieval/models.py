@@ -87,12 +87,31 @@ class Garment(models.Model):
     import_job = models.ForeignKey(
         "ImportJob", null=True, blank=True, on_delete=models.SET_NULL, related_name="garments"
     )
+    # Fingerprints of the uploaded image's decoded pixels (retrieval.images): the exact one
+    # refuses a second garment with the same pixels, the perceptual one (a signed 64-bit
+    # pHash) confirms near-duplicates found by vector distance (retrieval.search.duplicates).
+    pixel_hash = models.CharField(max_length=64, blank=True, editable=False)
+    phash = models.BigIntegerField(null=True, blank=True, editable=False)
+    # Garments staff confirmed as one product share this: the smallest id of the group.
+    # Search shows one garment per group (the best-scored one).
+    product_group = models.BigIntegerField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [
+            # Exact-duplicate lookups on every upload and import row (no scan at 1M rows).
+            models.Index(
+                fields=["pixel_hash"],
+                name="retrieval_garment_pixels_idx",
+                condition=~Q(pixel_hash=""),
+            ),
+            models.Index(
+                fields=["product_group"],
+                name="retrieval_garment_group_idx",
+                condition=Q(product_group__isnull=False),
+            ),
             models.Index(fields=["category", "status"]),
             models.Index(fields=["status", "updated_at"]),
             # By stored file name: before a replaced or deleted garment's file is deleted, a
@@ -368,3 +387,108 @@ class ImportJob(models.Model):
 
     def __str__(self) -> str:
         return f"import {self.pk} of {self.source}"
+
+
+class NearDuplicate(models.Model):
+    """A garment whose photo looks like an older garment's (resized, re-compressed, lightly
+    cropped or brightened): flagged by indexing (retrieval.search.duplicates), reviewed by
+    staff. "Same product" merges the two into one product group (search shows one of them);
+    "different products" keeps both and the pair is never flagged again."""
+
+    class Status(models.TextChoices):
+        OPEN = "open", "to review"
+        SAME = "same", "same product"
+        DIFFERENT = "different", "different products"
+
+    garment = models.ForeignKey(Garment, on_delete=models.CASCADE, related_name="duplicate_flags")
+    original = models.ForeignKey(Garment, on_delete=models.CASCADE, related_name="+")
+    phash_distance = models.PositiveSmallIntegerField(
+        help_text="Bits that differ between the two perceptual hashes (of 64)."
+    )
+    fused_distance = models.FloatField(help_text="L2 distance of the two fused vectors.")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    created_at = models.DateTimeField(auto_now_add=True)
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "possible duplicate"
+        constraints = [
+            models.UniqueConstraint(fields=["garment", "original"], name="one_flag_per_pair"),
+            models.CheckConstraint(
+                condition=~Q(garment=models.F("original")), name="flag_two_garments"
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "-created_at"], name="retrieval_neardup_open")]
+
+    def __str__(self) -> str:
+        return f"garment {self.garment_id} possibly duplicates {self.original_id}"
+
+
+class SearchLog(models.Model):
+    """One search by photo (shop or API), for the search analytics (retrieval.analytics).
+
+    Nothing identifying the shopper is kept (no user, IP or session): the access log already
+    has what the operator chose to keep. The photo itself only with RETRIEVAL_SEARCH_LOG_PHOTOS.
+    The id is made when the search runs (a UUID) so the answer can name it before the row is
+    written (after the response); clicks on the results name it back.
+    """
+
+    class Channel(models.TextChoices):
+        WEB = "web", "shop"
+        API = "api", "API"
+
+    id = models.UUIDField(primary_key=True, editable=False)
+    created_at = models.DateTimeField()
+    channel = models.CharField(max_length=3, choices=Channel.choices)
+    mode = models.CharField(max_length=8)
+    top = models.PositiveSmallIntegerField()
+    filters = models.JSONField(default=dict, blank=True, help_text='e.g. {"category": slug}')
+    latency_ms = models.FloatField(help_text="Server time of the search itself.")
+    garment_ids = ArrayField(models.IntegerField(), default=list, help_text="In rank order.")
+    predicted_category = models.CharField(max_length=100, blank=True)
+    confidence = models.FloatField(null=True, blank=True)
+    model = models.CharField(max_length=100, blank=True)
+    photo = models.CharField(max_length=255, blank=True, help_text="Kept query photo, if any.")
+    clicks = models.PositiveSmallIntegerField(default=0)
+    first_click_rank = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="Best (lowest) rank clicked; empty: no click."
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "search by photo"
+        verbose_name_plural = "searches by photo"
+        indexes = [
+            # The dashboard reads a date range: an index-only scan of these columns (1M rows).
+            models.Index(
+                fields=["created_at"],
+                name="retrieval_searchlog_time",
+                include=["latency_ms", "confidence", "first_click_rank", "predicted_category"],
+            ),
+            models.Index(fields=["-latency_ms"], name="retrieval_searchlog_slow"),
+        ]
+
+    def __str__(self) -> str:
+        return f"search {self.id} ({self.created_at:%Y-%m-%d %H:%M})"
+
+
+class SearchClick(models.Model):
+    """A shopper opened a result of a search (the shop's result link, or an API garment read
+    naming the search): one row per (search, garment), ``rank`` 1-based."""
+
+    search = models.ForeignKey(SearchLog, on_delete=models.CASCADE, related_name="click_rows")
+    garment_id = models.IntegerField()
+    rank = models.PositiveSmallIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["search", "garment_id"], name="one_click_per_result")
+        ]
+
+    def __str__(self) -> str:
+        return f"click on rank {self.rank} of search {self.search_id}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import uuid
 
 from django.conf import settings
 from django.db import models
@@ -21,7 +22,7 @@ from rest_framework import serializers
 from rest_framework import status as http_status
 from rest_framework.exceptions import APIException
 
-from retrieval import catalogue, search
+from retrieval import catalogue, images, search
 from retrieval.images import ImageError
 from retrieval.models import Category, Garment
 from retrieval.spec import SHOPPER_MODES, TOPS
@@ -48,6 +49,21 @@ class ImageTooLarge(APIException):
     status_code = http_status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     default_code = "image_too_large"
     default_detail = "image too large"
+
+
+class DuplicateImageConflict(APIException):
+    """The photo's pixels are another garment's (``duplicate_of``); send
+    ``allow_duplicate=true`` to save it anyway."""
+
+    status_code = http_status.HTTP_409_CONFLICT
+    default_code = "duplicate_image"
+    default_detail = "another garment already has this photo"
+
+    def __init__(self, duplicate: catalogue.ExactDuplicate) -> None:
+        self.duplicate_of = duplicate.garment_id
+        super().__init__(
+            f"{duplicate.message}; send allow_duplicate=true to save it anyway",
+        )
 
 
 def image_problem(error: ImageError, *, message: str | None = None) -> APIException:
@@ -260,12 +276,42 @@ class GarmentImageUrlMixin(serializers.Serializer):
 
 
 class GarmentSerializer(GarmentImageUrlMixin, serializers.ModelSerializer):
-    """A garment as shoppers and apps see it."""
+    """A garment as shoppers and apps see it (staff also see its duplicate flags)."""
 
     category = CategoryBriefSerializer(read_only=True)
     attributes = serializers.DictField(
         read_only=True, help_text="Extra catalogue fields (gender, season, usage, ...)."
     )
+    possible_duplicate_of = serializers.SerializerMethodField(
+        help_text="Staff only: ids of garments whose photo looks like this one's (near-duplicate "
+        "flags still to review in the admin)."
+    )
+    same_product_as = serializers.SerializerMethodField(
+        help_text="Staff only: the product group (smallest garment id) staff merged this "
+        "garment into as the same product, or null."
+    )
+
+    STAFF_ONLY = ("possible_duplicate_of", "same_product_as")
+
+    @extend_schema_field(serializers.ListField(child=serializers.IntegerField()))
+    def get_possible_duplicate_of(self, garment: Garment) -> list[int]:
+        ids = getattr(garment, "open_duplicate_ids", None)  # annotated by the staff queryset
+        if ids is None:
+            ids = [f.original_id if f.garment_id == garment.pk else f.garment_id
+                   for f in catalogue.open_flags(garment=garment)]  # fmt: skip
+        return sorted(set(ids))
+
+    @extend_schema_field(serializers.IntegerField(allow_null=True))
+    def get_same_product_as(self, garment: Garment) -> int | None:
+        return garment.product_group
+
+    def to_representation(self, instance: Garment) -> dict:
+        data = super().to_representation(instance)
+        request = self.context.get("request")
+        if request is None or not request.user.is_staff:
+            for name in self.STAFF_ONLY:
+                data.pop(name, None)
+        return data
 
     class Meta:
         model = Garment
@@ -280,6 +326,8 @@ class GarmentSerializer(GarmentImageUrlMixin, serializers.ModelSerializer):
             "attributes",
             "status",
             "error",
+            "possible_duplicate_of",
+            "same_product_as",
             "created_at",
             "updated_at",
         ]
@@ -298,19 +346,41 @@ class GarmentWriteSerializer(ChangesSomethingMixin, StrictModelSerializer):
     attributes = serializers.DictField(
         required=False, help_text="Extra catalogue fields (a JSON object)."
     )
+    allow_duplicate = serializers.BooleanField(
+        write_only=True,
+        required=False,
+        default=False,
+        help_text="Save the image even if another garment has the same pixels (otherwise "
+        "409 duplicate_image, naming that garment in duplicate_of).",
+    )
 
     class Meta:
         model = Garment
-        fields = ["sku", "title", "description", "category", "colour", "image", "attributes"]
+        fields = [
+            *("sku", "title", "description", "category", "colour", "image", "attributes"),
+            "allow_duplicate",
+        ]
 
     def validate_image(self, upload):
         try:
-            catalogue.decode_upload(catalogue.read_upload(upload), name=upload.name)
+            image = catalogue.decode_upload(catalogue.read_upload(upload), name=upload.name)
         except ImageError as exc:
             raise image_problem(exc, message=str(exc)) from None
         finally:
             upload.seek(0)
+        self._pixel_digest = images.pixel_digest(image)
         return upload
+
+    def validate(self, attrs: dict) -> dict:
+        allow = attrs.pop("allow_duplicate", False)
+        if "image" in attrs and not allow:
+            found = catalogue.exact_duplicate(
+                digest=self._pixel_digest,
+                exclude_pk=self.instance.pk if self.instance is not None else None,
+            )
+            if found is not None:
+                raise DuplicateImageConflict(found)
+        return super().validate(attrs)
 
     def create(self, validated_data: dict) -> Garment:
         garment = Garment(**validated_data)
@@ -450,9 +520,17 @@ class SearchResponseSerializer(serializers.Serializer):
     mode = serializers.ChoiceField(choices=SHOPPER_MODES)
     top = serializers.IntegerField()
     took_ms = serializers.FloatField(help_text="Server time for the search, in milliseconds.")
+    search_id = serializers.UUIDField(
+        allow_null=True,
+        help_text="This search's id in the search analytics (null when not recorded): send it "
+        "as `search_id` when reading a result (GET /api/v1/garments/{id}/?search_id=...) so the "
+        "click counts towards click-through.",
+    )
 
     @staticmethod
-    def present(result: search.SearchResult, hits: list, *, top: int) -> dict:
+    def present(
+        result: search.SearchResult, hits: list, *, top: int, search_id: uuid.UUID | None = None
+    ) -> dict:
         """The response body of a search: ``hits`` are its (garment, score) pairs to show."""
         garments = []
         for garment, score in hits:
@@ -465,11 +543,88 @@ class SearchResponseSerializer(serializers.Serializer):
             "mode": result.mode,
             "top": top,
             "took_ms": round(result.took_ms, 2),
+            "search_id": search_id,
         }
 
 
 class SimilarQuerySerializer(NoBlankValuesMixin, SearchOptionsSerializer):
     """Query parameters of "more like this"."""
+
+
+class GarmentReadQuerySerializer(NoBlankValuesMixin, serializers.Serializer):
+    """Query parameters of one garment's read."""
+
+    search_id = serializers.UUIDField(
+        required=False,
+        help_text="The search whose result list the client opened this garment from (its "
+        "`search_id`): recorded as a click for the search analytics.",
+    )
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+class StatsQuerySerializer(NoBlankValuesMixin, serializers.Serializer):
+    days = serializers.IntegerField(
+        min_value=1, max_value=366, default=30, help_text="The last N days, today included."
+    )
+
+
+class DayCountSerializer(serializers.Serializer):
+    day = serializers.DateField()
+    searches = serializers.IntegerField()
+    latency_p50_ms = serializers.FloatField(allow_null=True)
+    latency_p95_ms = serializers.FloatField(allow_null=True)
+
+
+class CategoryCountSerializer(serializers.Serializer):
+    category = serializers.CharField(help_text="The predicted category (empty: no prediction).")
+    searches = serializers.IntegerField()
+    share = serializers.FloatField()
+
+
+class RankClicksSerializer(serializers.Serializer):
+    rank = serializers.IntegerField()
+    clicks = serializers.IntegerField()
+    ctr = serializers.FloatField(help_text="Clicks at this rank / searches.")
+
+
+class SlowSearchSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    created_at = serializers.DateTimeField()
+    channel = serializers.CharField()
+    mode = serializers.CharField()
+    latency_ms = serializers.FloatField()
+    predicted_category = serializers.CharField()
+
+
+class CtrSerializer(serializers.Serializer):
+    at_1 = serializers.FloatField()
+    at_5 = serializers.FloatField()
+    at_10 = serializers.FloatField()
+
+
+class SearchStatsSerializer(serializers.Serializer):
+    """The admin dashboard's numbers (retrieval.analytics.search_stats)."""
+
+    start = serializers.DateTimeField()
+    end = serializers.DateTimeField()
+    searches = serializers.IntegerField()
+    latency_p50_ms = serializers.FloatField(allow_null=True)
+    latency_p95_ms = serializers.FloatField(allow_null=True)
+    low_confidence_threshold = serializers.FloatField()
+    low_confidence = serializers.IntegerField()
+    low_confidence_share = serializers.FloatField()
+    ctr = CtrSerializer(help_text="Share of searches with a click on one of the first k results.")
+    without_click = serializers.IntegerField()
+    without_click_share = serializers.FloatField()
+    per_day = DayCountSerializer(many=True)
+    per_hour = serializers.ListField(
+        child=serializers.IntegerField(), help_text="24 counts, hour 0 first (local time)."
+    )
+    top_categories = CategoryCountSerializer(many=True)
+    clicks_per_rank = RankClicksSerializer(many=True)
+    slowest = SlowSearchSerializer(many=True)
 
 
 # --------------------------------------------------------------------------- errors (schema)

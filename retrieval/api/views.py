@@ -32,31 +32,42 @@ from rest_framework.permissions import (
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from retrieval import catalogue, search
+from retrieval import analytics, catalogue, search
 from retrieval.api.errors import STORAGE_ERROR, NotIndexed, Protected, StorageUnavailable, errors
 from retrieval.api.pagination import ApiPagination
 from retrieval.api.serializers import (
     CategorySerializer,
     GarmentFilterSerializer,
+    GarmentReadQuerySerializer,
     GarmentSerializer,
     GarmentWriteSerializer,
     SearchBase64Serializer,
     SearchResponseSerializer,
+    SearchStatsSerializer,
     SearchUploadSerializer,
     SimilarQuerySerializer,
+    StatsQuerySerializer,
 )
 from retrieval.http.throttle import SearchRateThrottle
-from retrieval.models import Category, Garment
+from retrieval.models import Category, Garment, NearDuplicate
 from retrieval.selectors import visible_categories, visible_garments
 
 log = logging.getLogger(__name__)
 
 
-def search_response(request, result: search.SearchResult, *, top: int) -> Response:
+def search_response(
+    request, result: search.SearchResult, *, top: int, record: analytics.SearchRecord | None = None
+) -> Response:
     """The API answer for a search or a more-like-this. Hidden garments (inactive category,
-    not ready) are already excluded in SQL for shoppers (search_vectors(include_hidden=False))."""
-    body = SearchResponseSerializer.present(result, result.garments(), top=top)
-    return Response(SearchResponseSerializer(body, context={"request": request}).data)
+    not ready) are already excluded in SQL for shoppers (search_vectors(include_hidden=False)).
+    ``record``: the search's analytics record, written once the answer is sent."""
+    body = SearchResponseSerializer.present(
+        result, result.garments(), top=top, search_id=record.id if record else None
+    )
+    response = Response(SearchResponseSerializer(body, context={"request": request}).data)
+    if record is not None:
+        analytics.record_search(response, record)
+    return response
 
 
 class IsStaffOrReadOnly(BasePermission):
@@ -132,7 +143,16 @@ class SearchView(APIView):
             category_id=category.pk if category is not None else None,
             include_hidden=request.user.is_staff,
         )
-        return search_response(request, result, top=options["top"])
+        record = None
+        if analytics.enabled():
+            record = analytics.SearchRecord.of(
+                result=result,
+                channel="api",
+                top=options["top"],
+                filters={"category": category.slug} if category is not None else {},
+                photo=options["image"],
+            )
+        return search_response(request, result, top=options["top"], record=record)
 
 
 @extend_schema_view(
@@ -146,21 +166,29 @@ class SearchView(APIView):
         responses={200: GarmentSerializer(many=True), **errors(400, 404)},
     ),
     retrieve=extend_schema(
-        summary="One garment", responses={200: GarmentSerializer, **errors(404)}
+        summary="One garment",
+        description="With `search_id` (from a search's answer), the read counts as a click on "
+        "that search's result, for the search analytics.",
+        parameters=[GarmentReadQuerySerializer],
+        responses={200: GarmentSerializer, **errors(400, 404)},
     ),
     create=extend_schema(
         summary="Create a garment (staff)",
         description="The image is validated like every upload and queued for indexing: the "
         "answer's status is `pending` until a worker has indexed it.",
         request={"multipart/form-data": GarmentWriteSerializer},
-        responses={201: GarmentSerializer, **errors(400, 401, 403, 413, 415), **STORAGE_ERROR},
+        responses={
+            201: GarmentSerializer,
+            **errors(400, 401, 403, 409, 413, 415),
+            **STORAGE_ERROR,
+        },
     ),
     update=extend_schema(
         summary="Replace a garment (staff)",
         request={"multipart/form-data": GarmentWriteSerializer},
         responses={
             200: GarmentSerializer,
-            **errors(400, 401, 403, 404, 413, 415),
+            **errors(400, 401, 403, 404, 409, 413, 415),
             **STORAGE_ERROR,
         },
     ),
@@ -173,7 +201,7 @@ class SearchView(APIView):
         },
         responses={
             200: GarmentSerializer,
-            **errors(400, 401, 403, 404, 413, 415),
+            **errors(400, 401, 403, 404, 409, 413, 415),
             **STORAGE_ERROR,
         },
     ),
@@ -190,6 +218,8 @@ class GarmentViewSet(viewsets.ModelViewSet):
 
     def get_queryset(self):
         queryset = visible_garments(self.request.user).select_related("category")
+        if self.request.user.is_staff:
+            queryset = queryset.annotate(open_duplicate_ids=open_duplicate_ids())
         if self.action != "list":
             return queryset
         query = GarmentFilterSerializer(
@@ -201,6 +231,14 @@ class GarmentViewSet(viewsets.ModelViewSet):
         if (wanted := query.validated_data.get("status")) and self.request.user.is_staff:
             queryset = queryset.filter(status=wanted)
         return queryset
+
+    def retrieve(self, request, *args, **kwargs):
+        query = GarmentReadQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        response = super().retrieve(request, *args, **kwargs)
+        if search_id := query.validated_data.get("search_id"):
+            analytics.record_click(response, search_id=search_id, garment_id=int(kwargs["pk"]))
+        return response
 
     def get_serializer_class(self):
         if self.action in {"create", "update", "partial_update"}:
@@ -289,3 +327,48 @@ class CategoryViewSet(viewsets.ModelViewSet):
                 "them first"
             )
         instance.delete()
+
+
+def open_duplicate_ids():
+    """Per garment row: the ids of the garments of its open near-duplicate flags (staff)."""
+    from django.contrib.postgres.expressions import ArraySubquery
+    from django.db.models import Case, F, OuterRef, When
+
+    flags = NearDuplicate.objects.filter(
+        Q(garment_id=OuterRef("pk")) | Q(original_id=OuterRef("pk")),
+        status=NearDuplicate.Status.OPEN,
+    ).values(
+        other=Case(When(garment_id=OuterRef("pk"), then=F("original_id")), default=F("garment_id"))
+    )
+    return ArraySubquery(flags)
+
+
+class IsStaff(BasePermission):
+    """Staff only (anonymous: 401, other users: 403)."""
+
+    def has_permission(self, request, view) -> bool:
+        return bool(request.user and request.user.is_authenticated and request.user.is_staff)
+
+
+class SearchStatsView(APIView):
+    """The search analytics of the admin dashboard, for staff tools."""
+
+    permission_classes = [IsStaff]
+
+    @extend_schema(
+        operation_id="search_stats",
+        summary="Search analytics (staff)",
+        description="The numbers of the admin's search dashboard over the last `days` days "
+        "(today included; days and hours in the site's time zone): searches per day and "
+        "hour, latency p50/p95, top predicted categories, low-confidence share, click-through "
+        "at 1/5/10 and per rank, searches without any click, the slowest searches.",
+        parameters=[StatsQuerySerializer],
+        responses={200: SearchStatsSerializer, **errors(400, 401, 403)},
+        tags=["statistics"],
+    )
+    def get(self, request):
+        query = StatsQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        start, end = analytics.period(days=query.validated_data["days"])
+        stats = analytics.search_stats(start=start, end=end)
+        return Response(SearchStatsSerializer(stats.as_dict()).data)

@@ -4,6 +4,14 @@ One validation path for uploads (:mod:`.uploads`), media files (:mod:`.media`), 
 (:mod:`.garments`), imports (:mod:`.imports`) and the import format reader (:mod:`.source`).
 """
 
+from retrieval.catalogue.duplicates import (
+    DuplicateImage,
+    ExactDuplicate,
+    exact_duplicate,
+    mark_different_products,
+    merge_same_product,
+    open_flags,
+)
 from retrieval.catalogue.garments import (
     get_or_create_category,
     merge_categories,
@@ -41,6 +49,8 @@ __all__ = [
     "CatalogError",
     "CatalogRow",
     "CatalogSource",
+    "DuplicateImage",
+    "ExactDuplicate",
     "MediaPruneResult",
     "MediaStorageError",
     "Problem",
@@ -48,13 +58,17 @@ __all__ = [
     "delete_images_after_commit",
     "delete_stored_image",
     "delete_unreferenced_images",
+    "exact_duplicate",
     "get_or_create_category",
     "image_digest",
     "import_catalog",
     "import_progress",
     "is_too_large",
+    "mark_different_products",
     "merge_categories",
+    "merge_same_product",
     "move_garments",
+    "open_flags",
     "prune_media",
     "read_rows",
     "read_upload",

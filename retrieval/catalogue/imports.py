@@ -10,6 +10,7 @@ from django.db import transaction
 from django.db.models import Count
 from django.utils import timezone
 
+from retrieval.catalogue.duplicates import exact_duplicate
 from retrieval.catalogue.garments import get_or_create_category
 from retrieval.catalogue.media import (
     STORAGE_UNAVAILABLE,
@@ -182,8 +183,36 @@ def _import_batch(*, job: ImportJob, catalog, rows: list, problems: list[dict]) 
                 if image_changed:
                     previous = "" if created else garment.image.name
                     try:
+                        decoded = images.open_image(
+                            data, max_pixels=settings.RETRIEVAL_MAX_PIXELS, name=row.image
+                        )
+                    except images.ImageError as exc:  # the row is refused, the garment kept
+                        problem(exc.reason)
+                        continue
+                    # The same pixels as another garment's photo (this batch's rows are
+                    # saved already, so a repeat within the file is caught too): skipped.
+                    pixels = images.pixel_digest(decoded)
+                    duplicate = exact_duplicate(
+                        digest=pixels, exclude_pk=None if created else garment.pk
+                    )
+                    if duplicate is not None:
+                        problems.append(
+                            {
+                                "row": row.row,
+                                "sku": row.sku,
+                                "file": row.image,
+                                "reason": f"skipped: {duplicate.message}",
+                                "code": "duplicate_image",
+                                "duplicate_of": duplicate.garment_id,
+                                "duplicate_sku": duplicate.sku,
+                            }
+                        )
+                        continue
+                    try:
                         stored.append(
-                            store_garment_image(garment=garment, source=data, name=row.image)
+                            store_garment_image(
+                                garment=garment, source=decoded, name=row.image, digest=pixels
+                            )
                         )
                     except images.ImageError as exc:  # the row is refused, the garment kept
                         problem(exc.reason)

@@ -111,6 +111,14 @@ def prune_media(older_than_minutes: int | None = None) -> dict:
     }
 
 
+@shared_task(name="retrieval.tasks.prune_search_log", autoretry_for=(DatabaseError,), max_retries=3)
+def prune_search_log(days: int | None = None) -> dict:
+    """Beat, daily: delete searches older than RETRIEVAL_SEARCH_LOG_DAYS (idempotent)."""
+    from retrieval import analytics
+
+    return {"deleted": analytics.prune_search_log(days=days)}
+
+
 @shared_task(name="retrieval.tasks.import_catalog", bind=True)
 def import_catalog(self, job_id: int) -> dict:
     """An import uploaded in the admin: read the zip, create garments, queue their indexing."""

@@ -68,6 +68,11 @@ def search_image(
             category_id=category_id,
             include_hidden=include_hidden,
         )
+    probs = out["probs"][0] if len(out.get("probs", ())) else ()
+    if len(probs) and len(probs) == len(model.classes or ()):
+        from retrieval.search.rerank import predicted_category
+
+        result.predicted_category, result.confidence = predicted_category(model=model, probs=probs)
     result.took_ms = (time.perf_counter() - started) * 1000.0
     return result
 

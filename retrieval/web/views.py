@@ -24,7 +24,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_safe
 from django.views.static import serve
 
-from retrieval import catalogue, search
+from retrieval import analytics, catalogue, search
 from retrieval.health import health_report
 from retrieval.http.errors import error_body
 from retrieval.http.middleware import DATABASE_UNAVAILABLE_ERRORS, database_unavailable_response
@@ -128,8 +128,18 @@ def _search(request: HttpRequest, form: SearchForm) -> tuple[dict, int]:
         )
     except search.SearchUnavailable:
         return {"error": UNAVAILABLE, "unavailable": True}, 503
+    record = None
+    if analytics.enabled():  # written after the response (home)
+        record = analytics.SearchRecord.of(
+            result=result,
+            channel="web",
+            top=data["top"],
+            filters={"category": category.slug} if category else {},
+            photo=data["image"],
+        )
     # Hidden garments are excluded in SQL for shoppers (include_hidden above).
-    return {"result": result, "hits": result.garments(), "top": data["top"], "mode": mode}, 200
+    context = {"result": result, "hits": result.garments(), "top": data["top"], "mode": mode}
+    return {**context, "record": record}, 200
 
 
 @require_http_methods(["GET", "POST"])
@@ -148,7 +158,7 @@ def home(request: HttpRequest) -> HttpResponse:
         if request.headers.get("X-Requested-With") == "fetch":
             response = render(request, "retrieval/_results.html", context, status=status)
             response["X-Search-Fragment"] = "1"
-            return response
+            return _recorded(response, outcome.get("record"))
     else:
         form = SearchForm()
     context.update(
@@ -157,7 +167,16 @@ def home(request: HttpRequest) -> HttpResponse:
         garment_count=visible_garments(request.user).filter(status=Garment.Status.READY).count(),
         search_available=FeatureModel.objects.filter(active=True).exists(),
     )
-    return render(request, "retrieval/home.html", context, status=status)
+    return _recorded(
+        render(request, "retrieval/home.html", context, status=status), context.get("record")
+    )
+
+
+def _recorded(response: HttpResponse, record: analytics.SearchRecord | None) -> HttpResponse:
+    """The response, with its search (if one ran) recorded once it has been sent."""
+    if record is not None:
+        analytics.record_search(response, record)
+    return response
 
 
 def _categories_with_counts(user):
@@ -214,7 +233,12 @@ def garment_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "tops": TOPS,
         "colour": colour,
     }
-    return render(request, "retrieval/garment_detail.html", context)
+    response = render(request, "retrieval/garment_detail.html", context)
+    # Opened from a search's results (their links name the search): a click, for analytics.
+    search_id = analytics.parse_search_id(request.GET.get("search"))
+    if search_id is not None:
+        analytics.record_click(response, search_id=search_id, garment_id=garment.pk)
+    return response
 
 
 def _int_choice(raw: str | None, choices, *, default: int) -> int:

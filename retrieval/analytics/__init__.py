@@ -1,0 +1,33 @@
+"""Search analytics: every search by photo recorded (after its response), clicks on its
+results, the numbers of the admin dashboard and the staff API, and the log's retention.
+
+:mod:`.recording` writes, :mod:`.stats` computes (one selector for every consumer),
+:mod:`.retention` prunes.
+"""
+
+from retrieval.analytics.recording import (
+    SearchRecord,
+    enabled,
+    parse_search_id,
+    record_click,
+    record_search,
+    save_click,
+    save_searches,
+)
+from retrieval.analytics.retention import prune_search_log
+from retrieval.analytics.stats import SearchStats, period, search_stats, stats_csv
+
+__all__ = [
+    "SearchRecord",
+    "SearchStats",
+    "enabled",
+    "parse_search_id",
+    "period",
+    "prune_search_log",
+    "record_click",
+    "record_search",
+    "save_click",
+    "save_searches",
+    "search_stats",
+    "stats_csv",
+]
