@@ -89,7 +89,7 @@ def test_search_by_uploaded_photo_finds_that_garment_first(anon, query):
     response = anon.post(SEARCH, {"image": photo(image_bytes(query))}, format="multipart")
     assert response.status_code == 200, response.content
     body = response.json()
-    assert set(body) == {"results", "cluster", "model", "mode", "top", "took_ms"}
+    assert set(body) == {"results", "cluster", "model", "mode", "top", "took_ms", "search_id"}
     assert body["top"] == 10 and body["mode"] == "fused"
     assert body["model"] == FeatureModel.objects.get(active=True).name
     assert body["cluster"] and all(isinstance(c, int) for c in body["cluster"])

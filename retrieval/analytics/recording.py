@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.http import HttpResponse
 from django.utils import timezone
 from PIL import Image
@@ -81,7 +81,9 @@ def after_response(response: HttpResponse, work: Callable[[], None]) -> None:
 
     def run() -> None:
         try:
-            work()
+            # A savepoint: a failed write never poisons a transaction the caller still uses.
+            with transaction.atomic():
+                work()
         except Exception:  # never the shopper's problem: the answer is out already
             log.exception("could not record search analytics")
 
