@@ -135,7 +135,7 @@ def main() -> int:
             imgs.append(change(img))
             sources.append(i)
         started = time.perf_counter()
-        vecs = []
+        vecs: list[np.ndarray] = []
         for k in range(0, len(imgs), 64):
             # As an upload is indexed: decode, 224x224, the CNN (extract_paths' path).
             items = []

@@ -105,6 +105,7 @@ def dashboard(rows: int, repeats: int) -> dict:
     out: dict = {"rows": SearchLog.objects.count(), "table_bytes": size}
     for days in (30, 90):
         start, end = analytics.period(days=days)
+        stats = None
         selector, page, csv = [], [], []
         for _ in range(repeats):
             t = time.perf_counter()
@@ -123,6 +124,7 @@ def dashboard(rows: int, repeats: int) -> dict:
                 {"start": start.date().isoformat(), "format": "csv"},
             )
             csv.append((time.perf_counter() - t) * 1000)
+        assert stats is not None
         out[f"last {days} days"] = {
             "searches": stats.searches,
             "selector ms p50/max": [round(statistics.median(selector)), round(max(selector))],
@@ -152,6 +154,7 @@ def recording(searches: int) -> dict:
             photos.append(fh.read())
     client = Client()
     timings: dict[bool, list[float]] = {True: [], False: []}
+    write: list[float] = []
     for i in range(-10, searches * 2):  # 10 warm-up searches first
         on = i % 2 == 0
         settings.RETRIEVAL_SEARCH_LOG = on
@@ -164,8 +167,8 @@ def recording(searches: int) -> dict:
             timings[on].append(elapsed)
     settings.RETRIEVAL_SEARCH_LOG = True
     # The write alone (what runs after the response), one search per INSERT as in production.
-    write = []
     template = SearchLog.objects.order_by("-created_at").first()
+    assert template is not None
     for _ in range(200):
         record = analytics.SearchRecord(
             channel="api", mode="fused", top=10, filters={}, latency_ms=50.0,
@@ -175,18 +178,18 @@ def recording(searches: int) -> dict:
         t = time.perf_counter()
         analytics.save_searches([record])
         write.append((time.perf_counter() - t) * 1000)
-    on, off = timings[True], timings[False]
+    on_ms, off_ms = timings[True], timings[False]
     return {
         "searches each": searches,
         "recording on: request ms p50/p90": [
-            round(statistics.median(on), 2),
-            round(statistics.quantiles(on, n=10)[-1], 2),
+            round(statistics.median(on_ms), 2),
+            round(statistics.quantiles(on_ms, n=10)[-1], 2),
         ],
         "recording off: request ms p50/p90": [
-            round(statistics.median(off), 2),
-            round(statistics.quantiles(off, n=10)[-1], 2),
+            round(statistics.median(off_ms), 2),
+            round(statistics.quantiles(off_ms, n=10)[-1], 2),
         ],
-        "added p50 ms": round(statistics.median(on) - statistics.median(off), 2),
+        "added p50 ms": round(statistics.median(on_ms) - statistics.median(off_ms), 2),
         "the write alone ms p50/p90": [
             round(statistics.median(write), 3),
             round(statistics.quantiles(write, n=10)[-1], 3),

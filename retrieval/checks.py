@@ -160,7 +160,7 @@ def check_schedules(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
 @checks.register(TAG)
 def check_low_confidence(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
     """retrieval.E008: RETRIEVAL_SEARCH_LOW_CONFIDENCE is a probability (0..1)."""
-    value = settings.RETRIEVAL_SEARCH_LOW_CONFIDENCE
+    value: object = settings.RETRIEVAL_SEARCH_LOW_CONFIDENCE
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
         return [
             checks.Error(

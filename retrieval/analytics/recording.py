@@ -76,7 +76,7 @@ def enabled() -> bool:
     return bool(settings.RETRIEVAL_SEARCH_LOG)
 
 
-def after_response(response: HttpResponse, work: Callable[[], None]) -> None:
+def after_response(response: HttpResponse, work: Callable[[], object]) -> None:
     """Run ``work`` once the response has been sent (its close()); a failure is logged."""
 
     def run() -> None:
@@ -88,7 +88,7 @@ def after_response(response: HttpResponse, work: Callable[[], None]) -> None:
             log.exception("could not record search analytics")
 
     # Django calls these closers from HttpResponse.close(), before request_finished.
-    response._resource_closers.append(run)
+    response._resource_closers.append(run)  # type: ignore[attr-defined]
 
 
 def record_search(response: HttpResponse, record: SearchRecord) -> None:

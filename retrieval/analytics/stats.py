@@ -14,6 +14,7 @@ import io
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import connection
@@ -139,7 +140,7 @@ def search_stats(
     (TIME_ZONE). ``low_confidence``: below it a search counts as low-confidence (default
     RETRIEVAL_SEARCH_LOW_CONFIDENCE; a search without a prediction counts too)."""
     low = settings.RETRIEVAL_SEARCH_LOW_CONFIDENCE if low_confidence is None else low_confidence
-    params = {"start": start, "end": end, "low": low, "tz": settings.TIME_ZONE}
+    params: dict[str, Any] = {"start": start, "end": end, "low": low, "tz": settings.TIME_ZONE}
     with connection.cursor() as cursor:
         cursor.execute(AGGREGATE_SQL, params)
         rows = cursor.fetchall()
@@ -155,7 +156,7 @@ def search_stats(
     counted = {d.day: d for d in per_day}
     first = timezone.localtime(start).date()
     last = timezone.localtime(end - timedelta(microseconds=1)).date()
-    days = []
+    days: list[DayCount] = []
     day = first
     while day <= last and len(days) < 3660:
         days.append(counted.get(day, DayCount(day, 0, None, None)))

@@ -13,7 +13,9 @@ at /api/v1/docs/ and Redoc at /api/v1/redoc/ (assets from drf-spectacular-sideca
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+from django.contrib.postgres.expressions import ArraySubquery
 from django.db.models import Count, Q
 from drf_spectacular.utils import (
     OpenApiExample,
@@ -29,6 +31,7 @@ from rest_framework.permissions import (
     BasePermission,
     IsAuthenticatedOrReadOnly,
 )
+from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -56,7 +59,11 @@ log = logging.getLogger(__name__)
 
 
 def search_response(
-    request, result: search.SearchResult, *, top: int, record: analytics.SearchRecord | None = None
+    request: Request,
+    result: search.SearchResult,
+    *,
+    top: int,
+    record: analytics.SearchRecord | None = None,
 ) -> Response:
     """The API answer for a search or a more-like-this. Hidden garments (inactive category,
     not ready) are already excluded in SQL for shoppers (search_vectors(include_hidden=False)).
@@ -232,7 +239,7 @@ class GarmentViewSet(viewsets.ModelViewSet):
             queryset = queryset.filter(status=wanted)
         return queryset
 
-    def retrieve(self, request, *args, **kwargs):
+    def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         query = GarmentReadQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         response = super().retrieve(request, *args, **kwargs)
@@ -329,9 +336,8 @@ class CategoryViewSet(viewsets.ModelViewSet):
         instance.delete()
 
 
-def open_duplicate_ids():
+def open_duplicate_ids() -> ArraySubquery:
     """Per garment row: the ids of the garments of its open near-duplicate flags (staff)."""
-    from django.contrib.postgres.expressions import ArraySubquery
     from django.db.models import Case, F, OuterRef, When
 
     flags = NearDuplicate.objects.filter(
@@ -346,8 +352,8 @@ def open_duplicate_ids():
 class IsStaff(BasePermission):
     """Staff only (anonymous: 401, other users: 403)."""
 
-    def has_permission(self, request, view) -> bool:
-        return bool(request.user and request.user.is_authenticated and request.user.is_staff)
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        return bool(request.user.is_authenticated and request.user.is_staff)
 
 
 class SearchStatsView(APIView):
@@ -366,7 +372,7 @@ class SearchStatsView(APIView):
         responses={200: SearchStatsSerializer, **errors(400, 401, 403)},
         tags=["statistics"],
     )
-    def get(self, request):
+    def get(self, request: Request) -> Response:
         query = StatsQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         start, end = analytics.period(days=query.validated_data["days"])

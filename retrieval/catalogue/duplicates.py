@@ -11,7 +11,9 @@ here: "same product" merges the two garments' product groups (search then shows 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from django.utils import timezone
 from PIL import Image
@@ -68,7 +70,9 @@ def check_upload(*, image: Image.Image, garment: Garment | None) -> None:
         raise DuplicateImage(found)
 
 
-def read_and_check_upload(*, upload, garment: Garment | None, allow_duplicate: bool) -> None:
+def read_and_check_upload(
+    *, upload: UploadedFile, garment: Garment | None, allow_duplicate: bool
+) -> None:
     """Decode an upload (the limits of every upload) and refuse an exact duplicate unless
     ``allow_duplicate``. Raises ImageError or :class:`DuplicateImage`; the upload is left
     rewound for the caller to store."""
@@ -94,7 +98,7 @@ def open_flags(*, garment: Garment) -> list[NearDuplicate]:
 
 
 @transaction.atomic
-def merge_same_product(*, flag: NearDuplicate, user=None) -> int:
+def merge_same_product(*, flag: NearDuplicate, user: Any = None) -> int:
     """Staff confirmed the pair shows one product: both garments (and the groups they were
     already in) become one product group, keyed by the group's smallest garment id; search
     then shows only the best-scored of them. Returns the group key."""
@@ -112,13 +116,13 @@ def merge_same_product(*, flag: NearDuplicate, user=None) -> int:
     return group
 
 
-def mark_different_products(*, flag: NearDuplicate, user=None) -> None:
+def mark_different_products(*, flag: NearDuplicate, user: Any = None) -> None:
     """Staff said the pair are different products: the flag is closed and never raised again
     (flagging skips pairs it has seen, whatever their status)."""
     _close(flag=flag, status=NearDuplicate.Status.DIFFERENT, user=user)
 
 
-def _close(*, flag: NearDuplicate, status: str, user) -> None:
+def _close(*, flag: NearDuplicate, status: str, user: Any) -> None:
     flag.status = status
     flag.reviewed_at = timezone.now()
     flag.reviewed_by = user if user is not None and user.is_authenticated else None

@@ -193,7 +193,7 @@ def _import_batch(*, job: ImportJob, catalog, rows: list, problems: list[dict]) 
                     # saved already, so a repeat within the file is caught too): skipped.
                     pixels = images.pixel_digest(decoded)
                     duplicate = exact_duplicate(
-                        digest=pixels, exclude_pk=None if created else garment.pk
+                        digest=pixels, exclude_pk=None if created else existing[row.sku].pk
                     )
                     if duplicate is not None:
                         problems.append(

@@ -54,6 +54,8 @@ def flag_near_duplicates(*, garment_ids: Sequence[int], model: FeatureModel) -> 
     )
     flags: list[NearDuplicate] = []
     for garment_id, phash in hashes.items():
+        if phash is None:  # filtered above; for the type checker
+            continue
         result = search_vectors(
             fused=np.asarray(vectors[garment_id], dtype=np.float32),
             model=model,
@@ -68,6 +70,8 @@ def flag_near_duplicates(*, garment_ids: Sequence[int], model: FeatureModel) -> 
             continue
         other_hashes = Garment.objects.filter(pk__in=list(near), phash__isnull=False)
         for other_id, other_phash in other_hashes.values_list("id", "phash"):
+            if other_phash is None:  # filtered above; for the type checker
+                continue
             bits = hamming(phash, other_phash)
             if is_near_duplicate(fused_distance=near[other_id], phash_bits=bits):
                 newer, older = max(garment_id, other_id), min(garment_id, other_id)

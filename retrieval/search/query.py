@@ -68,7 +68,7 @@ def search_image(
             category_id=category_id,
             include_hidden=include_hidden,
         )
-    probs = out["probs"][0] if len(out.get("probs", ())) else ()
+    probs = np.asarray(out["probs"][0]) if len(out.get("probs", ())) else np.zeros(0)
     if len(probs) and len(probs) == len(model.classes or ()):
         from retrieval.search.rerank import predicted_category
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.backends.utils import CursorWrapper
 
 from retrieval.models import FeatureModel, Garment
 from retrieval.search import table as searchtable
@@ -195,7 +196,9 @@ def one_per_product(hits: list[Hit]) -> list[Hit]:
     return [h for h in hits if h.garment_id in kept]
 
 
-def _one_per_product(cursor, rows: list[tuple[int, float]]) -> list[tuple[int, float]]:
+def _one_per_product(
+    cursor: CursorWrapper, rows: list[tuple[int, float]]
+) -> list[tuple[int, float]]:
     """``rows`` (garment id, distance), nearest first, without the later garments of a product
     group staff merged (the nearest, i.e. best-scored, of each group stays). One indexed
     lookup of the listed ids (in the search's snapshot); nothing to do for most searches."""

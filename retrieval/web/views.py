@@ -12,6 +12,7 @@ import logging
 import posixpath
 import re
 import sys
+from typing import Any
 
 from django import forms
 from django.conf import settings
@@ -146,7 +147,7 @@ def _search(request: HttpRequest, form: SearchForm) -> tuple[dict, int]:
 def home(request: HttpRequest) -> HttpResponse:
     """Search by photo. A POST answers the whole page, or only the results fragment when the
     page's script asks (X-Requested-With: fetch)."""
-    context = {
+    context: dict[str, Any] = {
         "max_upload_bytes": settings.RETRIEVAL_MAX_UPLOAD_BYTES,
         "max_pixels": settings.RETRIEVAL_MAX_PIXELS,
     }

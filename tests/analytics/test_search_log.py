@@ -26,11 +26,13 @@ SEARCH = "/api/v1/search/"
 
 @pytest.fixture
 def query(trained_catalogue) -> Garment:
-    return (
+    garment = (
         Garment.objects.filter(pk__in=trained_catalogue.ids[Garment], category__slug="tshirts")
         .order_by("sku")
         .first()
     )
+    assert garment is not None
+    return garment
 
 
 def photo_of(garment: Garment) -> bytes:
@@ -66,7 +68,7 @@ def test_an_api_search_is_recorded_with_what_it_returned(query, media_root, trai
     assert row.garment_ids == [r["id"] for r in body["results"]]
     assert row.garment_ids[0] == query.pk
     assert row.predicted_category in Garment.objects.values_list("category__name", flat=True)
-    assert 0.0 < row.confidence <= 1.0
+    assert row.confidence is not None and 0.0 < row.confidence <= 1.0
     assert row.latency_ms == pytest.approx(body["took_ms"], abs=0.01)
     assert row.filters == {} and row.model == body["model"]
     # Privacy: no photo kept, nothing about the shopper.
@@ -116,6 +118,7 @@ def test_clicks_on_garments_a_search_did_not_list_or_unknown_searches_count_noth
     client.post("/", {"image": SimpleUploadedFile("q.jpg", photo_of(query)), "top": 5})
     row = SearchLog.objects.get()
     other = Garment.objects.exclude(pk__in=row.garment_ids).filter(status="ready").first()
+    assert other is not None
     assert client.get(f"/garments/{other.pk}/?search={row.id}").status_code == 200
     assert client.get(f"/garments/{query.pk}/?search={uuid.uuid4()}").status_code == 200
     assert client.get(f"/garments/{query.pk}/?search=not-a-uuid").status_code == 200

@@ -218,11 +218,13 @@ def test_import_skips_and_reports_rows_duplicating_a_garment(tmp_path, category,
 
 @pytest.fixture
 def source_garment(trained_catalogue) -> Garment:
-    return (
+    garment = (
         Garment.objects.filter(pk__in=trained_catalogue.ids[Garment], category__slug="tshirts")
         .order_by("sku")
         .first()
     )
+    assert garment is not None
+    return garment
 
 
 def near_copy(garment: Garment, change: str) -> bytes:
