@@ -66,7 +66,11 @@ def setup(garments: int):
     from retrieval.models import FeatureModel, Garment
     from retrieval.selectors import active_model
 
-    if Garment.objects.count() < garments:
+    # A run stopped while indexing: keep the garments indexed so far, drop the rest (the
+    # model trains on what is indexed; nothing else would run the CNN again).
+    if Garment.objects.exists() and not FeatureModel.objects.exists():
+        Garment.objects.exclude(status=Garment.Status.READY).delete()
+    elif Garment.objects.count() < garments:
         started = time.perf_counter()
         job = catalogue.import_catalog(source=SAMPLE, limit=garments)
         print(f"import: {job.rows} rows, {len(job.problems)} problems", file=sys.stderr)
@@ -154,18 +158,22 @@ def main() -> int:
     # Distinct garments: each catalogue photo as the query, itself left out.
     distinct = [("distinct", -1 - i, fused[i], phash[i]) for i in range(len(ids))]
 
+    # Distances of every query to every catalogue garment, once (queries x catalogue).
+    everything = queries + distinct
+    all_d = np.stack([np.linalg.norm(fused - vec, axis=1) for _, _, vec, _ in everything])
+    all_bits = np.stack([popcount(phash ^ h) for _, _, _, h in everything])
+    for row, (_, src, _, _) in enumerate(everything):
+        if src < 0:
+            all_d[row, -1 - src] = np.inf
+            all_bits[row, -1 - src] = 99
+
     def evaluate(rule) -> dict:
         per_change: dict[str, list[int]] = {}
         true_flags = false_flags = 0
         same_cat_false = 0
-        for name, src, vec, h in queries + distinct:
+        for row, (name, src, _, _) in enumerate(everything):
             own = -1 - src if src < 0 else None
-            d = np.linalg.norm(fused - vec, axis=1)
-            bits = popcount(phash ^ h)
-            if own is not None:
-                d[own] = np.inf
-                bits[own] = 99
-            flagged = rule(d, bits)
+            flagged = rule(all_d[row], all_bits[row])
             if src >= 0:
                 hit = src in flagged
                 per_change.setdefault(name, [0, 0])
