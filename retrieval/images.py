@@ -35,6 +35,7 @@ from PIL import Image, ImageCms, ImageOps
 
 __all__ = [
     "ALLOWED_FORMATS",
+    "DECODE_MAX_SIDE",
     "DEFAULT_MAX_PIXELS",
     "GRID",
     "INPUT_SIZE",
@@ -59,6 +60,10 @@ GRID = 7
 #: sensors are binned to <= 12-24 MP in JPEG) yet far below what exhausts a worker's memory
 #: (40 MP RGB = 120 MB decoded).
 DEFAULT_MAX_PIXELS = 40_000_000
+#: Longest side a shopper's or curator's upload is decoded to when only checked or searched
+#: (:func:`open_image` ``max_side``): above the 448 px the query crop reads, and small enough
+#: that a 40 MP photo costs a web worker a few MB of pixels instead of 120 MB per copy.
+DECODE_MAX_SIDE = 1024
 #: Formats we decode. Restricting Pillow's plugin list shrinks the attack surface of untrusted
 #: uploads (EPS would shell out to Ghostscript; PSD/ICNS/etc. are exotic parsers we never need).
 #: MPO is what many phones write for JPEG photos; AVIF is accepted when Pillow was built with it.
@@ -203,6 +208,7 @@ def open_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     name: str | None = None,
     draft_size: tuple[int, int] | None = None,
+    max_side: int | None = None,
 ) -> Image.Image:
     """Decode an untrusted image into an upright 8-bit sRGB ``PIL.Image`` (mode ``"RGB"``).
 
@@ -215,6 +221,11 @@ def open_image(
         draft_size: optional ``(w, h)`` the caller will downscale to; lets the JPEG decoder
             decode at 1/2..1/8 scale directly (a 4000x3000 photo decodes ~10x faster). The
             result is still at least ``draft_size`` in both dimensions.
+        max_side: optional bound on the result's longer side: a JPEG is decoded at the
+            largest DCT scale (1/2..1/8) that keeps it at least this long, and any image
+            still longer is reduced by an integer factor (box average) before it is made
+            upright and converted, so the conversions' copies are small too. The result's
+            longer side is then between ``max_side / 2`` and ``max_side``.
 
     Returns:
         A fully loaded RGB image, detached from ``source``. EXIF orientation is applied,
@@ -229,14 +240,41 @@ def open_image(
     name = _source_name(source, name)
     stream, owned = _as_stream(source, name)
     try:
-        return _decode(stream, name=name, max_pixels=max_pixels, draft_size=draft_size)
+        return _decode(
+            stream, name=name, max_pixels=max_pixels, draft_size=draft_size, max_side=max_side
+        )
     finally:
         if owned:
             stream.close()
 
 
+_JPEG_START = b"\xff\xd8\xff"
+
+
+def _open_for_decoding(stream: IO[bytes], formats: tuple[str, ...], *, draft: bool) -> Image.Image:
+    """``Image.open``, except that a JPEG to be decoded reduced (``draft``) is opened even
+    above Pillow's own refusal size (2 x Image.MAX_IMAGE_PIXELS, ~179 MP): its pixel count
+    is checked after the reduction instead (:func:`_decode`)."""
+    start = stream.tell()
+    try:
+        return Image.open(stream, formats=formats)
+    except Image.DecompressionBombError:
+        stream.seek(start)
+        if not (draft and "JPEG" in formats and stream.read(3) == _JPEG_START):
+            raise
+        stream.seek(start)
+        from PIL import JpegImagePlugin
+
+        return JpegImagePlugin.JpegImageFile(stream)
+
+
 def _decode(
-    stream: IO[bytes], *, name: str | None, max_pixels: int, draft_size: tuple[int, int] | None
+    stream: IO[bytes],
+    *,
+    name: str | None,
+    max_pixels: int,
+    draft_size: tuple[int, int] | None,
+    max_side: int | None = None,
 ) -> Image.Image:
     formats = _allowed_formats()
     try:
@@ -244,11 +282,25 @@ def _decode(
             # Pillow warns above Image.MAX_IMAGE_PIXELS (89 MP): our own limit below governs,
             # so the warning is moot. Above twice that Pillow raises before we see the size.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(stream, formats=formats) as img:
+            with _open_for_decoding(stream, formats, draft=draft_size is not None) as img:
                 width, height = img.size
                 if width <= 0 or height <= 0:
                     raise ImageError("the image has no pixels", name=name)
-                if width * height > max_pixels:
+                # draft() decodes a JPEG at 1/2..1/8 scale (DCT scaling), so the pixels that
+                # count against the limit are the reduced ones: a 200 MP phone photo decodes
+                # as ~3 MP (48-200 MP camera modes are common; issue #15).
+                if draft_size is not None and img.format in ("JPEG", "MPO"):
+                    # draft() keeps both sides >= the request, so orientation does not matter.
+                    side = max(draft_size)
+                    img.draft("RGB", (side, side))
+                elif max_side is not None and img.format in ("JPEG", "MPO"):
+                    # The longer side stays >= max_side: scale = the largest 1/2^k that does.
+                    scale = max(width, height) / max_side
+                    img.draft("RGB", (int(width / scale) + 1, int(height / scale) + 1))
+                # A search photo (draft_size) counts its reduced pixels; an upload to be stored
+                # (max_side: checked reduced, stored at full size) counts them all.
+                counted = img.size if draft_size is not None else (width, height)
+                if counted[0] * counted[1] > max_pixels:
                     raise ImageError(
                         f"image too large: {width}x{height} pixels exceeds the limit of "
                         f"{max_pixels} pixels",
@@ -257,12 +309,11 @@ def _decode(
                 if getattr(img, "n_frames", 1) > 1:
                     img.seek(0)  # animated GIF/WebP/APNG or multi-page TIFF: first frame
                 icc = img.info.get("icc_profile")
-                if draft_size is not None and img.format in ("JPEG", "MPO"):
-                    # draft() keeps both sides >= the request, so orientation does not matter.
-                    side = max(draft_size)
-                    img.draft("RGB", (side, side))
                 img.load()  # decode now, inside the try, so truncation surfaces here
-                upright = ImageOps.exif_transpose(img)
+                loaded: Image.Image = img
+                if max_side is not None and max(img.size) > max_side:
+                    loaded = img.reduce(-(-max(img.size) // max_side))  # ceil: <= max_side
+                upright = ImageOps.exif_transpose(loaded)
                 rgb = _to_srgb(_to_8bit_rgb(upright), icc)
                 if rgb is img:
                     rgb = img.copy()  # detach from the (about to be closed) file

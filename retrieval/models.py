@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.search import SearchVectorField
 from django.db import models
 from django.db.models import Q
 from django.utils.text import slugify
@@ -63,6 +65,12 @@ def unique_slug(name: str, *, exclude_pk: int | None = None) -> str:
 class Garment(models.Model):
     """A product in the catalogue; its image becomes searchable once ``status`` is ready."""
 
+    # What staff write about a garment: the admin's form and the API's reads and writes list it.
+    DESCRIPTION_FIELDS = (
+        *("sku", "title", "description", "category", "colour"),
+        *("gender", "season", "usage", "year"),
+    )
+
     class Status(models.TextChoices):
         PENDING = "pending", "pending"
         PROCESSING = "processing", "processing"
@@ -73,9 +81,31 @@ class Garment(models.Model):
     title = models.CharField(max_length=255)
     description = models.TextField(blank=True)
     category = models.ForeignKey(Category, on_delete=models.PROTECT, related_name="garments")
-    colour = models.CharField(max_length=50, blank=True, help_text="Colour name, e.g. Navy Blue.")
+    colour = models.CharField(
+        max_length=50, blank=True, db_index=True, help_text="Colour name, e.g. Navy Blue."
+    )
+    # Shopper filters (the catalogue's gender, season, usage and year columns): real columns so
+    # that searches filter on them in SQL, inside the clustered scan (retrieval.search.filters).
+    gender = models.CharField(
+        max_length=20, blank=True, db_index=True, help_text="Men, Women, Boys, Girls, Unisex."
+    )
+    season = models.CharField(
+        max_length=20, blank=True, db_index=True, help_text="Spring, Summer, Fall, Winter."
+    )
+    usage = models.CharField(
+        max_length=30, blank=True, db_index=True, help_text="Casual, Formal, Sports, Ethnic..."
+    )
+    year = models.PositiveSmallIntegerField(
+        null=True, blank=True, db_index=True, help_text="Catalogue year (season's collection)."
+    )
     image = models.FileField(upload_to="garments/%Y/%m/", max_length=255)
-    attributes = models.JSONField(default=dict, blank=True)
+    attributes = models.JSONField(
+        default=dict, blank=True, help_text="The catalogue row's other columns, as imported."
+    )
+    # Keyword search document: written by a database trigger from the title, the category's
+    # name, the colour and the attributes (migration 0007), so a category rename or an UPDATE
+    # that bypasses save() keeps it right. Whatever Django writes here is replaced.
+    search_vector = SearchVectorField(null=True, editable=False)
     status = models.CharField(
         max_length=12, choices=Status.choices, default=Status.PENDING, db_index=True
     )
@@ -120,10 +150,17 @@ class Garment(models.Model):
             # The list order (newest first): a page reads its rows from this index instead
             # of sorting every visible garment (API list, category pages; migration 0006).
             models.Index(fields=["-created_at", "-id"], name="retrieval_garment_newest_idx"),
+            # Keyword search (retrieval.search.keyword): tsquery @@ search_vector.
+            GinIndex(fields=["search_vector"], name="retrieval_garment_search_idx"),
         ]
 
     def __str__(self) -> str:
         return f"{self.sku} {self.title}"
+
+    def get_absolute_url(self) -> str:
+        from django.urls import reverse
+
+        return reverse("garment-detail", args=[self.pk])
 
 
 class FeatureModel(models.Model):
@@ -381,12 +418,104 @@ class ImportJob(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Lease of the run working on the job (its task id, or host:pid of manage.py), renewed by
+    # every batch: a run that died leaves it to age past RETRIEVAL_STUCK_MINUTES, and the sweep
+    # (catalogue.rescue_stalled_imports) then queues the job again or marks it failed.
+    claimed_by = models.CharField(max_length=64, blank=True, editable=False)
+    heartbeat_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Runs started (the first, redeliveries, rescues): the sweep stops re-queueing a job whose
+    # runs keep dying (a row that kills the worker) and marks it failed instead.
+    attempts = models.PositiveSmallIntegerField(default=0, editable=False)
 
     class Meta:
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return f"import {self.pk} of {self.source}"
+
+
+class ApiToken(models.Model):
+    """An API token (``Authorization: Token <key>``), stored as the SHA-256 digest of its key.
+
+    The key itself is shown once, when it is issued (retrieval.tokens.issue_token), and never
+    stored: a copy of the database or a look at the admin gives no usable token. A plain,
+    unsalted SHA-256 is enough for keys of 256 random bits (nothing to guess from a list, unlike
+    a password). ``prefix`` (the key's first characters) tells tokens apart in the admin and
+    narrows the lookup; the digest is compared in constant time.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    prefix = models.CharField(max_length=8, db_index=True, editable=False)
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    # Updated at most once a minute per token (retrieval.tokens.authenticate_key), not on every
+    # request.
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user})"
+
+
+class ExamplePhoto(models.Model):
+    """A labelled photo that trains the model and is never shown: not a garment, so no shop
+    page, search result or API response can name it (issue #14, training-only photos).
+
+    ``role`` comes from a hash of the sender (retrieval.catalogue.examples.example_role):
+    ``holdout`` photos are evaluation queries only, never training rows, and all the photos of
+    one sender are on one side.
+    """
+
+    class Role(models.TextChoices):
+        TRAIN = "train", "trains the model"
+        HOLDOUT = "holdout", "held out: evaluation only"
+
+    key = models.CharField(
+        max_length=64, unique=True, help_text="The source's id (re-imports match on it)."
+    )
+    image = models.ImageField(upload_to="examples/", max_length=255)
+    category = models.ForeignKey(Category, on_delete=models.PROTECT, related_name="example_photos")
+    sender = models.CharField(
+        max_length=100, blank=True, help_text="Who took the photo: the split is by sender."
+    )
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.TRAIN)
+    source = models.CharField(max_length=255, blank=True, help_text="The file it came from.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["key"]
+        indexes = [models.Index(fields=["role", "category"])]
+
+    def __str__(self) -> str:
+        return f"example {self.key} ({self.category_id}, {self.role})"
+
+
+class ExampleFeature(models.Model):
+    """The CNN cache of an example photo under one backbone (like :class:`BackboneFeature`):
+    ``pooled`` (float32, D = the backbone's pooled size) is what the head trains on."""
+
+    photo = models.ForeignKey(ExamplePhoto, on_delete=models.CASCADE, related_name="features")
+    backbone = models.CharField(max_length=40)
+    version = models.PositiveSmallIntegerField(
+        help_text="FEATURE_VERSION of the code that wrote the row."
+    )
+    pooled = VectorField()
+    created_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["photo", "backbone"], name="one_cnn_pass_per_example_backbone"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.backbone} features of example {self.photo_id}"
 
 
 class NearDuplicate(models.Model):
@@ -426,69 +555,3 @@ class NearDuplicate(models.Model):
 
     def __str__(self) -> str:
         return f"garment {self.garment_id} possibly duplicates {self.original_id}"
-
-
-class SearchLog(models.Model):
-    """One search by photo (shop or API), for the search analytics (retrieval.analytics).
-
-    Nothing identifying the shopper is kept (no user, IP or session): the access log already
-    has what the operator chose to keep. The photo itself only with RETRIEVAL_SEARCH_LOG_PHOTOS.
-    The id is made when the search runs (a UUID) so the answer can name it before the row is
-    written (after the response); clicks on the results name it back.
-    """
-
-    class Channel(models.TextChoices):
-        WEB = "web", "shop"
-        API = "api", "API"
-
-    id = models.UUIDField(primary_key=True, editable=False)
-    created_at = models.DateTimeField()
-    channel = models.CharField(max_length=3, choices=Channel.choices)
-    mode = models.CharField(max_length=8)
-    top = models.PositiveSmallIntegerField()
-    filters = models.JSONField(default=dict, blank=True, help_text='e.g. {"category": slug}')
-    latency_ms = models.FloatField(help_text="Server time of the search itself.")
-    garment_ids = ArrayField(models.IntegerField(), default=list, help_text="In rank order.")
-    predicted_category = models.CharField(max_length=100, blank=True)
-    confidence = models.FloatField(null=True, blank=True)
-    model = models.CharField(max_length=100, blank=True)
-    photo = models.CharField(max_length=255, blank=True, help_text="Kept query photo, if any.")
-    clicks = models.PositiveSmallIntegerField(default=0)
-    first_click_rank = models.PositiveSmallIntegerField(
-        null=True, blank=True, help_text="Best (lowest) rank clicked; empty: no click."
-    )
-
-    class Meta:
-        ordering = ["-created_at"]
-        verbose_name = "search by photo"
-        verbose_name_plural = "searches by photo"
-        indexes = [
-            # The dashboard reads a date range: an index-only scan of these columns (1M rows).
-            models.Index(
-                fields=["created_at"],
-                name="retrieval_searchlog_time",
-                include=["latency_ms", "confidence", "first_click_rank", "predicted_category"],
-            ),
-            models.Index(fields=["-latency_ms"], name="retrieval_searchlog_slow"),
-        ]
-
-    def __str__(self) -> str:
-        return f"search {self.id} ({self.created_at:%Y-%m-%d %H:%M})"
-
-
-class SearchClick(models.Model):
-    """A shopper opened a result of a search (the shop's result link, or an API garment read
-    naming the search): one row per (search, garment), ``rank`` 1-based."""
-
-    search = models.ForeignKey(SearchLog, on_delete=models.CASCADE, related_name="click_rows")
-    garment_id = models.IntegerField()
-    rank = models.PositiveSmallIntegerField()
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["search", "garment_id"], name="one_click_per_result")
-        ]
-
-    def __str__(self) -> str:
-        return f"click on rank {self.rank} of search {self.search_id}"

@@ -50,6 +50,14 @@ PRECISION_CHOICES: tuple[str, ...] = ("auto", *PRECISIONS)
 #: the garments of the category the head predicts first (:mod:`retrieval.search.rerank`).
 RERANK_MODES: tuple[str, ...] = ("none", "category")
 
+#: ``RETRIEVAL_QUERY_CROP``, what a search photo is cropped to before the CNN (departures from
+#: the paper, which runs it on the whole photo): ``"centre"`` (default) = the middle 80% of each
+#: side, only where the photo's border is not plain (:mod:`retrieval.features.framing`);
+#: ``"map"`` = the garment found on a first pass's activation map, run again
+#: (:func:`retrieval.features.crop_box`); ``"off"`` = the whole photo.
+QUERY_CROP_MODES: tuple[str, ...] = ("centre", "map", "off")
+DEFAULT_QUERY_CROP = "centre"
+
 #: Search modes: "fused" (the paper's fused feature), "deep" (the deep-only baseline), and
 #: "exact" (fused, ranking the whole catalogue instead of the nearest cluster).
 MODES: tuple[str, ...] = ("fused", "deep", "exact")

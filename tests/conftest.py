@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -15,6 +16,15 @@ from django.conf import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_ZIP = ROOT.parent / "shared" / "data" / "fashion-product-images-small.zip"
+# Screenshots of the browser tests (gitignored).
+OUTPUT = ROOT / "test-output"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+]
 
 
 def database_url_for(settings_dict: dict) -> str:
@@ -111,6 +121,16 @@ class WorkerProcess:
         self._log.close()
 
 
+def wait_until(predicate, timeout=120.0, interval=0.5):
+    """Poll ``predicate`` until it is true (True) or ``timeout`` seconds have passed (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
 @pytest.fixture(scope="session")
 def celery_worker(django_db_setup, django_db_blocker) -> Iterator[WorkerProcess]:
     """One worker on both queues for the whole session (tasks see committed data only)."""
@@ -120,7 +140,8 @@ def celery_worker(django_db_setup, django_db_blocker) -> Iterator[WorkerProcess]
         app.control.purge()
         worker = WorkerProcess(
             name="testworker",
-            queues=f"{settings.CELERY_TASK_DEFAULT_QUEUE},{settings.FEATURES_QUEUE}",
+            queues=f"{settings.CELERY_TASK_DEFAULT_QUEUE},{settings.FEATURES_QUEUE},"
+            f"{settings.TRAINING_QUEUE}",
         )
         try:
             worker.wait_ready()
@@ -129,11 +150,100 @@ def celery_worker(django_db_setup, django_db_blocker) -> Iterator[WorkerProcess]
             worker.stop()
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (Debian's, driven by Playwright), one per browser test module.
+
+    Playwright's sync API runs an event loop in this thread, and while it runs Django keeps a
+    separate set of database connections (asgiref's context-local storage). Those are closed
+    with the browser: one left open across a PostgreSQL restart (the fault tests) was handed,
+    dead, to the next browser module ("terminating connection due to administrator command").
+    """
+    from django.db import connections
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium: apt-get install chromium chromium-driver")
+    # The ORM calls the tests make here (fixtures, the flush after each test) are synchronous.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        with sync_api.sync_playwright() as playwright:
+            connections.close_all()
+            chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                yield chromium
+            finally:
+                chromium.close()
+                connections.close_all()
+
+
+@pytest.fixture
+def site(browser, live_server, trained_catalogue, settings) -> str:
+    """The live server's address, serving the site and its media (tests/live_urls.py) over the
+    trained catalogue, without the search throttle (the browser tests search many times)."""
+    settings.ROOT_URLCONF = "tests.live_urls"
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {"search": None},
+    }
+    OUTPUT.mkdir(exist_ok=True)
+    return live_server.url
+
+
 @pytest.fixture
 def sample_zip() -> Path:
     if not SAMPLE_ZIP.exists():
         pytest.skip(f"sample catalogue not found at {SAMPLE_ZIP}")
     return SAMPLE_ZIP
+
+
+@pytest.fixture
+def bad_catalogue(tmp_path):
+    """A catalogue zip with one good row and one of each kind of bad row (and member)."""
+    from tests.catalogue_zips import make_catalogue, png_bomb, row
+    from tests.factories import jpeg_bytes
+
+    good = jpeg_bytes((20, 40, 200))
+    rows = (
+        row("100")
+        + row("101")  # not an image
+        + row("102")  # truncated JPEG
+        + row("103")  # decompression bomb
+        + row("104")  # missing image file
+        + row("105", category="")  # empty category
+        + row("100", title="duplicate")  # duplicate sku in the same file
+        + row("106", image="../../etc/passwd")  # traversal in the CSV
+        + row("107")  # over the upload size limit (set in the test)
+    )
+    images = {
+        "100.jpg": good,
+        "101.jpg": b"<html>not an image</html>",
+        "102.jpg": good[: len(good) // 2],
+        "103.jpg": png_bomb(),
+        "105.jpg": good,
+        "107.jpg": good + b"\0" * 300_000,
+    }
+    path = make_catalogue(tmp_path / "bad.zip", rows, images)
+    with zipfile.ZipFile(path, "a") as zf:
+        zf.writestr("../../escape.txt", b"x")
+    return path
+
+
+@pytest.fixture
+def private_features_queue(settings):
+    """CNN tasks go to a queue of this test's own, which no worker consumes (the session's
+    worker, once started, consumes the features queue): what waits there stays there."""
+    from fashionsite.celery import app
+
+    settings.FEATURES_QUEUE = "features-sweeptest"
+
+    def purge() -> None:
+        with app.connection_for_write() as conn:
+            conn.default_channel.queue_purge(settings.FEATURES_QUEUE)
+
+    purge()
+    yield settings.FEATURES_QUEUE
+    purge()
 
 
 # --------------------------------------------------------------------------- trained catalogue

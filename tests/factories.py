@@ -101,3 +101,15 @@ def add_cluster_run(
     )
     run.refresh_from_db()
     return run
+
+
+def grant_catalogue_permissions(user) -> None:
+    """Give a staff user the garment and category permissions (a curator): the API's writes
+    check model permissions (DjangoModelPermissions), not only is_staff."""
+    from django.contrib.auth.models import Permission
+
+    user.user_permissions.add(
+        *Permission.objects.filter(
+            content_type__app_label="retrieval", content_type__model__in=["garment", "category"]
+        )
+    )

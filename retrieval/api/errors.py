@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import re
 
+from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import IntegrityError
 from django.db.models import ProtectedError
 from drf_spectacular.utils import (
     OpenApiResponse,
@@ -61,6 +64,40 @@ class PayloadTooLarge(exceptions.APIException):
     default_detail = "the request body is too large"
 
 
+class Conflict(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "conflict"
+    default_detail = "the change conflicts with another one made at the same time: try again"
+
+
+# PostgreSQL's detail of a unique violation: 'Key (sku)=(A-1) already exists.'
+UNIQUE_KEY = re.compile(r"Key \((?P<columns>[^)]*)\)=")
+
+
+def _integrity_error(exc: IntegrityError) -> exceptions.APIException:
+    """A write that lost a race: the answer it would have had a moment later.
+
+    Two creates of one SKU (or category name) at once both pass the serializer's uniqueness
+    check; the database refuses the second. That one is answered 400 with the same field
+    error a later request gets from the check, naming the field; any other integrity error
+    (a referenced row deleted meanwhile) 409 "try again".
+    """
+    cause = exc.__cause__
+    diag = getattr(cause, "diag", None)
+    if getattr(cause, "sqlstate", None) == "23505" and diag is not None:
+        match = UNIQUE_KEY.match(diag.message_detail or "")
+        model = next((m for m in apps.get_models() if m._meta.db_table == diag.table_name), None)
+        if match and model is not None:
+            columns = [c.strip().strip('"') for c in match["columns"].split(",")]
+            fields = [f for f in model._meta.concrete_fields if f.column in columns]
+            if len(fields) == len(columns):
+                error = model().unique_error_message(model, tuple(f.name for f in fields))
+                key = fields[0].name if len(fields) == 1 else api_settings.NON_FIELD_ERRORS_KEY
+                return exceptions.ValidationError({key: error.messages})
+    log.warning("integrity error answered 409: %s", exc)
+    return Conflict()
+
+
 class DatabaseUnavailable(exceptions.APIException):
     """PostgreSQL is down or restarting: retry shortly (Retry-After, as for throttling)."""
 
@@ -77,6 +114,8 @@ def _translate(exc: Exception) -> Exception:
     if isinstance(exc, DATABASE_UNAVAILABLE_ERRORS):
         log.warning("database unavailable, the API answered 503: %s", exc)
         return DatabaseUnavailable()
+    if isinstance(exc, IntegrityError):
+        return _integrity_error(exc)
     if isinstance(exc, ProtectedError):
         return Protected(str(exc.args[0]) if exc.args else None)
     if isinstance(exc, DjangoValidationError):

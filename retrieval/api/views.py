@@ -1,8 +1,9 @@
 """The REST API (/api/v1/) for mobile apps and integrations: thin DRF views.
 
 Reads: search by photo, garments (paginated, filterable), similar garments, categories.
-Writes: staff only, with token authentication (``Authorization: Token <key>``; staff get a key
-in the admin under "Tokens", or with ``manage.py drf_create_token USERNAME``).
+Writes: staff only, with token authentication (``Authorization: Token <key>``; a superuser
+issues a key, shown once, with the admin's Users action "Issue a new API token" or
+``manage.py create_token USERNAME``; only its SHA-256 digest is stored, retrieval.tokens).
 
 Every error answers ``{"error": {"code", "message", "details"}}`` (:func:`exception_handler`),
 anonymous searches are throttled (RETRIEVAL_SEARCH_THROTTLE, counted in Redis so that every web
@@ -16,40 +17,45 @@ import logging
 from typing import Any
 
 from django.contrib.postgres.expressions import ArraySubquery
-from django.db.models import Count, Q
+from django.db.models import Count, Q, QuerySet
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiExample,
+    OpenApiParameter,
     extend_schema,
     extend_schema_view,
 )
-from rest_framework import viewsets
+from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
-from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.exceptions import ValidationError
+from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import (
     SAFE_METHODS,
     AllowAny,
     BasePermission,
+    DjangoModelPermissions,
     IsAuthenticatedOrReadOnly,
 )
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from retrieval import analytics, catalogue, search
+from retrieval import catalogue, search
 from retrieval.api.errors import STORAGE_ERROR, NotIndexed, Protected, StorageUnavailable, errors
 from retrieval.api.pagination import ApiPagination
+from retrieval.api.parsers import BoundedJSONParser
 from retrieval.api.serializers import (
     CategorySerializer,
+    FacetsSerializer,
     GarmentFilterSerializer,
-    GarmentReadQuerySerializer,
     GarmentSerializer,
     GarmentWriteSerializer,
+    KeywordSerializer,
+    PhotoSearchResponseSerializer,
     SearchBase64Serializer,
     SearchResponseSerializer,
-    SearchStatsSerializer,
     SearchUploadSerializer,
     SimilarQuerySerializer,
-    StatsQuerySerializer,
 )
 from retrieval.http.throttle import SearchRateThrottle
 from retrieval.models import Category, Garment, NearDuplicate
@@ -58,23 +64,24 @@ from retrieval.selectors import visible_categories, visible_garments
 log = logging.getLogger(__name__)
 
 
-def search_response(
-    request: Request,
-    result: search.SearchResult,
-    *,
-    top: int,
-    record: analytics.SearchRecord | None = None,
-) -> Response:
-    """The API answer for a search or a more-like-this. Hidden garments (inactive category,
-    not ready) are already excluded in SQL for shoppers (search_vectors(include_hidden=False)).
-    ``record``: the search's analytics record, written once the answer is sent."""
-    body = SearchResponseSerializer.present(
-        result, result.garments(), top=top, search_id=record.id if record else None
-    )
-    response = Response(SearchResponseSerializer(body, context={"request": request}).data)
-    if record is not None:
-        analytics.record_search(response, record)
-    return response
+def search_response(request: Request, result: search.SearchResult, *, options: dict) -> Response:
+    """The API answer for a search or a more-like-this (``options``: the validated query,
+    with its ``top``, ``filters`` and ``facets``). Hidden garments (inactive category, not
+    ready) are already excluded in SQL for shoppers (search_vectors(include_hidden=False))."""
+    body = SearchResponseSerializer.present(result, result.garments(), top=options["top"])
+    if options.get("facets"):
+        body["facets"] = facets_body(request, filters=options["filters"])
+    return Response(SearchResponseSerializer(body, context={"request": request}).data)
+
+
+def facets_body(
+    request: Request, *, filters: search.SearchFilters, queryset: QuerySet[Garment] | None = None
+) -> dict:
+    """``facets`` of an answer: over ``queryset`` (default: every garment the caller sees)."""
+    if queryset is None:
+        queryset = visible_garments(request.user)
+    facets = search.facet_counts(queryset=queryset, filters=filters)
+    return FacetsSerializer(FacetsSerializer.present(facets)).data
 
 
 class IsStaffOrReadOnly(BasePermission):
@@ -86,18 +93,26 @@ class IsStaffOrReadOnly(BasePermission):
         return bool(request.user and request.user.is_authenticated and request.user.is_staff)
 
 
+class ModelPermissionsOrReadOnly(DjangoModelPermissions):
+    """Writes need the model's Django permission (add / change / delete), as in the admin: a
+    view-only staff member cannot write through the API either. Reads stay open to anyone
+    (``authenticated_users_only`` off; GET needs no permission in DRF's map)."""
+
+    authenticated_users_only = False
+
+
 SEARCH_EXAMPLE = OpenApiExample(
-    "One result",
+    "This photo, but in red",
     value={
         "results": [
             {
                 "id": 41,
                 "sku": "15970",
-                "title": "Turtle Check Men Navy Blue Shirt",
-                "category": {"id": 3, "slug": "shirts", "name": "Shirts"},
-                "colour": "Navy Blue",
+                "title": "Roadster Women Red Dress",
+                "category": {"id": 3, "slug": "dresses", "name": "Dresses"},
+                "colour": "Red",
                 "image_url": "https://shop.example.com/media/garments/2025/11/15970.jpg",
-                "score": -0.0,
+                "score": -0.412,
             }
         ],
         "cluster": [4],
@@ -105,7 +120,99 @@ SEARCH_EXAMPLE = OpenApiExample(
         "mode": "fused",
         "top": 5,
         "took_ms": 48.3,
+        "predicted_categories": [
+            {"category": {"id": 3, "slug": "dresses", "name": "Dresses"}, "confidence": 0.81},
+            {"category": {"id": 9, "slug": "tops", "name": "Tops"}, "confidence": 0.12},
+            {"category": {"id": 12, "slug": "skirts", "name": "Skirts"}, "confidence": 0.03},
+        ],
+        "understood": {
+            "q": "in red",
+            "colour": "Red",
+            "colour_matches": 1,
+            "category": None,
+            "words": [],
+            "title_matches": 0,
+            "like": [],
+            "dislike": [],
+        },
     },
+    response_only=True,
+)
+SEARCH_REQUEST_EXAMPLES = [
+    OpenApiExample(
+        "Photo and a colour word (JSON)",
+        value={"image": "data:image/jpeg;base64,/9j/4AAQSkZJRg...", "q": "in red", "top": 10},
+        request_only=True,
+        media_type="application/json",
+    ),
+    OpenApiExample(
+        "Refine with feedback (JSON)",
+        description="The same photo again, with the garments the shopper marked: more like "
+        "41 and 57, not like 12 (12 is left out of the results).",
+        value={
+            "image": "data:image/jpeg;base64,/9j/4AAQSkZJRg...",
+            "like": [41, 57],
+            "dislike": [12],
+        },
+        request_only=True,
+        media_type="application/json",
+    ),
+]
+
+
+def _parameter(
+    name: str, serializer: type[serializers.Serializer], examples: dict[str, object]
+) -> OpenApiParameter:
+    """A query parameter documented from its serializer field, with examples."""
+    field = serializer().fields[name]
+    return OpenApiParameter(
+        name,
+        OpenApiTypes.BOOL if name == "facets" else OpenApiTypes.STR,
+        OpenApiParameter.QUERY,
+        description=str(field.help_text),
+        examples=[OpenApiExample(label, value=value) for label, value in examples.items()],
+    )
+
+
+def filter_parameters(serializer: type[serializers.Serializer]) -> list[OpenApiParameter]:
+    """The shopper filters and ``facets`` as documented query parameters, with examples."""
+    return [
+        _parameter("gender", serializer, {"Women": "Women", "Men": "Men"}),
+        _parameter("colour", serializer, {"Red": "Red", "Navy Blue": "Navy Blue"}),
+        _parameter("season", serializer, {"Summer": "Summer"}),
+        _parameter("usage", serializer, {"Casual": "Casual", "Formal": "Formal"}),
+        _parameter("category", serializer, {"By slug": "tshirts", "By id": "12"}),
+        _parameter("facets", serializer, {"With facet counts": True}),
+    ]
+
+
+FACETS_EXAMPLE = {
+    "gender": [
+        {"value": "Women", "label": "Women", "count": 1204, "selected": True},
+        {"value": "Men", "label": "Men", "count": 980, "selected": False},
+    ],
+    "colour": [{"value": "Red", "label": "Red", "count": 312, "selected": False}],
+    "season": [{"value": "Summer", "label": "Summer", "count": 640, "selected": False}],
+    "usage": [{"value": "Casual", "label": "Casual", "count": 1003, "selected": False}],
+    "category": [{"value": "dresses", "label": "Dresses", "count": 211, "selected": False}],
+}
+
+SEARCH_FILTERED_EXAMPLE = OpenApiExample(
+    "Women's red garments, with facet counts",
+    value={
+        "image": "(the photo file)",
+        "top": 10,
+        "gender": "Women",
+        "colour": "Red",
+        "facets": True,
+    },
+    request_only=True,
+)
+
+
+SEARCH_FACETS_EXAMPLE = OpenApiExample(
+    "With facets=true",
+    value={**SEARCH_EXAMPLE.value, "facets": FACETS_EXAMPLE},
     response_only=True,
 )
 
@@ -115,7 +222,7 @@ class SearchView(APIView):
 
     permission_classes = [AllowAny]
     throttle_classes = [SearchRateThrottle]
-    parser_classes = [MultiPartParser, JSONParser]
+    parser_classes = [MultiPartParser, BoundedJSONParser]
 
     @extend_schema(
         operation_id="search_by_photo",
@@ -123,15 +230,31 @@ class SearchView(APIView):
         description=(
             "Send a photo (multipart `image` file, or JSON with the image base64-encoded) and "
             "get the `top` most similar garments, most similar first. `mode=fused` matches shape "
-            "and colour (the paper's fused feature), `mode=deep` shape only. Anonymous clients "
-            "are throttled (HTTP 429 with Retry-After)."
+            "and colour (the paper's fused feature), `mode=deep` shape only. `gender`, "
+            "`colour`, `season`, `usage` and `category` narrow the search inside the catalogue's "
+            "clusters (the top N stays complete: clusters are added until N garments pass); a "
+            "value no garment has is a 400 listing the known ones. `facets=true` adds each "
+            "filter's values with their counts. Anonymous clients are throttled (HTTP 429 with "
+            "Retry-After).\n\n"
+            'Refining: `q` adds words ("in red": a catalogue colour replaces the photo\'s '
+            "colour and keeps its shape; a category name searches that category; other words "
+            "lift garments whose title holds them); `like` / `dislike` take the ids of garments "
+            'the shopper marked "more like this" / "not like this" (send the same photo '
+            "again with them; disliked garments never come back). The answer says what was "
+            "understood (`understood`) and which categories the model recognised in the photo "
+            "(`predicted_categories`, with confidences)."
         ),
         request={
             "multipart/form-data": SearchUploadSerializer,
             "application/json": SearchBase64Serializer,
         },
-        responses={200: SearchResponseSerializer, **errors(400, 413, 415, 429, 503)},
-        examples=[SEARCH_EXAMPLE],
+        responses={200: PhotoSearchResponseSerializer, **errors(400, 413, 415, 429, 503)},
+        examples=[
+            SEARCH_EXAMPLE,
+            SEARCH_FILTERED_EXAMPLE,
+            SEARCH_FACETS_EXAMPLE,
+            *SEARCH_REQUEST_EXAMPLES,
+        ],
         tags=["search"],
     )
     def post(self, request):
@@ -142,24 +265,23 @@ class SearchView(APIView):
             serializer = SearchBase64Serializer(data=data)
         serializer.is_valid(raise_exception=True)
         options = serializer.validated_data
-        category = options.get("category")
-        result = search.search_image(
-            image=options["image"],
-            top=options["top"],
-            mode=options["mode"],
-            category_id=category.pk if category is not None else None,
-            include_hidden=request.user.is_staff,
-        )
-        record = None
-        if analytics.enabled():
-            record = analytics.SearchRecord.of(
-                result=result,
-                channel="api",
+        try:
+            found = search.search_photo(
+                image=options["image"],
+                q=options["q"],
+                like=options["like"],
+                dislike=options["dislike"],
                 top=options["top"],
-                filters={"category": category.slug} if category is not None else {},
-                photo=options["image"],
+                mode=options["mode"],
+                filters=options["filters"],
+                include_hidden=request.user.is_staff,
             )
-        return search_response(request, result, top=options["top"], record=record)
+        except search.FeedbackError as exc:
+            raise ValidationError({exc.field: [str(exc)]}) from None
+        body = PhotoSearchResponseSerializer.present_photo(found, top=options["top"])
+        if options.get("facets"):
+            body["facets"] = facets_body(request, filters=options["filters"])
+        return Response(PhotoSearchResponseSerializer(body, context={"request": request}).data)
 
 
 @extend_schema_view(
@@ -168,16 +290,28 @@ class SearchView(APIView):
         description="Paginated, newest first. Shoppers see indexed garments of active "
         "categories; staff see every garment. Page numbers (`page`) answer `count`, `next`, "
         "`previous` and `results`; `cursor` (empty for the first page, then the `next` link) "
-        "answers `next` and `results` only, at the same cost at any depth.",
-        parameters=[GarmentFilterSerializer],
+        "answers `next` and `results` only, at the same cost at any depth.\n\n"
+        "Keyword search: `q` lists the garments holding every word, best match first (page "
+        "numbers only) and adds `keyword` (`terms` searched, `corrected` words when the typed "
+        "ones matched nothing). Filters `gender`, `colour`, `season`, `usage`, `category` "
+        "(values matched case-insensitively; a value no garment has is a 400 listing the "
+        "known ones). `facets=true` adds `facets`: for each filter, its values with how many "
+        "garments choosing each gives, the other chosen filters applied, e.g. "
+        '`{"gender": [{"value": "Women", "label": "Women", "count": 1204, '
+        '"selected": false}, ...], ...}`.',
+        parameters=[
+            GarmentFilterSerializer,
+            _parameter(
+                "q",
+                GarmentFilterSerializer,
+                {"Words": "red dress", "Prefix": "jack", "Misspelt": "jeens"},
+            ),
+            *filter_parameters(GarmentFilterSerializer),
+        ],
         responses={200: GarmentSerializer(many=True), **errors(400, 404)},
     ),
     retrieve=extend_schema(
-        summary="One garment",
-        description="With `search_id` (from a search's answer), the read counts as a click on "
-        "that search's result, for the search analytics.",
-        parameters=[GarmentReadQuerySerializer],
-        responses={200: GarmentSerializer, **errors(400, 404)},
+        summary="One garment", responses={200: GarmentSerializer, **errors(404)}
     ),
     create=extend_schema(
         summary="Create a garment (staff)",
@@ -218,33 +352,44 @@ class SearchView(APIView):
 )
 class GarmentViewSet(viewsets.ModelViewSet):
     # IsAuthenticatedOrReadOnly is implied; named so the schema shows reads as public.
-    permission_classes = [IsAuthenticatedOrReadOnly, IsStaffOrReadOnly]
+    permission_classes = [IsAuthenticatedOrReadOnly, IsStaffOrReadOnly, ModelPermissionsOrReadOnly]
     pagination_class = ApiPagination
-    parser_classes = [MultiPartParser, JSONParser]
+    parser_classes = [MultiPartParser, BoundedJSONParser]
     queryset = Garment.objects.none()  # for the schema; requests use get_queryset()
 
     def get_queryset(self):
         queryset = visible_garments(self.request.user).select_related("category")
-        if self.request.user.is_staff:
-            queryset = queryset.annotate(open_duplicate_ids=open_duplicate_ids())
         if self.action != "list":
-            return queryset
+            return self._with_duplicates(queryset)
         query = GarmentFilterSerializer(
             data=self.request.query_params, context={"request": self.request}
         )
         query.is_valid(raise_exception=True)
-        if category := query.validated_data.get("category"):
-            queryset = queryset.filter(category=category)
-        if (wanted := query.validated_data.get("status")) and self.request.user.is_staff:
+        options = query.validated_data
+        if (wanted := options.get("status")) and self.request.user.is_staff:
             queryset = queryset.filter(status=wanted)
+        # What the list is drawn from before the shopper's filters: the facets count over it.
+        self.unfiltered, self.keyword, self.list_options = queryset, None, options
+        if "q" in options:
+            self.keyword = search.keyword.keyword_search(queryset=queryset, q=options["q"])
+            self.unfiltered = self.keyword.garments
+        return self._with_duplicates(self.unfiltered.filter(options["filters"].q()))
+
+    def _with_duplicates(self, queryset: QuerySet[Garment]) -> QuerySet[Garment]:
+        """For staff, each garment's open near-duplicate flags (``possible_duplicate_of``);
+        annotated last, so the facet counts (over ``self.unfiltered``) never carry it."""
+        if self.request.user.is_staff:
+            return queryset.annotate(open_duplicate_ids=open_duplicate_ids())
         return queryset
 
-    def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        query = GarmentReadQuerySerializer(data=request.query_params)
-        query.is_valid(raise_exception=True)
-        response = super().retrieve(request, *args, **kwargs)
-        if search_id := query.validated_data.get("search_id"):
-            analytics.record_click(response, search_id=search_id, garment_id=int(kwargs["pk"]))
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        response = super().list(request, *args, **kwargs)
+        if self.keyword is not None:
+            response.data["keyword"] = KeywordSerializer(self.keyword).data
+        if self.list_options["facets"]:
+            response.data["facets"] = facets_body(
+                request, filters=self.list_options["filters"], queryset=self.unfiltered
+            )
         return response
 
     def get_serializer_class(self):
@@ -267,7 +412,7 @@ class GarmentViewSet(viewsets.ModelViewSet):
     @extend_schema(
         summary="Similar garments (more like this)",
         description="The garments most similar to this one, from its stored vectors.",
-        parameters=[SimilarQuerySerializer],
+        parameters=[SimilarQuerySerializer, *filter_parameters(SimilarQuerySerializer)],
         responses={200: SearchResponseSerializer, **errors(400, 404, 409, 503)},
         tags=["search"],
     )
@@ -278,11 +423,15 @@ class GarmentViewSet(viewsets.ModelViewSet):
         query.is_valid(raise_exception=True)
         if garment.status != Garment.Status.READY:
             raise NotIndexed(f"garment {garment.sku} is {garment.status}, not indexed yet")
-        top, mode = query.validated_data["top"], query.validated_data["mode"]
+        options = query.validated_data
         result = search.more_like_this(
-            garment=garment, top=top, mode=mode, include_hidden=request.user.is_staff
+            garment=garment,
+            top=options["top"],
+            mode=options["mode"],
+            filters=options["filters"],
+            include_hidden=request.user.is_staff,
         )
-        return search_response(request, result, top=top)
+        return search_response(request, result, options=options)
 
 
 @extend_schema_view(
@@ -315,10 +464,10 @@ class GarmentViewSet(viewsets.ModelViewSet):
 )
 class CategoryViewSet(viewsets.ModelViewSet):
     # IsAuthenticatedOrReadOnly is implied; named so the schema shows reads as public.
-    permission_classes = [IsAuthenticatedOrReadOnly, IsStaffOrReadOnly]
+    permission_classes = [IsAuthenticatedOrReadOnly, IsStaffOrReadOnly, ModelPermissionsOrReadOnly]
     serializer_class = CategorySerializer
     pagination_class = None
-    parser_classes = [JSONParser]
+    parser_classes = [BoundedJSONParser]
     queryset = Category.objects.none()  # for the schema; requests use get_queryset()
 
     def get_queryset(self):
@@ -347,34 +496,3 @@ def open_duplicate_ids() -> ArraySubquery:
         other=Case(When(garment_id=OuterRef("pk"), then=F("original_id")), default=F("garment_id"))
     )
     return ArraySubquery(flags)
-
-
-class IsStaff(BasePermission):
-    """Staff only (anonymous: 401, other users: 403)."""
-
-    def has_permission(self, request: Request, view: APIView) -> bool:
-        return bool(request.user.is_authenticated and request.user.is_staff)
-
-
-class SearchStatsView(APIView):
-    """The search analytics of the admin dashboard, for staff tools."""
-
-    permission_classes = [IsStaff]
-
-    @extend_schema(
-        operation_id="search_stats",
-        summary="Search analytics (staff)",
-        description="The numbers of the admin's search dashboard over the last `days` days "
-        "(today included; days and hours in the site's time zone): searches per day and "
-        "hour, latency p50/p95, top predicted categories, low-confidence share, click-through "
-        "at 1/5/10 and per rank, searches without any click, the slowest searches.",
-        parameters=[StatsQuerySerializer],
-        responses={200: SearchStatsSerializer, **errors(400, 401, 403)},
-        tags=["statistics"],
-    )
-    def get(self, request: Request) -> Response:
-        query = StatsQuerySerializer(data=request.query_params)
-        query.is_valid(raise_exception=True)
-        start, end = analytics.period(days=query.validated_data["days"])
-        stats = analytics.search_stats(start=start, end=end)
-        return Response(SearchStatsSerializer(stats.as_dict()).data)

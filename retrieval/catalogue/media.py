@@ -16,9 +16,7 @@ from django.core.files.base import ContentFile
 from django.db import transaction
 from django.utils import timezone
 
-from retrieval.models import (
-    Garment,
-)
+from retrieval.models import ExamplePhoto, Garment
 
 log = logging.getLogger(__name__)
 
@@ -36,19 +34,21 @@ STORAGE_UNAVAILABLE = (
 )
 
 
-def store_garment_image(
-    *, garment: Garment, source, name: str | None = None, digest: str | None = None
+def store_image(
+    *, row: Garment | ExamplePhoto, source, name: str | None = None, digest: str | None = None
 ) -> str:
     """Re-encode an untrusted image as a fresh JPEG and write it to the media storage under a
-    server-chosen name; ``garment.image`` then names the file (the row is not saved here).
+    server-chosen name in the folder of ``row``'s image field; ``row.image`` then names the file
+    (the row is not saved here). ``row``: a garment, or an example photo (training only).
 
     Every stored image comes through here (admin, API, imports): the site serves these bytes,
     so never the client's bytes, file name or extension (see retrieval.images.reencode_jpeg).
 
-    The fingerprints of the decoded pixels (``garment.pixel_hash``, ``garment.phash``: exact
-    and near duplicates, :mod:`retrieval.catalogue.duplicates`) are set from the same decode.
-    ``source`` may also be an image the caller decoded already with :func:`images.open_image`
-    (and ``digest`` its :func:`images.pixel_digest`, when the caller computed it already).
+    For a garment, the fingerprints of the decoded pixels (``row.pixel_hash``, ``row.phash``:
+    exact and near duplicates, :mod:`retrieval.catalogue.duplicates`) are set from the same
+    decode. ``source`` may also be an image the caller decoded already with
+    :func:`images.open_image` (and ``digest`` its :func:`images.pixel_digest`, when the caller
+    computed it already).
 
     Returns the stored name. Raises ``images.ImageError`` (not a usable image, nothing
     written) or :class:`MediaStorageError` (the storage refused the write, nothing left).
@@ -62,24 +62,27 @@ def store_garment_image(
     else:
         decoded = images.open_image(source, max_pixels=settings.RETRIEVAL_MAX_PIXELS, name=name)
     jpeg = images.encode_jpeg(decoded)
-    field = Garment._meta.get_field("image")
-    target = field.generate_filename(garment, f"{uuid.uuid4().hex}.jpg")
+    field = type(row)._meta.get_field("image")
+    target = field.generate_filename(row, f"{uuid.uuid4().hex}.jpg")
     try:
         stored = field.storage.save(target, ContentFile(jpeg), max_length=field.max_length)
     except OSError as exc:
         log.error("media storage refused %s: %s", target, exc)
-        delete_stored_image(target)  # a partial file, e.g. the disk filled up mid-write
+        # a partial file, e.g. the disk filled up mid-write
+        delete_stored_image(target, model=type(row))
         raise MediaStorageError(STORAGE_UNAVAILABLE) from exc
-    garment.image = stored
-    garment.pixel_hash = digest or images.pixel_digest(decoded)
-    garment.phash = images.perceptual_hash(decoded)
+    row.image = stored
+    if isinstance(row, Garment):
+        row.pixel_hash = digest or images.pixel_digest(decoded)
+        row.phash = images.perceptual_hash(decoded)
     return stored
 
 
-def delete_stored_image(name: str) -> None:
-    """Remove a file stored for a row that was then not saved (best effort: logged)."""
+def delete_stored_image(name: str, *, model: type[Garment] | type[ExamplePhoto] = Garment) -> None:
+    """Remove a file stored for a row of ``model`` that was then not saved (best effort:
+    logged)."""
     try:
-        Garment._meta.get_field("image").storage.delete(name)
+        model._meta.get_field("image").storage.delete(name)
     except OSError as exc:
         log.warning("could not remove the unsaved image %s: %s", name, exc)
 
@@ -116,7 +119,7 @@ def delete_images_after_commit(names: Iterable[str]) -> None:
 def delete_unreferenced_images(names: Sequence[str]) -> list[str]:
     """Delete those of these stored garment images that no garment references; best effort.
 
-    Every stored name is unique (:func:`store_garment_image` names a file by a fresh uuid, an
+    Every stored name is unique (:func:`store_image` names a file by a fresh uuid, an
     import keeps the name of an unchanged image), but a row can still be pointed at another
     garment's file by hand (shell, data fix, an old migration's rows): such a file is kept
     while any garment names it. Never raises: a failure is logged and the file is left for

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
+from django.db import transaction
 from django.db.models.signals import post_delete
 from django.dispatch import receiver
 
-from retrieval.models import Garment
+from retrieval.models import ExamplePhoto, Garment
 
 
 @receiver(post_delete, sender=Garment, dispatch_uid="retrieval.garment_image_file")
@@ -23,3 +26,18 @@ def delete_image_of_deleted_garment(sender, instance: Garment, **kwargs) -> None
     from retrieval import catalogue
 
     catalogue.delete_images_after_commit([instance.image.name])
+
+
+@receiver(post_delete, sender=ExamplePhoto, dispatch_uid="retrieval.example_image_file")
+def delete_image_of_deleted_example(
+    sender: type[ExamplePhoto], instance: ExamplePhoto, **kwargs: object
+) -> None:
+    """A deleted example photo's file goes once the deletion commits (each stored example
+    file has a fresh name of its own: no other row can name it)."""
+    from retrieval.catalogue.media import delete_stored_image
+
+    if instance.image:
+        transaction.on_commit(
+            functools.partial(delete_stored_image, instance.image.name or "", model=ExamplePhoto),
+            robust=True,
+        )

@@ -64,6 +64,11 @@ class CatalogRow:
     colour: str
     image: str  # member path inside the source
     attributes: dict = field(default_factory=dict)
+    # The shopper filters (Garment fields of the same names); empty/None when the CSV lacks them.
+    gender: str = ""
+    season: str = ""
+    usage: str = ""
+    year: int | None = None
 
 
 def is_safe_member(name: str) -> bool:
@@ -185,15 +190,26 @@ def decode_csv(data: bytes, *, name: str) -> tuple[str, Problem | None]:
 
 
 def read_rows(
-    source: CatalogSource, *, category_field: str, limit: int | None = None
+    source: CatalogSource,
+    *,
+    category_field: str,
+    limit: int | None = None,
+    extra_columns: tuple[str, ...] = (),
 ) -> Iterator[CatalogRow | Problem]:
-    """Validated rows of styles.csv, or a Problem for each row that cannot be imported."""
+    """Validated rows of styles.csv, or a Problem for each row that cannot be imported.
+
+    ``extra_columns``: columns besides :data:`KNOWN_COLUMNS` kept in the row's attributes
+    when present and not empty (e.g. the shoppers' photos' ``sender``).
+    """
     csv_name = source.find_csv()
     text, problem = decode_csv(source.read(csv_name), name=csv_name)
     if problem is not None:
         yield problem
     reader = csv.reader(io.StringIO(text, newline=""))
-    header = [h.strip() for h in next(reader, [])]
+    try:
+        header = [h.strip() for h in next(reader, [])]
+    except csv.Error as exc:
+        raise CatalogError(f"{csv_name} has an unreadable header line: {exc}") from exc
     if "id" not in header:
         raise CatalogError(f"{csv_name} has no 'id' column (header: {','.join(header)[:200]})")
     if category_field not in header:
@@ -204,9 +220,21 @@ def read_rows(
     base = posixpath.dirname(csv_name)
     seen: set[str] = set()
     count = 0
-    for number, values in enumerate(reader, start=1):
+    number = 0
+    while True:
         if limit is not None and count >= limit:
             return
+        number += 1
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            # A field over csv.field_size_limit() (131,072 characters), or a malformed line:
+            # that row is refused, the reader goes on with the next line. (A quoted field
+            # spanning lines may leave a stray fragment, refused as a row of its own.)
+            yield Problem(row=number, reason=f"unreadable CSV row: {exc}")
+            continue
         if not any(v.strip() for v in values):
             continue
         if len(values) > len(header):
@@ -248,7 +276,7 @@ def read_rows(
         title = record.get("productDisplayName") or f"{category} {sku}"
         attributes = {
             k: record[k]
-            for k in KNOWN_COLUMNS
+            for k in (*KNOWN_COLUMNS, *extra_columns)
             if k in record and k not in {"id", "image", "productDisplayName"} and record[k]
         }
         yield CatalogRow(
@@ -259,4 +287,17 @@ def read_rows(
             colour=record.get("baseColour", "")[:50],
             image=member,
             attributes=attributes,
+            gender=record.get("gender", "")[:20],
+            season=record.get("season", "")[:20],
+            usage=record.get("usage", "")[:30],
+            year=parse_year(record.get("year", "")),
         )
+
+
+def parse_year(text: str) -> int | None:
+    """A catalogue year ("2012", "2012.0" from spreadsheets), None when blank or not a year."""
+    try:
+        year = int(float(text))
+    except (ValueError, OverflowError):
+        return None
+    return year if 1900 <= year <= 2999 else None

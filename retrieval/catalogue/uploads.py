@@ -15,7 +15,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from PIL import Image
 
-from retrieval.images import ImageError, open_image
+from retrieval.images import DECODE_MAX_SIDE, ImageError, open_image
 
 TOO_LARGE = "image too large"
 
@@ -44,11 +44,38 @@ def read_upload(upload) -> bytes:
 
 def decode_upload(data: bytes, *, name: str | None = None) -> Image.Image:
     """Decode uploaded bytes into an upright sRGB RGB image, refusing what no upload may be
-    (over the byte or pixel limits, not an allowed format, corrupt). Raises ImageError."""
+    (over the byte or pixel limits, not an allowed format, corrupt). Raises ImageError.
+
+    The image is at most DECODE_MAX_SIDE pixels long (a JPEG is decoded downscaled): what a
+    search reads (448 px at most) and enough to check an upload, without a 40 MP photo's
+    120 MB of pixels, copied by each conversion, in the web worker. Every byte is still
+    decoded, so a truncated or corrupt file is refused as before; stored images are
+    re-encoded from the upload's bytes at full size (:func:`store_image`).
+    """
     limit = settings.RETRIEVAL_MAX_UPLOAD_BYTES
     if len(data) > limit:
         raise ImageError(f"{TOO_LARGE}: {len(data)} bytes, the limit is {limit}")
-    return open_image(data, max_pixels=settings.RETRIEVAL_MAX_PIXELS, name=name)
+    return open_image(
+        data, max_pixels=settings.RETRIEVAL_MAX_PIXELS, name=name, max_side=DECODE_MAX_SIDE
+    )
+
+
+#: Longest side a search photo is decoded at (at least): what the shop page uploads, and
+#: twice the CNN's input for the query-time crop pass. JPEGs decode at 1/2..1/8 scale.
+QUERY_DECODE_SIDE = 1024
+
+
+def decode_query_upload(data: bytes, *, name: str | None = None) -> Image.Image:
+    """Decode a search photo like :func:`decode_upload`, but reduced while decoding where the
+    format allows (JPEG): the pixel limit applies to the reduced image, so 48-200 MP camera
+    photos are searchable (the CNN sees 224 x 224). Raises ImageError."""
+    limit = settings.RETRIEVAL_MAX_UPLOAD_BYTES
+    if len(data) > limit:
+        raise ImageError(f"{TOO_LARGE}: {len(data)} bytes, the limit is {limit}")
+    side = QUERY_DECODE_SIDE
+    return open_image(
+        data, max_pixels=settings.RETRIEVAL_MAX_PIXELS, name=name, draft_size=(side, side)
+    )
 
 
 def validate_upload(*, upload) -> None:

@@ -13,12 +13,15 @@ import numpy as np
 from retrieval.evaluation.metrics import Labelled, summarise
 from retrieval.evaluation.queries import extract_queries, read_query_set
 
-#: Query-time pipelines the parameter grid can compare: (flip, crop) for ``extract_query``.
-PIPELINES: dict[str, tuple[bool, bool]] = {
-    "plain": (False, False),
-    "flip": (True, False),
-    "crop": (False, True),
-    "crop+flip": (True, True),
+#: Query-time pipelines the parameter grid can compare: (flip, crop mode) for
+#: ``extract_query`` ("crop" is the activation-map crop, "centre" the plain-border rule's).
+PIPELINES: dict[str, tuple[bool, str]] = {
+    "plain": (False, "off"),
+    "flip": (True, "off"),
+    "crop": (False, "map"),
+    "crop+flip": (True, "map"),
+    "centre": (False, "centre"),
+    "centre+flip": (True, "centre"),
 }
 
 

@@ -65,12 +65,27 @@ def summarise(
     ms = np.asarray([s * 1000.0 for _, _, s in rows]) if rows else np.zeros(0)
     out["ms_mean"] = round(float(ms.mean()), 3) if len(ms) else None
     out["ms_p95"] = round(float(np.percentile(ms, 95)), 3) if len(ms) else None
-    per_category: dict[str, list[float]] = defaultdict(list)
+    # Per category: p@k for every k asked (the key keeps its historical name; "p@5" is in it
+    # whenever 5 is among ``tops``), and the number of queries.
+    per_category: dict[str, list[Labelled]] = defaultdict(list)
+    ranked_by: dict[str, list[Sequence[Labelled]]] = defaultdict(list)
     for q, res, _ in rows:
-        per_category[q.category].append(precision_at(res, q, 5, colour=False))
+        per_category[q.category].append(q)
+        ranked_by[q.category].append(res)
     out["per_category_p@5"] = {
-        name: {"p@5": _mean(values), "queries": len(values)}
-        for name, values in sorted(per_category.items())
+        name: {
+            **{
+                f"p@{k}": _mean(
+                    [
+                        precision_at(res, q, k, colour=False)
+                        for q, res in zip(queries, ranked_by[name], strict=True)
+                    ]
+                )
+                for k in tops
+            },
+            "queries": len(queries),
+        }
+        for name, queries in sorted(per_category.items())
     }
     return out
 

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
 from django.conf import settings
 
 from retrieval.evaluation.metrics import Labelled
+
+if TYPE_CHECKING:
+    from retrieval.images import ImageSource
+    from retrieval.models import FeatureModel
 
 
 def held_out_queries(*, model, limit: int | None, seed: int, probs: bool = False) -> list[dict]:
@@ -83,7 +90,7 @@ def read_query_set(*, path, category_field: str, limit: int | None):
     return items, skipped
 
 
-def extract_queries(*, extractor, sources, flip: bool, crop: bool, batch: int = 32):
+def extract_queries(*, extractor, sources, flip: bool, crop: str, batch: int = 32):
     """Run query photos through :meth:`FeatureExtractor.extract_query`, a batch at a time.
 
     sources: ``[(key, image source)]``. Returns ``(keys, features, errors)``: the keys that
@@ -115,16 +122,23 @@ def extract_queries(*, extractor, sources, flip: bool, crop: bool, batch: int = 
     return keys, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, errors
 
 
-def external_queries(*, model, path, category_field: str, limit: int | None):
-    """Query images from a labelled catalogue file, run through the CNN as a shopper's photo
-    would be (RETRIEVAL_QUERY_CROP / _FLIP), never stored."""
+def photo_queries(
+    *, model: FeatureModel, items: Sequence[tuple[str, ImageSource, Labelled]]
+) -> tuple[list[dict], int]:
+    """Query photos run through the CNN as a shopper's photo is in the shop (the same
+    :meth:`FeatureExtractor.extract_query`, RETRIEVAL_QUERY_CROP / _FLIP), never stored.
+
+    items: ``[(id, image source, Labelled)]``. Returns ``(queries, unreadable)``: each query
+    has ``fused`` (542,) and ``probs`` (C,) float32, ``label``, ``exclude`` = ().
+    """
     from retrieval import features
 
-    items, skipped = read_query_set(path=path, category_field=category_field, limit=limit)
+    if not items:
+        return [], 0
     extractor = features.extractor_for(backbone=model.backbone, model=model)
     keys, out, errors = extract_queries(
         extractor=extractor,
-        sources=[(i, data) for i, (_, data, _) in enumerate(items)],
+        sources=[(i, source) for i, (_, source, _) in enumerate(items)],
         flip=settings.RETRIEVAL_QUERY_FLIP,
         crop=settings.RETRIEVAL_QUERY_CROP,
     )
@@ -138,4 +152,37 @@ def external_queries(*, model, path, category_field: str, limit: int | None):
         }
         for row, key in enumerate(keys)
     ]
-    return queries, skipped + len(errors)
+    return queries, len(errors)
+
+
+def external_queries(*, model, path, category_field: str, limit: int | None):
+    """Query images from a labelled catalogue file, run through the CNN as a shopper's photo
+    would be (RETRIEVAL_QUERY_CROP / _FLIP), never stored."""
+    items, skipped = read_query_set(path=path, category_field=category_field, limit=limit)
+    queries, unreadable = photo_queries(model=model, items=items)
+    return queries, skipped + unreadable
+
+
+def example_queries(*, model: FeatureModel, limit: int | None = None) -> tuple[list[dict], int]:
+    """The held-out example photos (senders never trained on, issue #14) as query photos.
+
+    Returns ``(queries, skipped)``; ids are the photos' keys (they are not garments).
+    """
+    from retrieval.models import ExamplePhoto
+
+    photos = ExamplePhoto.objects.filter(role=ExamplePhoto.Role.HOLDOUT).select_related("category")
+    items: list[tuple[str, ImageSource, Labelled]] = []
+    skipped = 0
+    for photo in photos.order_by("key")[:limit]:
+        if not photo.image:
+            skipped += 1
+            continue
+        source: ImageSource
+        try:
+            source = photo.image.path
+        except NotImplementedError:
+            with photo.image.open("rb") as handle:
+                source = handle.read(settings.RETRIEVAL_MAX_UPLOAD_BYTES + 1)
+        items.append((f"example:{photo.key}", source, Labelled(category=photo.category.name)))
+    queries, unreadable = photo_queries(model=model, items=items)
+    return queries, skipped + unreadable

@@ -1,9 +1,9 @@
 """Features (Hou, He & Liu 2020): the only package that imports torch/torchvision.
 
 Everything it returns is numpy or plain Python, so no other package handles tensors.
-:mod:`.backbones` (CNN trunks), :mod:`.colour` (numpy only), :mod:`.head` (FC1/FC2),
-:mod:`.extractor` (image -> features), :mod:`.cpu` (CPU speed-ups), :mod:`.configured`
-(the extractor that settings describe).
+:mod:`.backbones` (CNN trunks), :mod:`.colour` and :mod:`.framing` (query centre crop) (numpy
+only), :mod:`.head` (FC1/FC2), :mod:`.extractor` (image -> features), :mod:`.cpu` (CPU
+speed-ups), :mod:`.configured` (the extractor that settings describe).
 """
 
 from retrieval.features.backbones import (
@@ -26,6 +26,12 @@ from retrieval.features.colour import (
 from retrieval.features.configured import extractor_for
 from retrieval.features.cpu import freeze_backbone, keep_freed_memory_for_reuse
 from retrieval.features.extractor import ExtractedBatch, FeatureExtractor, get_extractor
+from retrieval.features.framing import (
+    BORDER_MIN_FRACTION,
+    CENTRE_BOX,
+    border_fraction,
+    border_is_plain,
+)
 from retrieval.features.head import (
     ClothingHead,
     auto_epochs,
@@ -46,10 +52,13 @@ from retrieval.spec import (
     FUSED_DIM,
     NUM_POSITIONS,
     POOLED_DIMS,
+    QUERY_CROP_MODES,
 )
 
 __all__ = [
     "BACKBONES",
+    "BORDER_MIN_FRACTION",
+    "CENTRE_BOX",
     "COLOUR_DIM",
     "COLOUR_VARIANTS",
     "CROP_MAX_AREA",
@@ -60,6 +69,7 @@ __all__ = [
     "FUSED_DIM",
     "NUM_POSITIONS",
     "POOLED_DIMS",
+    "QUERY_CROP_MODES",
     "WEIGHTS_ENV",
     "Backbone",
     "BackboneUnavailable",
@@ -68,6 +78,8 @@ __all__ = [
     "FeatureExtractor",
     "activation_map",
     "auto_epochs",
+    "border_fraction",
+    "border_is_plain",
     "classify",
     "colour_feature",
     "colour_positions",

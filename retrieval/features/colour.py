@@ -72,7 +72,7 @@ def pooled_rgb_at(rgb7: np.ndarray, positions: np.ndarray) -> np.ndarray:
     return np.take_along_axis(flat, pos[:, :, None], axis=1)
 
 
-#: Query-time crop (``FeatureExtractor.extract_query(crop=True)``): a cell belongs to the
+#: Query-time crop (``FeatureExtractor.extract_query(crop="map")``): a cell belongs to the
 #: garment when its activation is at least this fraction of the way from the map's minimum to
 #: its maximum; the box is that region around the strongest cell, widened by one cell.
 CROP_THRESHOLD = 0.5

@@ -54,6 +54,7 @@ from retrieval.features.colour import (
     pooled_rgb_at,
 )
 from retrieval.features.cpu import freeze_backbone, keep_freed_memory_for_reuse
+from retrieval.features.framing import CENTRE_BOX, RULE_MAX_SIDE, border_is_plain, box_pixels
 from retrieval.features.head import ClothingHead, classify, deep_from_pooled, load_head
 from retrieval.images import (
     DEFAULT_MAX_PIXELS,
@@ -74,6 +75,7 @@ from retrieval.spec import (
     DEFAULT_NORMALIZE_DEEP,
     NUM_POSITIONS,
     PRECISIONS,
+    QUERY_CROP_MODES,
 )
 
 logger = logging.getLogger(__name__)
@@ -138,6 +140,16 @@ def _collate(
         else torch.empty((0, INPUT_SIZE, INPUT_SIZE, 3), dtype=torch.uint8)
     )
     return keys, batch, errors
+
+
+def _rule_view(photo: Image.Image) -> np.ndarray:
+    """The decoded photo as the plain-border rule reads it: ``(H, W, 3)`` uint8, reduced (box
+    average by an integer factor) to at most :data:`RULE_MAX_SIDE` px on its longer side, the
+    resolution the rule was measured at. Smaller photos are read as they are."""
+    factor = -(-max(photo.size) // RULE_MAX_SIDE)  # ceil
+    if factor > 1:
+        photo = photo.reduce(factor)
+    return np.asarray(photo.convert("RGB"), dtype=np.uint8)
 
 
 class FeatureExtractor:
@@ -325,56 +337,68 @@ class FeatureExtractor:
         images: Sequence[ImageSource | Image.Image],
         *,
         flip: bool = False,
-        crop: bool = False,
+        crop: str = "off",
     ) -> dict[str, np.ndarray]:
         """Features of query photos (a shopper's), with optional test-time steps.
 
-        Both steps are departures from the paper, for photos that do not look like the
-        catalogue's studio shots (measured in docs/benchmarks.md, "Evaluation"):
+        Each step is a departure from the paper, which runs the CNN once on the whole photo,
+        for photos that do not look like the catalogue's studio shots (measured in
+        docs/benchmarks.md, "Evaluation" and "Shoppers' photos", Lever 4):
 
-        - ``crop`` (background suppression): a first CNN pass finds the garment on the
+        - ``crop="centre"`` (the product's default, ``RETRIEVAL_QUERY_CROP``): a photo whose
+          border is not plain (:func:`retrieval.features.framing.border_is_plain`, read on the
+          decoded photo reduced to at most :data:`~retrieval.features.framing.RULE_MAX_SIDE`
+          px, 3-pixel frame) is cropped to the middle 80% of each side
+          (:data:`~retrieval.features.framing.CENTRE_BOX`) before its one CNN pass; the
+          colour then comes from the crop too. Shoppers' p@5 0.809 -> 0.835 with studio
+          photos unchanged (cropping every photo cost them 1.6 points).
+        - ``crop="map"`` (background suppression): a first CNN pass finds the garment on the
           activation map (:func:`crop_box`); when that region covers less than
           :data:`CROP_MAX_AREA` of the photo, the photo is cropped to it (from the decoded
           image, not the 224 px copy) and run again. Other photos keep their first pass.
+        - ``crop="off"``: the whole photo, as the paper.
         - ``flip``: the pooled feature is the mean of the photo's and its mirror image's
           (one more CNN pass); colour and positions stay those of the photo itself.
 
         Args:
             images: PIL images, paths, encoded bytes, file objects or loader callables.
+            crop: one of :data:`retrieval.spec.QUERY_CROP_MODES`.
 
         Returns:
             As :meth:`extract`, plus ``crop`` ``(N, 4)`` float32: the box used as fractions
-            (left, top, right, bottom); ``(0, 0, 1, 1)`` where the photo was not cropped.
+            (left, top, right, bottom); ``(0, 0, 1, 1)`` where the photo was not cropped,
+            ``(0.1, 0.1, 0.9, 0.9)`` where ``"centre"`` cropped it.
         """
+        if crop not in QUERY_CROP_MODES:
+            raise ValueError(f"crop must be one of {QUERY_CROP_MODES}, not {crop!r}")
         if not len(images):
             out = self._empty()
             out["crop"] = np.zeros((0, 4), np.float32)
             return out
-        size = (2 * INPUT_SIZE, 2 * INPUT_SIZE) if crop else (INPUT_SIZE, INPUT_SIZE)
+        size = (INPUT_SIZE, INPUT_SIZE) if crop == "off" else (2 * INPUT_SIZE, 2 * INPUT_SIZE)
         photos = [
             src.convert("RGB")
             if isinstance(src, Image.Image)
             else open_image(src, max_pixels=self.max_pixels, draft_size=size)
             for src in images
         ]
-        arrays = np.stack([resize_rgb(photo) for photo in photos])
         boxes = np.tile(np.array([0.0, 0.0, 1.0, 1.0], np.float32), (len(photos), 1))
+        if crop == "centre":
+            for i, photo in enumerate(photos):
+                if not border_is_plain(_rule_view(photo)):
+                    photos[i] = photo.crop(box_pixels(photo.size, CENTRE_BOX))
+                    boxes[i] = CENTRE_BOX
+        arrays = np.stack([resize_rgb(photo) for photo in photos])
         pooled, maps = self._run_cnn(torch.from_numpy(arrays))
-        if crop:
+        if crop == "map":
             redo = []
             for i, photo in enumerate(photos):
                 left, top, right, bottom = crop_box(maps[i])
                 if (right - left) * (bottom - top) >= CROP_MAX_AREA:
                     continue
-                w, h = photo.size
-                pixels = (
-                    int(left * w),
-                    int(top * h),
-                    max(int(left * w) + 1, round(right * w)),
-                    max(int(top * h) + 1, round(bottom * h)),
-                )
-                arrays[i] = resize_rgb(photo.crop(pixels))
-                boxes[i] = (left, top, right, bottom)
+                box = (left, top, right, bottom)
+                arrays[i] = resize_rgb(photo.crop(box_pixels(photo.size, box)))
+                boxes[i] = box
                 redo.append(i)
             if redo:
                 pooled_redo, maps_redo = self._run_cnn(torch.from_numpy(arrays[redo]))

@@ -108,7 +108,9 @@ def train_head(
             with the best validation accuracy are kept (early stopping).
         class_names: category names saved with the head (index = label id).
         backbone: backbone name the features came from (saved, checked by the extractor).
-        progress: called as ``progress(epoch, epochs, metrics)`` after every epoch.
+        progress: called as ``progress(epoch, epochs, metrics)`` after every epoch; metrics
+            has ``epoch``, ``loss`` (mean training loss), ``seconds`` (since the first epoch
+            began) and, with validation, ``val_accuracy``.
 
     Returns:
         ``(head, metrics)``: head in eval mode on CPU; metrics has ``train_accuracy``,
@@ -150,7 +152,12 @@ def train_head(
                 opt.step()
                 sched.step()
                 total += float(loss.detach()) * idx.numel()
-            metrics = {"epoch": epoch, "loss": total / max(1, x.shape[0])}
+            metrics = {
+                "epoch": epoch,
+                "loss": total / max(1, x.shape[0]),
+                # Since the first epoch began: the admin's time left is the mean epoch so far.
+                "seconds": round(time.perf_counter() - start, 3),
+            }
             if has_val:
                 acc = _accuracy(head, xv, yv)
                 metrics["val_accuracy"] = acc

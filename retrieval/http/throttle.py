@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
+from typing import Any
 
 from django.conf import settings
 from rest_framework.settings import api_settings
-from rest_framework.throttling import AnonRateThrottle
+from rest_framework.throttling import BaseThrottle, SimpleRateThrottle
 
 log = logging.getLogger(__name__)
 
@@ -36,23 +38,58 @@ def throttle_cache():
     return _throttle_cache
 
 
-class SearchRateThrottle(AnonRateThrottle):
-    """Anonymous searches per client address (RETRIEVAL_SEARCH_THROTTLE); signed-in users and
-    token holders are not throttled. Fails open: with Redis down, searches still work."""
+def client_address(request: Any) -> str | None:
+    """The client's address as the throttles see it: the connection's, or with
+    DJANGO_NUM_PROXIES = N trusted proxies in front, the N-th from the right of
+    X-Forwarded-For (DRF's rule). The login lockout (django-axes) counts by the same.
+
+    Always an IP address or None (axes stores it in an address column): a forwarded value that
+    is not one (a client that reached gunicorn without the proxy, sending its own header) falls
+    back to the connection's address; a request with neither (Django's test client login) has
+    None."""
+    for candidate in (BaseThrottle().get_ident(request), request.META.get("REMOTE_ADDR")):
+        try:
+            return str(ipaddress.ip_address(str(candidate).strip()))
+        except ValueError:
+            continue
+    return None
+
+
+class SearchRateThrottle(SimpleRateThrottle):
+    """Searches by photo (each a CNN pass), counted in Redis so every web process shares the
+    count: anonymous clients per address at RETRIEVAL_SEARCH_THROTTLE, signed-in non-staff
+    users and shopper tokens per account at RETRIEVAL_SEARCH_USER_THROTTLE; staff are not
+    throttled. Fails open: with Redis down, searches still work."""
 
     scope = "search"
+    user_scope = "search_user"
 
     @property
     def cache(self):
         return throttle_cache()
 
     def get_rate(self) -> str | None:
-        # Read per request, so a settings change (tests, override_settings) takes effect.
-        return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
+        # Read per request (allow_request), so a settings change (tests) takes effect.
+        return None
 
-    def allow_request(self, request, view) -> bool:
+    def get_cache_key(self, request: Any, view: Any) -> str | None:
+        user = getattr(request, "user", None)
+        if user is not None and user.is_authenticated:
+            return self.cache_format % {"scope": self.user_scope, "ident": user.pk}
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+    def allow_request(self, request: Any, view: Any) -> bool:
         from redis.exceptions import RedisError
 
+        user = getattr(request, "user", None)
+        if user is not None and user.is_staff:
+            return True
+        signed_in = user is not None and user.is_authenticated
+        rate = api_settings.DEFAULT_THROTTLE_RATES.get(self.user_scope if signed_in else self.scope)
+        if not isinstance(rate, str):  # None: off
+            return True
+        self.rate = rate
+        self.num_requests, self.duration = self.parse_rate(rate)
         try:
             return super().allow_request(request, view)
         except RedisError as exc:

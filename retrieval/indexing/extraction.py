@@ -6,20 +6,21 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Count, Exists, OuterRef, Q
 from django.utils import timezone
 
-from retrieval import features
 from retrieval.jobs.publishing import workers_available
 from retrieval.models import (
     FEATURE_VERSION,
     BackboneFeature,
+    ExampleFeature,
+    ExamplePhoto,
     FeatureModel,
     Garment,
     GarmentFeature,
@@ -162,6 +163,8 @@ def extract_and_store(
             result.failed[garment.pk] = "no image"
             continue
         items.append((garment.pk, source(garment)))
+    from retrieval import features  # torch: loaded by the processes that run the CNN only
+
     extractor = features.extractor_for(backbone=backbone, model=model)
     workers = settings.RETRIEVAL_LOADER_WORKERS if len(items) > 8 else 0
     for batch in extractor.extract_paths(
@@ -244,6 +247,8 @@ def ensure_backbone_features(*, backbone: str, progress=None) -> int:
         .order_by("id")
     )
     done = 0
+    if progress is not None and missing:  # the stage's start, for its elapsed time and pace
+        progress({"stage": "extracting", "done": 0, "total": len(missing)})
     for start in range(0, len(missing), 256):
         chunk = missing[start : start + 256]
         extract_and_store(garments=chunk, backbone=backbone, model=None, result=IndexResult())
@@ -251,6 +256,72 @@ def ensure_backbone_features(*, backbone: str, progress=None) -> int:
         if progress is not None:
             progress({"stage": "extracting", "done": done, "total": len(missing)})
     return len(missing)
+
+
+def ensure_example_features(
+    *, backbone: str, progress: Callable[[dict], None] | None = None
+) -> dict[int, str]:
+    """Run the CNN for the training example photos (role train) that have no cached pooled
+    feature under ``backbone`` (or one from an older FEATURE_VERSION): the same extractor and
+    batch path as the garments', on the plain photo (no query-time crop or flip), so the head
+    sees shoppers' photos as it sees garments. Returns {photo id: reason} for the photos that
+    could not be read (skipped by training, never a failed run)."""
+    from retrieval import features
+
+    # One cache row matching both backbone and version (an exclude() over the relation could
+    # match them on two different rows).
+    cached = ExampleFeature.objects.filter(
+        photo=OuterRef("pk"), backbone=backbone, version=FEATURE_VERSION
+    )
+    missing = list(
+        ExamplePhoto.objects.filter(role=ExamplePhoto.Role.TRAIN)
+        .exclude(Exists(cached))
+        .order_by("id")
+    )
+    failed: dict[int, str] = {}
+    if not missing:
+        return failed
+
+    def source(photo: ExamplePhoto) -> str | bytes:
+        try:
+            return photo.image.path
+        except NotImplementedError:
+            with photo.image.open("rb") as handle:
+                return handle.read(settings.RETRIEVAL_MAX_UPLOAD_BYTES + 1)
+
+    extractor = features.extractor_for(backbone=backbone, model=None)
+    done = 0
+    if progress is not None:  # the stage's start, for its elapsed time and pace
+        progress({"stage": "extracting_examples", "done": 0, "total": len(missing)})
+    for start in range(0, len(missing), 256):
+        chunk = [p for p in missing[start : start + 256] if p.image]
+        failed.update({p.pk: "no image" for p in missing[start : start + 256] if not p.image})
+        items = [(p.pk, source(p)) for p in chunk]
+        workers = settings.RETRIEVAL_LOADER_WORKERS if len(items) > 8 else 0
+        for batch in extractor.extract_paths(
+            items, batch_size=settings.RETRIEVAL_BATCH_SIZE, num_workers=workers
+        ):
+            failed.update(dict(batch.errors))
+            if not batch.keys:
+                continue
+            ExampleFeature.objects.bulk_create(
+                [
+                    ExampleFeature(
+                        photo_id=key,
+                        backbone=backbone,
+                        version=FEATURE_VERSION,
+                        pooled=batch.features["pooled"][i],
+                    )
+                    for i, key in enumerate(batch.keys)
+                ],
+                update_conflicts=True,
+                unique_fields=["photo", "backbone"],
+                update_fields=["version", "pooled", "created_at"],
+            )
+        done += len(chunk)
+        if progress is not None:
+            progress({"stage": "extracting_examples", "done": done, "total": len(missing)})
+    return failed
 
 
 def wait_for_garments(

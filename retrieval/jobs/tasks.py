@@ -58,6 +58,7 @@ def requeue_stuck() -> dict:
     return {
         "garments": indexing.requeue_stuck_garments(),
         "imports": catalogue.requeue_unqueued_imports(),
+        "stalled_imports": catalogue.rescue_stalled_imports(),
         "trainings": training.requeue_unqueued_trainings(),
     }
 
@@ -111,24 +112,24 @@ def prune_media(older_than_minutes: int | None = None) -> dict:
     }
 
 
-@shared_task(name="retrieval.tasks.prune_search_log", autoretry_for=(DatabaseError,), max_retries=3)
-def prune_search_log(days: int | None = None) -> dict:
-    """Beat, daily: delete searches older than RETRIEVAL_SEARCH_LOG_DAYS (idempotent)."""
-    from retrieval import analytics
-
-    return {"deleted": analytics.prune_search_log(days=days)}
-
-
 @shared_task(name="retrieval.tasks.import_catalog", bind=True)
 def import_catalog(self, job_id: int) -> dict:
-    """An import uploaded in the admin: read the zip, create garments, queue their indexing."""
+    """An import uploaded in the admin: read the zip, create garments, queue their indexing.
+
+    The task id is the job's lease token: a redelivery of this task after its worker died
+    takes the job straight back and resumes it, counting each row once.
+    """
     from retrieval.models import ImportJob
 
     job = ImportJob.objects.get(pk=job_id)
     if job.status in {ImportJob.Status.DONE, ImportJob.Status.FAILED}:
         return catalogue.import_progress(job=job)  # redelivered after it finished: nothing to do
     job = catalogue.import_catalog(
-        source=job.upload.path, category_field=job.category_field, limit=job.limit, job=job
+        source=job.upload.path,
+        category_field=job.category_field,
+        limit=job.limit,
+        job=job,
+        claim=self.request.id,
     )
     return catalogue.import_progress(job=job)
 
@@ -137,14 +138,19 @@ def import_catalog(self, job_id: int) -> dict:
 def train_model(
     self, model_id: int, epochs: int | None = None, category_field: str = "category"
 ) -> dict:
-    """Train a model queued from the admin (its row exists, status training)."""
+    """Train a model queued from the admin (its row exists, status training), evaluate it
+    against the live model and activate it only when it is not worse (the decision and its
+    reason are stored on the model; staff may still activate it by hand)."""
+    from retrieval import evaluation
     from retrieval.models import FeatureModel
 
     model = FeatureModel.objects.get(pk=model_id)
     if model.status != FeatureModel.Status.TRAINING:
         return {"skipped": f"model {model.name} is {model.status}"}  # redelivered after the end
-    model = training.train_model(model=model, epochs=epochs, category_field=category_field)
-    return {"model": model.name, "val_accuracy": model.metrics.get("val_accuracy")}
+    decision = evaluation.train_and_promote(
+        model=model, epochs=epochs, category_field=category_field
+    )
+    return {"model": model.name, "activated": decision.activate, "reason": decision.reason}
 
 
 @shared_task(name="retrieval.tasks.reindex_model", bind=True, acks_late=True)

@@ -3,9 +3,27 @@
 :mod:`.query` is the one entry point from a photo (shop, API, evaluation); :mod:`.ranking`
 ranks a vector in one snapshot; :mod:`.rerank` puts the predicted category first;
 :mod:`.clustering` fits and switches K-means runs; :mod:`.table` holds the search table's SQL.
+:mod:`.filters` holds the shopper filters every search and list takes, :mod:`.facets` their
+counts, :mod:`.keyword` the search by words.
 """
 
-from retrieval.search.query import more_like_this, search_image
+from retrieval.search import keyword
+from retrieval.search.facets import Facet, FacetValue, facet_counts
+from retrieval.search.filters import (
+    FILTER_FIELDS,
+    SearchFilters,
+    UnknownFilterValue,
+    resolve_filters,
+)
+from retrieval.search.query import (
+    PhotoSearch,
+    PredictedCategory,
+    more_like_this,
+    predicted_categories,
+    search_image,
+    search_photo,
+    search_refined,
+)
 from retrieval.search.ranking import (
     Hit,
     SearchResult,
@@ -15,15 +33,31 @@ from retrieval.search.ranking import (
     require_active_model,
     search_vectors,
 )
+from retrieval.search.refine import FeedbackError, QueryWords
 
 __all__ = [
+    "FILTER_FIELDS",
+    "Facet",
+    "FacetValue",
+    "FeedbackError",
     "Hit",
+    "PhotoSearch",
+    "PredictedCategory",
+    "QueryWords",
+    "SearchFilters",
     "SearchResult",
     "SearchUnavailable",
+    "UnknownFilterValue",
+    "facet_counts",
+    "keyword",
     "more_like_this",
     "one_per_product",
     "one_snapshot",
+    "predicted_categories",
     "require_active_model",
+    "resolve_filters",
     "search_image",
+    "search_photo",
+    "search_refined",
     "search_vectors",
 ]

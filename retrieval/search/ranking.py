@@ -29,6 +29,7 @@ from django.db.backends.utils import CursorWrapper
 
 from retrieval.models import FeatureModel, Garment
 from retrieval.search import table as searchtable
+from retrieval.search.filters import SearchFilters
 from retrieval.selectors import active_model
 from retrieval.spec import MODES
 
@@ -112,6 +113,7 @@ def search_vectors(
     exclude_garment_ids: tuple[int, ...] = (),
     clustered: bool = True,
     include_hidden: bool = False,
+    filters: SearchFilters | None = None,
     one_per_product: bool = True,
 ) -> SearchResult:
     """Rank the catalogue against one query vector.
@@ -123,6 +125,9 @@ def search_vectors(
     also rank garments shoppers do not see (inactive category, not ready): for staff.
     one_per_product: of garments staff merged into one product (``Garment.product_group``),
     only the best-scored is listed; the ranking is widened so that ``top`` are still found.
+    filters: the shopper's gender, colour, season, usage and category, applied inside the
+    cluster scan (clusters are added until N garments pass them, so the top N is complete);
+    category_id: a category on top of them (the re-rank's predicted category).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
@@ -136,10 +141,11 @@ def search_vectors(
     column = "deep" if mode == "deep" else "fused"
     vector = fused[:deep_dims] if mode == "deep" else fused
     query = _vector_literal(vector)
-    filters, params = searchtable.shopper_filters(
+    conditions, params = searchtable.shopper_filters(
         include_hidden=include_hidden,
         category_id=category_id,
         exclude_garment_ids=exclude_garment_ids,
+        filters=filters,
     )
 
     with one_snapshot(), connection.cursor() as cursor:
@@ -151,7 +157,7 @@ def search_vectors(
         def rank(n: int) -> tuple[list[tuple[int, float]], list[int]]:
             if not labels:  # exact mode, or no K-means run yet: rank everything
                 cursor.execute(
-                    searchtable.EXACT_SQL.format(column=column, filters=filters),
+                    searchtable.EXACT_SQL.format(column=column, filters=conditions),
                     {**params, "q": query, "top": n, "model": model.pk},
                 )
                 return cursor.fetchall(), []
@@ -164,9 +170,10 @@ def search_vectors(
                 labels=labels,
                 probes=probes,
                 top=n,
-                filters=filters,
+                filters=conditions,
                 params=params,
-                filter_in_scan=category_id is not None,
+                # Chosen filters are selective: most of a cluster's nearest rows fail them.
+                filter_in_scan=category_id is not None or bool(filters),
             )
             return found, probed
 

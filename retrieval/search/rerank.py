@@ -13,11 +13,13 @@ studio and on shoppers' photos.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 
 from retrieval import search
 from retrieval.models import Category, FeatureModel
+from retrieval.search.filters import SearchFilters
 
 #: Distance under which a garment is the query photo itself (float noise: an identical image
 #: gives ~1e-6; the nearest distinct garments of a catalogue are ~0.1 apart, and a JPEG
@@ -42,23 +44,25 @@ def search_reranked(
     min_confidence: float = 0.0,
     exclude_garment_ids: tuple[int, ...] = (),
     include_hidden: bool = False,
+    filters: SearchFilters | None = None,
 ) -> search.SearchResult:
     """Like :func:`retrieval.search.search_vectors` in fused mode, predicted category first.
 
     fused: ``(542,)`` float32 query vector; probs: ``(C,)`` float32, the head's softmax for the
     query (``C = len(model.classes)``). Order: the query photo itself if it is in the catalogue
     (distance <= DUPLICATE_DISTANCE), the predicted category's garments nearest first, then the
-    plain ranking's others. Scores stay ``-distance``, so they may rise again after the
-    predicted category's garments.
+    plain ranking's others, all within the shopper's ``filters``. Scores stay ``-distance``,
+    so they may rise again after the predicted category's garments.
     """
     started = time.perf_counter()
-    common = {
+    common: dict[str, Any] = {
         "fused": fused,
         "model": model,
         "mode": "fused",
         "probes": probes,
         "clustered": clustered,
         "include_hidden": include_hidden,
+        "filters": filters,
     }
     # One snapshot for all statements (the plain ranking, the category, the category's
     # ranking), as for a plain search: a K-means switch committing between them is not seen.

@@ -3,12 +3,17 @@
 Django-free on purpose: ``retrieval.search.clustering`` and ``retrieval.search`` run these functions
 on a Django cursor, and ``bench/bench_search_db.py`` runs the very same statements on a
 psycopg cursor (client-side binding, as Django does) at 100k and 1M rows. Table names are
-the Django models' (checked by tests/test_search.py).
+the Django models' (checked by tests/search/test_search.py).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from retrieval.search.filters import SearchFilters
 
 SEARCH_TABLE = "retrieval_searchrow"
 FEATURE_TABLE = "retrieval_garmentfeature"
@@ -227,19 +232,32 @@ WHERE id = ANY(%s) AND product_group IS NOT NULL
 
 
 def shopper_filters(
-    *, include_hidden: bool, category_id: int | None, exclude_garment_ids
+    *,
+    include_hidden: bool,
+    category_id: int | None = None,
+    exclude_garment_ids=(),
+    filters: SearchFilters | None = None,
 ) -> tuple[str, dict]:
-    """SQL conditions (on g, c, f) and their parameters for what a search may return."""
+    """SQL conditions (on g, c, f) and their parameters for what a search may return.
+
+    filters: the shopper's gender, colour, season, usage and category
+    (:class:`retrieval.search.filters.SearchFilters`); ``category_id`` is a shorthand for a
+    category alone (the re-rank's predicted category), applied on top of ``filters``.
+    """
     # Only garments shoppers may see: indexed (ready) and in an active category.
-    filters = "" if include_hidden else " AND c.active AND g.status = 'ready'"
+    conditions = "" if include_hidden else " AND c.active AND g.status = 'ready'"
     params: dict = {}
+    if filters:
+        chosen, chosen_params = filters.sql(garment="g")
+        conditions += chosen
+        params.update(chosen_params)
     if category_id is not None:
-        filters += " AND g.category_id = %(category)s"
+        conditions += " AND g.category_id = %(category)s"
         params["category"] = category_id
     if exclude_garment_ids:
-        filters += " AND NOT (f.garment_id = ANY(%(exclude)s))"
+        conditions += " AND NOT (f.garment_id = ANY(%(exclude)s))"
         params["exclude"] = list(exclude_garment_ids)
-    return filters, params
+    return conditions, params
 
 
 def provably_complete(nth: float, last: float, query_norm: float) -> bool:

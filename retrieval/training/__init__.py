@@ -7,6 +7,7 @@ from retrieval.training.activation import (
     reindex_and_activate,
     vectors_key,
 )
+from retrieval.training.progress import StageClock, progress_text, time_left
 from retrieval.training.retirement import (
     ModelRetirement,
     RetirementReport,
@@ -27,10 +28,12 @@ from retrieval.training.training import (
 __all__ = [
     "ModelRetirement",
     "RetirementReport",
+    "StageClock",
     "activate_model",
     "after_import",
     "load_backbone_features",
     "new_feature_model",
+    "progress_text",
     "queue_activation",
     "queue_model_retirement",
     "queue_training",
@@ -40,6 +43,7 @@ __all__ = [
     "retire_inactive_models",
     "retirement_refusal",
     "split_catalogue",
+    "time_left",
     "train_model",
     "vectors_key",
 ]

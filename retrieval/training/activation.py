@@ -10,7 +10,6 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from retrieval import features
 from retrieval.indexing import ensure_backbone_features, store_garment_features
 from retrieval.jobs.publishing import QueueUnavailable, publish
 from retrieval.models import (
@@ -20,6 +19,7 @@ from retrieval.models import (
     Garment,
     GarmentFeature,
 )
+from retrieval.training.progress import StageClock
 from retrieval.training.retirement import _queue_retirement_after_activation
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,8 @@ def recompute_vectors(
     """
     import numpy as np
 
+    from retrieval import features  # torch: loaded by the processes that run the CNN only
+
     key = vectors_key(model)
     stored_key = FeatureModel.objects.filter(pk=model.pk).values_list("vectors_key", flat=True)
     reuse = reuse and bool(key) and stored_key.first() == key
@@ -80,6 +82,8 @@ def recompute_vectors(
     # Loaded only when there is something to compute (a switch back often has nothing).
     extractor = features.extractor_for(backbone=model.backbone, model=model) if ids else None
     written = 0
+    if progress is not None and ids:  # the stage's start, for its elapsed time and pace
+        progress({"stage": "vectors", "done": 0, "total": len(ids)})
     for start in range(0, len(ids), 4096):
         chunk = ids[start : start + 4096]
         rows = BackboneFeature.objects.filter(backbone=model.backbone, garment_id__in=chunk)
@@ -138,8 +142,10 @@ def reindex_and_activate(*, model: FeatureModel) -> None:
     """
     from retrieval.search import clustering
 
+    clock = StageClock()
+
     def report(state: dict) -> None:
-        FeatureModel.objects.filter(pk=model.pk).update(progress=state)
+        FeatureModel.objects.filter(pk=model.pk).update(progress=clock.stamp(state))
 
     # Status indexing from here on: model retirement leaves the model alone meanwhile.
     FeatureModel.objects.filter(pk=model.pk).update(status=FeatureModel.Status.INDEXING, error="")

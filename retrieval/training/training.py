@@ -8,16 +8,19 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from retrieval.indexing import ensure_backbone_features
+from retrieval.indexing import ensure_backbone_features, ensure_example_features
 from retrieval.jobs.publishing import NOT_QUEUED, publish, take_unqueued
 from retrieval.models import (
     BackboneFeature,
+    ExampleFeature,
+    ExamplePhoto,
     FeatureModel,
     Garment,
     GarmentFeature,
@@ -25,6 +28,10 @@ from retrieval.models import (
 )
 from retrieval.selectors import active_model
 from retrieval.training.activation import activate_model, recompute_vectors
+from retrieval.training.progress import StageClock
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +103,44 @@ def load_backbone_features(*, backbone: str, category_field: str = "category"):
     )
 
 
+def load_example_features(
+    *, backbone: str, classes: Sequence[str], category_field: str
+) -> tuple[np.ndarray | None, np.ndarray, int]:
+    """The training example photos' cached pooled features, labelled with their index in
+    ``classes`` (issue #14: shoppers' photos beside the studio photos).
+
+    Only role ``train`` photos: held-out ones are evaluation queries and never reach a head.
+    Returns (pooled (M, D) float32 or None, labels (M,) int64, skipped): ``skipped`` counts
+    the training photos left out, because their category is not among ``classes`` (or the
+    head trains on another field than the category), or their photo could not be read.
+    """
+    import numpy as np
+
+    train = ExamplePhoto.objects.filter(role=ExamplePhoto.Role.TRAIN)
+    total = train.count()
+    index = {name: i for i, name in enumerate(classes)} if category_field == "category" else {}
+    rows = (
+        ExampleFeature.objects.filter(
+            backbone=backbone,
+            photo__role=ExamplePhoto.Role.TRAIN,
+            photo__category__name__in=list(index),
+        )
+        .order_by("photo_id")
+        .values_list("photo__category__name", "pooled")
+    )
+    labels, pooled = [], []
+    for category, vector in rows.iterator(chunk_size=2000):
+        labels.append(index[category])
+        pooled.append(vector)
+    if not pooled:
+        return None, np.empty(0, np.int64), total
+    return (
+        np.vstack(pooled).astype(np.float32),
+        np.asarray(labels, np.int64),
+        total - len(labels),
+    )
+
+
 def new_feature_model(*, backbone: str, progress: dict | None = None) -> FeatureModel:
     """A model row (status training) with the configured colour knobs, named for its backbone
     and creation time; training fills in the head, classes and metrics."""
@@ -121,7 +166,7 @@ def train_model(
     seed: int = 0,
     activate: bool = True,
     model: FeatureModel | None = None,
-    progress=None,
+    progress: Callable[[dict], None] | None = None,
 ) -> FeatureModel:
     """Train the head on the catalogue's categories and register (and activate) a new model.
 
@@ -129,7 +174,9 @@ def train_model(
     with the test part); train FC1+FC2 on cached pooled backbone features (running the CNN
     first for garments that have none); save the head atomically; recompute every garment's
     vectors from the cache (no second CNN pass); fit K-means; switch the active model only
-    when all of that is done. Progress is saved on the model row (the admin shows it).
+    when all of that is done. Progress is saved on the model row (the admin shows it) and
+    passed to ``progress``: dicts of :mod:`retrieval.training.progress`, with elapsed time and
+    time left per stage.
     ``model``: a row created beforehand (status training) by whoever queued the training.
     """
     from retrieval import features
@@ -141,14 +188,17 @@ def train_model(
     )
     if model is None:
         model = new_feature_model(backbone=backbone)
+    clock = StageClock()
 
     def report(state: dict) -> None:
+        state = clock.stamp(state)  # + elapsed and time left (training.progress)
         FeatureModel.objects.filter(pk=model.pk).update(progress=state)
         if progress is not None:
             progress(state)
 
     try:
         ensure_backbone_features(backbone=backbone, progress=report)
+        ensure_example_features(backbone=backbone, progress=report)
         _fit_head(
             model=model,
             backbone=backbone,
@@ -181,7 +231,7 @@ def _fit_head(
     category_field: str,
     epochs: int | None,
     seed: int,
-    report,
+    report: Callable[[dict], None],
 ) -> None:
     """Train the model's head on the cached pooled features of the catalogue's train split
     and save it atomically; the model row gets its head file, classes, metrics and split and
@@ -202,14 +252,28 @@ def _fit_head(
     y = np.asarray([classes.index(label) for label in labels], np.int64)
     split = split_catalogue(skus=skus, labels=labels.tolist(), seed=seed)
     train, val = np.asarray(split["train"]), np.asarray(split["val"])
+    # Departure from the paper (docs/method.md, "Example photos"): the head also learns from
+    # labelled shoppers' photos (role train; held-out senders never), each once beside the
+    # studio train split. Validation stays on studio photos only.
+    example_pooled, example_y, examples_skipped = load_example_features(
+        backbone=backbone, classes=classes, category_field=category_field
+    )
+    train_x, train_y = pooled[train], y[train]
+    if example_pooled is not None and example_pooled.shape[1] == pooled.shape[1]:
+        train_x = np.concatenate([train_x, example_pooled])
+        train_y = np.concatenate([train_y, example_y])
+        examples_used = len(example_y)
+    else:
+        examples_skipped += len(example_y)
+        examples_used = 0
 
     def on_epoch(epoch: int, total: int, metrics: dict) -> None:
         report({"stage": "training", "epoch": epoch, "epochs": total, **metrics})
 
     started = time.perf_counter()
     head, metrics = features.train_head(
-        pooled[train],
-        y[train],
+        train_x,
+        train_y,
         num_classes=len(classes),
         epochs=epochs,
         seed=seed,
@@ -225,6 +289,8 @@ def _fit_head(
         n_val=len(val),
         n_test=len(split["test"]),
         category_field=category_field,
+        examples_used=examples_used,
+        examples_skipped=examples_skipped,
     )
     model.head_file = f"heads/{model.name}.pt"
     features.save_head(settings.RETRIEVAL_MODELS_DIR / model.head_file, head)

@@ -18,6 +18,9 @@
   if (!form || !window.fetch || !window.FormData) return;
 
   var MAX_SIDE = 1024; // longest side of the uploaded crop; the CNN sees 224 x 224
+  // Longest side kept of a big photo once decoded here (48-200 MP camera modes): the crop
+  // is drawn on this copy, and the upload is at most MAX_SIDE anyway.
+  var KEEP_SIDE = 2048;
   var maxBytes = Number(form.dataset.maxBytes) || Infinity;
   var maxPixels = Number(form.dataset.maxPixels) || Infinity;
 
@@ -44,6 +47,9 @@
   Array.prototype.forEach.call(document.querySelectorAll(".js-only"), function (el) {
     el.hidden = false;
   });
+  // The file inputs hide behind the "Choose a photo" buttons (without this script the
+  // browser's own input stays visible and shows the chosen file's name).
+  form.classList.add("js-enhanced");
 
   // ------------------------------------------------------------------ messages
 
@@ -58,47 +64,100 @@
 
   // ------------------------------------------------------------------ loading a photo
 
+  /** Forget the last search: a new photo's search starts from nothing (no old results, no
+   * old error, no old "more / not like this" marks, which the results region carries). */
+  function clearResults() {
+    if (pending) pending.abort();
+    results.innerHTML = "";
+    status.textContent = "";
+    searched = false;
+  }
+
   function load(file) {
     say("");
     if (!file) return;
-    if (pending) pending.abort();
+    clearResults();
     if (photo && photo.url) URL.revokeObjectURL(photo.url);
     photo = null;
     crop = null;
     cropPanel.hidden = true;
     fileName.textContent = file.name ? "Photo: " + file.name : "Photo from the clipboard";
-    if (file.size > maxBytes) {
-      say("image too large: " + megabytes(file.size) + ", the limit is " + megabytes(maxBytes) + ".");
-      return;
-    }
     var url = URL.createObjectURL(file);
     var probe = new Image();
     probe.onload = function () {
       var width = probe.naturalWidth;
       var height = probe.naturalHeight;
-      if (width * height > maxPixels) {
-        URL.revokeObjectURL(url);
-        say("image too large: " + width + " × " + height + " pixels, the limit is " +
-            maxPixels.toLocaleString("en") + " pixels.");
+      if (Math.max(width, height) > KEEP_SIDE || width * height > maxPixels) {
+        // A camera photo of 48-200 MP: keep a smaller copy (the server's pixel limit is for
+        // what is uploaded, and the upload is at most MAX_SIDE).
+        shrink(probe, file, width, height).then(function (small) {
+          URL.revokeObjectURL(url);
+          show(small.file, small.width, small.height, URL.createObjectURL(small.file), file.name);
+        }, function () {
+          URL.revokeObjectURL(url);
+          say("This photo is too large for this browser to read: " + width + " × " + height +
+              " pixels. Try a smaller copy of it.");
+        });
         return;
       }
-      photo = { file: file, decoded: true, width: width, height: height, url: url };
-      preview.onload = function () {
-        cropPanel.hidden = false;
-        sizePreview();
-        setCrop(null);
-      };
-      preview.src = url;
-      preview.alt = "Your photo" + (file.name ? ", " + file.name : "");
+      show(file, width, height, url, file.name);
     };
     probe.onerror = function () {
       // Not decodable here (not an image, corrupt, or a format this browser lacks): let the
       // server, which decides, say what is wrong with it.
       URL.revokeObjectURL(url);
+      if (file.size > maxBytes) {
+        say("image too large: " + megabytes(file.size) + ", the limit is " + megabytes(maxBytes) + ".");
+        return;
+      }
       photo = { file: file, decoded: false };
       search();
     };
     probe.src = url;
+  }
+
+  function show(file, width, height, url, name) {
+    photo = { file: file, decoded: true, width: width, height: height, url: url };
+    preview.onload = function () {
+      cropPanel.hidden = false;
+      sizePreview();
+      setCrop(null);
+      // On a phone the photo loads below the pickers: bring it, and the Search button under
+      // it, into view.
+      if (window.matchMedia && window.matchMedia("(max-width: 719px)").matches) {
+        cropPanel.scrollIntoView({ block: "start" });
+      }
+    };
+    preview.src = url;
+    preview.alt = "Your photo" + (name ? ", " + name : "");
+  }
+
+  /** A JPEG copy of a decoded photo, longest side KEEP_SIDE. */
+  function shrink(image, file, width, height) {
+    var scale = Math.min(1, KEEP_SIDE / Math.max(width, height));
+    var w = Math.max(1, Math.round(width * scale));
+    var h = Math.max(1, Math.round(height * scale));
+    var decoded = window.createImageBitmap
+      ? createImageBitmap(file, { resizeWidth: w, resizeHeight: h, resizeQuality: "high" })
+          .catch(function () { return image; })
+      : Promise.resolve(image);
+    return decoded.then(function (source) {
+      var canvas = document.createElement("canvas");
+      canvas.width = w;
+      canvas.height = h;
+      var context = canvas.getContext("2d");
+      context.fillStyle = "#fff";
+      context.fillRect(0, 0, w, h);
+      context.imageSmoothingQuality = "high";
+      context.drawImage(source, 0, 0, w, h);
+      if (source.close) source.close();
+      return new Promise(function (resolve, reject) {
+        canvas.toBlob(function (blob) {
+          if (blob) resolve({ file: blob, width: w, height: h });
+          else reject(new Error("could not encode the photo"));
+        }, "image/jpeg", 0.92);
+      });
+    });
   }
 
   Array.prototype.forEach.call(fileInputs, function (input) {
@@ -299,7 +358,8 @@
   function prepare() {
     if (!photo.decoded) return Promise.resolve({ blob: photo.file, name: photo.file.name || "photo" });
     var scale = Math.min(1, MAX_SIDE / Math.max(crop.w, crop.h));
-    var asIs = isFull(crop) && scale === 1 && /^image\/(jpeg|png|webp)$/.test(photo.file.type);
+    var asIs = isFull(crop) && scale === 1 && photo.file.size <= maxBytes &&
+      /^image\/(jpeg|png|webp)$/.test(photo.file.type);
     if (asIs) return Promise.resolve({ blob: photo.file, name: photo.file.name || "photo" });
     var canvas = document.createElement("canvas");
     canvas.width = Math.max(1, Math.round(crop.w * scale));
@@ -326,8 +386,40 @@
     button.disabled = on;
   }
 
+  /** The form's fields, with the button that sent it (a "more / not like this" button, a
+   * category chip, "start over"): a chip sets the category control itself, so that the
+   * searches after it stay in that category. */
+  function formData(submitter) {
+    if (submitter && submitter.name === "category") {
+      // The select itself (the chips share its name: form.elements.category lists them all).
+      form.querySelector('select[name="category"]').value = submitter.value;
+      submitter = null;
+    }
+    var data = new FormData(form);
+    if (submitter && submitter.name) data.append(submitter.name, submitter.value);
+    return data;
+  }
+
+  /** The filter menus count with the filters of the search just made (the results carry
+   * the counts as JSON): "Women (1,204)"; a value the other filters leave empty says (0). */
+  function updateMenuCounts() {
+    var source = document.getElementById("menu-counts");
+    if (!source) return;
+    var counts = JSON.parse(source.textContent);
+    Object.keys(counts).forEach(function (name) {
+      var select = form.querySelector('select[data-filter="' + name + '"]');
+      if (!select) return;
+      Array.prototype.forEach.call(select.options, function (option) {
+        if (!option.value) return; // "Any ..."
+        var label = option.getAttribute("data-label") || option.value;
+        option.textContent = counts[name][option.value] || label + " (0)";
+      });
+    });
+  }
+
   function search(options) {
-    if (!photo) {
+    var carried = form.querySelector('input[name="photo"]'); // the photo of the last results
+    if (!photo && !carried) {
       say("Choose a photo first: click “Choose a photo”, drop one here, or paste one.");
       return;
     }
@@ -336,11 +428,14 @@
     var controller = window.AbortController ? new AbortController() : null;
     pending = controller;
     setBusy(true);
-    prepare()
+    var data = formData(options && options.submitter);
+    (photo ? prepare() : Promise.resolve(null))
       .then(function (image) {
-        var data = new FormData(form);
         data.delete("image");
-        data.append("image", image.blob, image.name);
+        if (image) {
+          data.delete("photo"); // the photo itself goes up, not the small copy shown
+          data.append("image", image.blob, image.name);
+        }
         return fetch(form.action, {
           method: "POST",
           body: data,
@@ -356,6 +451,7 @@
           }
           results.innerHTML = html; // rendered and escaped by Django
           searched = true;
+          updateMenuCounts();
           // Errors in the fragment are role="alert" and announce themselves.
           var heading = document.getElementById("results-heading");
           status.textContent = heading ? heading.textContent.trim() + " found." : "";
@@ -382,12 +478,13 @@
 
   form.addEventListener("submit", function (event) {
     event.preventDefault();
-    search({ focus: true });
+    search({ focus: true, submitter: event.submitter });
   });
 
-  // Changing how many results, the category or "colour matters" searches again at once.
+  // Changing how many results, a filter or "colour matters" searches again at once.
+  var RESEARCH = ["top", "category", "colour_matters", "gender", "colour", "season", "usage"];
   form.addEventListener("change", function (event) {
     var name = event.target && event.target.name;
-    if ((name === "top" || name === "category" || name === "colour") && searched && photo) search();
+    if (RESEARCH.indexOf(name) >= 0 && searched) search();
   });
 })();

@@ -1,6 +1,6 @@
 """python manage.py evaluate [--queries PATH] [--limit N] [--top 5,10,20] [--json OUT]
 python manage.py evaluate --sweep [--weights 0,0.3,0.6,1] [--probes 1,2,3]
-    [--pipelines plain,flip,crop,crop+flip] [--queries PATH] [--json OUT]"""
+    [--pipelines plain,flip,crop,crop+flip,centre,centre+flip] [--queries PATH] [--json OUT]"""
 
 from __future__ import annotations
 
@@ -84,9 +84,29 @@ class Command(BaseCommand):
                 f"{'-' if values.get(k) is None else round(values[k], 3):>7}" for k in keys
             )
             self.stdout.write(f"  {label:<7} {cells}{note}")
+        for query_set in m.get("query_sets", []):
+            self._write_query_set(query_set)
         if json_out is not None:
             _write_json(json_out, m)
             self.stdout.write(f"wrote {json_out}")
+
+    def _write_query_set(self, query_set: dict) -> None:
+        """One labelled query set of the report: overall and per-category precision."""
+        self.stdout.write(
+            f"query set {query_set['name']} ({query_set['source']}): {query_set['queries']} "
+            f"queries ({query_set['skipped']} skipped)"
+            + (f"; not read: {query_set['error']}" if query_set["error"] else "")
+        )
+        for mode, values in query_set["modes"].items():
+            cells = " ".join(f"{k} {'-' if v is None else round(v, 3)}" for k, v in values.items())
+            self.stdout.write(f"  {mode:<7} {cells}")
+            for name, row in query_set["per_category"].get(mode, {}).items():
+                cells = " ".join(
+                    f"{k} {'-' if v is None else round(v, 3)}"
+                    for k, v in row.items()
+                    if k != "queries"
+                )
+                self.stdout.write(f"    {name:<20} {row['queries']:>5} queries  {cells}")
 
     def sweep(self, queries, limit, category_field, json_out, options) -> None:
         weights = _numbers(options["weights"], float, "--weights")

@@ -34,13 +34,12 @@ class Command(BaseCommand):
 
         def progress(state: dict) -> None:
             stage = state.get("stage")
+            # The admin's line: epoch, loss, validation accuracy, elapsed and time left.
             if stage == "training":
                 if state["epoch"] % 10 == 0 or state["epoch"] == state["epochs"]:
-                    accuracy = state.get("val_accuracy")
-                    shown = f", validation accuracy {accuracy:.3f}" if accuracy is not None else ""
-                    self.stdout.write(f"  epoch {state['epoch']}/{state['epochs']}{shown}")
+                    self.stdout.write(f"  {training.progress_text(state)}")
             elif stage in {"extracting", "vectors"}:
-                self.stdout.write(f"  {stage}: {state['done']}/{state['total']}")
+                self.stdout.write(f"  {training.progress_text(state)}")
             elif stage != last_stage[0]:
                 self.stdout.write(f"  {stage}")
             last_stage[0] = stage
