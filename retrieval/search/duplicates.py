@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 CANDIDATES = 5
 #: The rule (docs/benchmarks.md, "Duplicate photos"): flagged when both hold.
 NEAR_FUSED_DISTANCE = 0.3
-NEAR_PHASH_BITS = 12
+NEAR_PHASH_BITS = 4
 
 
 def hamming(a: int, b: int) -> int:
