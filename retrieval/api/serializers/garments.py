@@ -3,6 +3,7 @@ search and facets."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
@@ -32,7 +33,7 @@ class GarmentImageUrlMixin(serializers.Serializer):
         return request.build_absolute_uri(url) if request is not None else url
 
 
-def staff_request(context: dict) -> bool:
+def staff_request(context: Mapping[str, Any]) -> bool:
     """Whether the serializer's ``context`` holds a staff user's request (no request: not)."""
     request = context.get("request")
     user = getattr(request, "user", None)
