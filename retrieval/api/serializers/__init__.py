@@ -15,7 +15,6 @@ from __future__ import annotations
 from retrieval.api.serializers.catalogue import (
     CategorySerializer,
     ChangesSomethingMixin,
-    DuplicateImageConflict,
     GarmentWriteSerializer,
 )
 from retrieval.api.serializers.common import (
@@ -71,7 +70,6 @@ __all__ = [
     "CategoryRefField",
     "CategorySerializer",
     "ChangesSomethingMixin",
-    "DuplicateImageConflict",
     "ErrorBodySerializer",
     "ErrorSerializer",
     "FacetValueSerializer",
