@@ -2,7 +2,7 @@
 
 Catalogue = the first 8,000 rows of ``shared/data/fashion-product-images-small.zip`` (the import's
 reader, category = articleType), split per category into train / val / test exactly as
-``services.split_catalogue`` (seed 0). Shoppers = ``shared/data/shopper-photos.zip`` (989 photos,
+``training.split_catalogue`` (seed 0). Shoppers = ``shared/data/shopper-photos.zip`` (989 photos,
 ``sender`` column), split into 3 folds *by sender* (:func:`sender_folds`).
 
 CNN outputs are cached per (backbone, image set) in ``var/ml/<backbone>/<set>.npz``: pooled
@@ -49,6 +49,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fashionsite.settings")
 django.setup()
 
 from retrieval import features as F  # noqa: E402
+from retrieval import training  # noqa: E402
 from retrieval.catalogue.source import CatalogRow, CatalogSource, read_rows  # noqa: E402
 from retrieval.images import pooled_grid, resize_rgb  # noqa: E402
 
@@ -93,20 +94,9 @@ class Catalogue:
         return Image.open(io.BytesIO(self.source.read(self.rows[i].image))).convert("RGB")
 
 
-def split_catalogue(*, skus, labels, seed=0, val=0.1, test=0.1) -> dict[str, np.ndarray]:
-    """Copy of ``retrieval.services.split_catalogue`` (that module needs Django)."""
-    by_label: dict[str, list[int]] = {}
-    for i, label in enumerate(labels):
-        by_label.setdefault(label, []).append(i)
-    split: dict[str, list[int]] = {"train": [], "val": [], "test": []}
-    for members in by_label.values():
-        members.sort(key=lambda i: hashlib.sha1(f"{seed}:{skus[i]}".encode()).hexdigest())
-        n = len(members)
-        n_test = max(1, round(n * test)) if n >= 3 else 0
-        n_val = max(1, round(n * val)) if n >= 3 else 0
-        split["test"] += members[:n_test]
-        split["val"] += members[n_test : n_test + n_val]
-        split["train"] += members[n_test + n_val :]
+def split_catalogue(*, skus, labels, seed=0) -> dict[str, np.ndarray]:
+    """The product's split (``retrieval.training.split_catalogue``) as sorted index arrays."""
+    split = training.split_catalogue(skus=skus, labels=labels, seed=seed)
     return {k: np.asarray(sorted(v), np.int64) for k, v in split.items()}
 
 
