@@ -33,7 +33,7 @@ from django.test import Client
 from fashionsite import embedded
 from retrieval import indexing
 from retrieval.jobs import publishing
-from retrieval.models import Category, FeatureModel, Garment, ImportJob
+from retrieval.models import Category, EvaluationReport, FeatureModel, Garment, ImportJob
 from retrieval.tokens import issue_token
 from tests.catalogue_zips import make_catalogue, row
 from tests.conftest import wait_until
@@ -147,6 +147,25 @@ def queued_activations(*, queue: str) -> list[list]:
         if message["headers"]["task"] == "retrieval.tasks.reindex_model":
             found.append(json.loads(base64.b64decode(message["body"]))[0])
     return found
+
+
+def assert_nothing_changed_then_activation_queues_once(
+    *, admin_client, live: FeatureModel, model: FeatureModel, queue: str
+) -> None:
+    """After an outage: the evaluation failed saying why, the live model still serves, the
+    candidate is untouched and nothing was queued to run later; once Redis answers, the
+    activation's confirmation queues the candidate's re-index, once."""
+    report = EvaluationReport.objects.get()
+    assert report.status == EvaluationReport.Status.FAILED
+    assert "Redis (the task queue) was unavailable" in report.error
+    live.refresh_from_db()
+    model.refresh_from_db()
+    assert live.active and live.status == FeatureModel.Status.READY
+    assert not model.active and model.status == FeatureModel.Status.READY
+    assert queued_activations(queue=queue) == []
+    response = within(HANG_SECONDS, lambda: admin_activate(admin_client, model=model))
+    assert f"Re-indexing for {model.name}" in response.content.decode()
+    assert queued_activations(queue=queue) == [[model.pk]]
 
 
 @pytest.fixture
@@ -288,7 +307,6 @@ def test_activate_and_evaluate_while_redis_is_down_say_so_and_change_nothing(
 ):
     """The admin's other background jobs: a clear message, no error page, nothing half-done;
     the activation, confirmed again once Redis is back, is queued (once)."""
-    from retrieval.models import EvaluationReport
 
     live = FeatureModel.objects.get(active=True)
     model = candidate_model(like=live)
@@ -304,18 +322,9 @@ def test_activate_and_evaluate_while_redis_is_down_say_so_and_change_nothing(
             lambda: admin_client.post("/admin/retrieval/evaluationreport/run/", follow=True),
         )
         assert response.status_code == 200
-    report = EvaluationReport.objects.get()
-    assert report.status == EvaluationReport.Status.FAILED
-    assert "Redis (the task queue) was unavailable" in report.error
-    live.refresh_from_db()
-    model.refresh_from_db()
-    assert live.active and live.status == FeatureModel.Status.READY
-    assert not model.active and model.status == FeatureModel.Status.READY
-    assert queued_activations(queue=unconsumed_training_queue) == []
-
-    response = within(HANG_SECONDS, lambda: admin_activate(admin_client, model=model))
-    assert f"Re-indexing for {model.name}" in response.content.decode()
-    assert queued_activations(queue=unconsumed_training_queue) == [[model.pk]]
+    assert_nothing_changed_then_activation_queues_once(
+        admin_client=admin_client, live=live, model=model, queue=unconsumed_training_queue
+    )
 
 
 @pytest.mark.slow
@@ -456,7 +465,6 @@ def test_uploads_and_training_while_redis_hangs_answer_in_bounded_time_and_run_o
 def test_activate_evaluate_and_search_while_redis_hangs_answer_in_bounded_time(
     trained_catalogue, admin_client, client, settings, unconsumed_training_queue
 ):
-    from retrieval.models import EvaluationReport
 
     settings.REST_FRAMEWORK = {
         **settings.REST_FRAMEWORK,
@@ -485,16 +493,6 @@ def test_activate_evaluate_and_search_while_redis_hangs_answer_in_bounded_time(
         assert response.status_code == 200, response.content[:2000]
         assert garment.pk in [hit["id"] for hit in response.json()["results"]]
         assert seconds < HUNG_BOUND_SECONDS  # measured 0.6 s (the throttle gives up after 0.5 s)
-    report = EvaluationReport.objects.get()
-    assert report.status == EvaluationReport.Status.FAILED
-    assert "Redis (the task queue) was unavailable" in report.error
-    live.refresh_from_db()
-    model.refresh_from_db()
-    assert live.active and live.status == FeatureModel.Status.READY
-    assert not model.active and model.status == FeatureModel.Status.READY
-    # Nothing reached the hung server to run later: once it answers, the confirmation queues
-    # the activation, once.
-    assert queued_activations(queue=unconsumed_training_queue) == []
-    response = within(HANG_SECONDS, lambda: admin_activate(admin_client, model=model))
-    assert f"Re-indexing for {model.name}" in response.content.decode()
-    assert queued_activations(queue=unconsumed_training_queue) == [[model.pk]]
+    assert_nothing_changed_then_activation_queues_once(
+        admin_client=admin_client, live=live, model=model, queue=unconsumed_training_queue
+    )
