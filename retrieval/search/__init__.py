@@ -13,6 +13,7 @@ from retrieval.search.filters import (
     FILTER_FIELDS,
     SearchFilters,
     UnknownFilterValue,
+    forget_cached_values,
     resolve_filters,
 )
 from retrieval.search.query import (
@@ -48,6 +49,7 @@ __all__ = [
     "SearchUnavailable",
     "UnknownFilterValue",
     "facet_counts",
+    "forget_cached_values",
     "keyword",
     "more_like_this",
     "one_snapshot",

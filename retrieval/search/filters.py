@@ -96,13 +96,18 @@ class UnknownFilterValue(ValueError):
         super().__init__(f"no garment has {name} {value!r}: {choices}")
 
 
+def known_values_key(name: str) -> str:
+    """The cache key of :func:`known_values` for one filter column."""
+    return f"retrieval:filter-values:{name}"
+
+
 def known_values(name: str, *, fresh: bool = False) -> list[str]:
     """The distinct non-empty values of one filter column over the catalogue, sorted."""
     from retrieval.models import Garment
 
     if name not in FILTER_FIELDS:
         raise ValueError(f"not a filter: {name}")
-    key = f"retrieval:filter-values:{name}"
+    key = known_values_key(name)
     values = None if fresh else cache.get(key)
     if values is None:
         values = sorted(
@@ -146,3 +151,11 @@ def resolve_filters(
             raise UnknownFilterValue(name=name, value=value[:60], known=known_values(name))
         chosen[name] = canonical_value(name, value)
     return SearchFilters(**chosen, category_id=category_id)
+
+
+def forget_cached_values() -> None:
+    """Drop the cached filter values and keyword vocabulary (each otherwise lives its TTL): the
+    next read sees the catalogue as it is now."""
+    from retrieval.search.keyword import VOCABULARY_KEY
+
+    cache.delete_many([VOCABULARY_KEY, *(known_values_key(name) for name in FILTER_FIELDS)])

@@ -103,9 +103,12 @@ def matching(queryset: QuerySet, terms: tuple[str, ...]) -> QuerySet:
     )
 
 
+VOCABULARY_KEY = "retrieval:keyword-vocabulary"
+
+
 def vocabulary() -> dict[str, int]:
     """Every word of the visible catalogue (lower case) -> how many garments use it; cached."""
-    key = "retrieval:keyword-vocabulary"
+    key = VOCABULARY_KEY
     words = cache.get(key)
     if words is None:
         with connection.cursor() as cursor:

@@ -5,20 +5,11 @@ garment, and fresh search caches: keyword vocabulary and filter values are cache
 from __future__ import annotations
 
 import pytest
-from django.core.cache import cache
 from rest_framework.test import APIClient
 
 from retrieval.models import Garment
 from tests.api.helpers import client_with_token
-
-
-@pytest.fixture(autouse=True)
-def _fresh_search_caches():
-    cache.delete_many(["retrieval:keyword-vocabulary"])
-    cache.delete_many(
-        [f"retrieval:filter-values:{n}" for n in ("gender", "colour", "season", "usage")]
-    )
-    yield
+from tests.search_caches import fresh_search_caches  # noqa: F401 - autouse
 
 
 @pytest.fixture

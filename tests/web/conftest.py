@@ -1,16 +1,3 @@
-"""Keyword vocabulary and filter values are cached per process (retrieval.search.keyword,
-.filters): each test starts without another test's catalogue in that cache."""
+"""Each test of this package starts with empty search caches (tests/search_caches.py)."""
 
-from __future__ import annotations
-
-import pytest
-from django.core.cache import cache
-
-
-@pytest.fixture(autouse=True)
-def _fresh_search_caches():
-    cache.delete_many(["retrieval:keyword-vocabulary"])
-    cache.delete_many(
-        [f"retrieval:filter-values:{n}" for n in ("gender", "colour", "season", "usage")]
-    )
-    yield
+from tests.search_caches import fresh_search_caches  # noqa: F401 - autouse
