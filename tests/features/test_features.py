@@ -198,6 +198,16 @@ def clusters(n: int, dim: int, classes: int, seed: int) -> tuple[np.ndarray, np.
     return x.astype(np.float32), y.astype(np.int64)
 
 
+@pytest.mark.parametrize(
+    ("rows", "epochs"),
+    [(50, 100), (8_000, 40), (10_000, 32), (31_751, 30), (400_000, 30)],
+)
+def test_auto_epochs_spends_a_sample_budget_with_a_floor_of_30(rows: int, epochs: int) -> None:
+    # The floor is measured: 10 epochs on the whole catalogue's 31,751 rows cost 2 points of
+    # held-out studio p@5 (docs/benchmarks.md).
+    assert feat.auto_epochs(rows) == epochs
+
+
 def test_train_head_learns_and_is_reproducible() -> None:
     x, y = clusters(1200, 64, 6, seed=0)
     xv, yv = clusters(300, 64, 6, seed=1)
