@@ -53,6 +53,7 @@ def tuned_weights_file(key: str) -> str:
     """Where a fine-tuned backbone's weights live, relative to ``RETRIEVAL_MODELS_DIR``."""
     return f"backbones/{key}.pt"
 
+
 #: Colour variants, all computed from the same raw ``(10, 3)`` RGB (0..255) at the top-10
 #: positions, all 30-d (so the fused vector is 542-d whichever is used):
 #:

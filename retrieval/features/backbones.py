@@ -289,7 +289,9 @@ def load_backbone(
         from retrieval.features.finetune import tuned_trunk
 
         if tuned_path is None:
-            raise BackboneUnavailable(f"{name} is a fine-tuned backbone: its weights file is needed")
+            raise BackboneUnavailable(
+                f"{name} is a fine-tuned backbone: its weights file is needed"
+            )
         trunk, source = tuned_trunk(key=name, path=tuned_path, pretrained=pretrained)
         mean, std = _LITE_MEAN, _LITE_STD
     elif name == "resnet50":
@@ -302,7 +304,12 @@ def load_backbone(
     if fold_bn:
         trunk = _fold_batchnorm(trunk)
     model = Backbone(
-        trunk, name=name, dim=POOLED_DIMS[base_backbone(name)], mean=mean, std=std, weights_source=source
+        trunk,
+        name=name,
+        dim=POOLED_DIMS[base_backbone(name)],
+        mean=mean,
+        std=std,
+        weights_source=source,
     )
     dev = _pick_device(device)
     model = model.to(dev).eval()

@@ -43,8 +43,8 @@ from retrieval.features.backbones import (
     _LITE_STD,
     BackboneUnavailable,
     _fold_batchnorm,
-    _LiteTrunk,
     _lite0_trunk,
+    _LiteTrunk,
     _pick_device,
 )
 from retrieval.features.cpu import keep_freed_memory_for_reuse

@@ -146,7 +146,6 @@ def load_example_features(
 def new_feature_model(*, backbone: str, progress: dict | None = None) -> FeatureModel:
     """A model row (status training) with the configured colour knobs, named for its backbone
     and creation time; training fills in the head, classes and metrics."""
-    from retrieval import features
 
     stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
     return FeatureModel.objects.create(

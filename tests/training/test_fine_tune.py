@@ -30,7 +30,11 @@ from tests.training.test_example_training import senders_with_role
 def train_tuned(**kwargs) -> tuple[FeatureModel, list[dict]]:
     states: list[dict] = []
     model = training.train_model(
-        epochs=2, fine_tune="top", fine_tune_epochs=1, activate=False, progress=states.append,
+        epochs=2,
+        fine_tune="top",
+        fine_tune_epochs=1,
+        activate=False,
+        progress=states.append,
         **kwargs,
     )
     return model, states
@@ -39,9 +43,7 @@ def train_tuned(**kwargs) -> tuple[FeatureModel, list[dict]]:
 def remove_files(model: FeatureModel) -> None:
     model.head_path.unlink(missing_ok=True)
     if is_tuned(model.backbone):
-        (settings.RETRIEVAL_MODELS_DIR / tuned_weights_file(model.backbone)).unlink(
-            missing_ok=True
-        )
+        (settings.RETRIEVAL_MODELS_DIR / tuned_weights_file(model.backbone)).unlink(missing_ok=True)
 
 
 def garment_images(n: int) -> list[tuple[int, bytes]]:
@@ -83,9 +85,7 @@ def test_fine_tuning_the_top_makes_a_backbone_version_of_its_own(trained_catalog
         assert FeatureModel.objects.get(active=True) == active  # still serving the old one
         # Progress: the activation pass, then one line per epoch of the top (as train_head's).
         stages = [s["stage"] for s in states]
-        assert stages.index("training") < stages.index("activations") < stages.index(
-            "fine_tuning"
-        )
+        assert stages.index("training") < stages.index("activations") < stages.index("fine_tuning")
         epochs = [s for s in states if s["stage"] == "fine_tuning"]
         assert [s["epoch"] for s in epochs] == [1] and "val_accuracy" in epochs[0]
         tuned = model.metrics["fine_tune"]
@@ -106,9 +106,7 @@ def test_fine_tuning_the_top_makes_a_backbone_version_of_its_own(trained_catalog
             )
             == frozen_rows
         )
-        tuned_rows = {
-            r.garment_id: r for r in BackboneFeature.objects.filter(backbone=key)
-        }
+        tuned_rows = {r.garment_id: r for r in BackboneFeature.objects.filter(backbone=key)}
         assert set(tuned_rows) == set(frozen_rows)
         assert set(
             ExampleFeature.objects.filter(backbone=key).values_list("photo__key", flat=True)
@@ -220,7 +218,9 @@ def test_activating_a_fine_tuned_model_while_searches_run(trained_catalogue):
         new.refresh_from_db()
         assert new.active and new.status == FeatureModel.Status.READY
         assert BackboneFeature.objects.filter(backbone=key, garment_id__in=dropped).count() == 3
-        ready = set(Garment.objects.filter(status=Garment.Status.READY).values_list("id", flat=True))
+        ready = set(
+            Garment.objects.filter(status=Garment.Status.READY).values_list("id", flat=True)
+        )
         assert set(new.features.values_list("garment_id", flat=True)) == ready
         result = search.search_image(image=photo, top=5)
         assert result.model == new.name and len(result.hits) == 5
