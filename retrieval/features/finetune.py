@@ -71,13 +71,15 @@ def new_tuned_key(*, base: str) -> str:
     return f"{base}{TUNED_MARK}{uuid.uuid4().hex[:8]}"
 
 
-def _lite_net(pretrained: bool = True) -> nn.Module:
-    """The pip EfficientNet-Lite0 net with its ImageNet weights, eval mode."""
+def _lite_net(pretrained: bool = True) -> Any:
+    """The pip EfficientNet-Lite0 net with its ImageNet weights, eval mode (``Any``: its
+    blocks and convs are attributes the package does not type)."""
     trunk, _ = _lite0_trunk(pretrained)
-    return trunk.net.eval()
+    net: Any = trunk.net
+    return net.eval()
 
 
-def top_start(net: nn.Module) -> int:
+def top_start(net: Any) -> int:
     """Index of the first fine-tuned block: the last one (lite0: 15; its input is block 14's
     ``(192, 7, 7)`` output)."""
     return len(net._blocks) - 1
@@ -91,7 +93,10 @@ def _top_prefixes(start: int) -> tuple[str, ...]:
 class _TapTrunk(nn.Module):
     """uint8 ``(N, 3, 224, 224)`` -> block-14 activations ``(N, 192, 7, 7)`` float32."""
 
-    def __init__(self, net: nn.Module, start: int) -> None:
+    mean: torch.Tensor
+    inv_std: torch.Tensor
+
+    def __init__(self, net: Any, start: int) -> None:
         super().__init__()
         self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
         self.blocks = nn.ModuleList(list(net._blocks)[:start])
@@ -167,15 +172,18 @@ class TunedTop(nn.Module):
     """Block 15 + head conv (+BN+ReLU6) + average pool + :class:`ClothingHead`, on block-14
     activations ``(N, 192, 7, 7)``; ``forward`` gives logits ``(N, classes)``."""
 
-    def __init__(self, net: nn.Module, *, num_classes: int, dropout: float = 0.5) -> None:
+    def __init__(self, net: Any, *, num_classes: int, dropout: float = 0.5) -> None:
         super().__init__()
         net = copy.deepcopy(net)
         self.start = top_start(net)
         self.n_blocks = len(net._blocks)
         self.drop_connect = float(net._global_params.drop_connect_rate or 0.0)
         self.blocks = nn.ModuleList(list(net._blocks)[self.start :])
-        self.conv_head, self.bn1, self.act = net._conv_head, net._bn1, net._swish
-        self.head = ClothingHead(self.conv_head.out_channels, num_classes, dropout=dropout)
+        self.conv_head: nn.Module = net._conv_head
+        self.bn1: nn.Module = net._bn1
+        self.act: nn.Module = net._swish
+        self.dim = int(net._conv_head.out_channels)  # 1280
+        self.head = ClothingHead(self.dim, num_classes, dropout=dropout)
         for p in self.parameters():
             p.requires_grad_(True)
 
@@ -215,7 +223,7 @@ class TunedTop(nn.Module):
         ``(N, 1280)`` and channel-mean maps ``(N, 7, 7)`` float32, as the tuned backbone gives
         them for the same images (to float16 rounding of the cached activations)."""
         self.eval()
-        pooled = np.empty((len(taps), self.conv_head.out_channels), np.float32)
+        pooled = np.empty((len(taps), self.dim), np.float32)
         maps = np.empty((len(taps), 7, 7), np.float32)
         for i in range(0, len(taps), batch):
             fmap = self.trunk(torch.from_numpy(np.asarray(taps[i : i + batch], np.float32)))

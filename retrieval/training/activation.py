@@ -160,7 +160,7 @@ def reindex_and_activate(*, model: FeatureModel) -> None:
             from retrieval import features
 
             features.load_tuned_state(
-                key=model.backbone, path=features.tuned_path(backbone=model.backbone)
+                key=model.backbone, path=features.tuned_path(backbone=model.backbone) or ""
             )
         ensure_backbone_features(backbone=model.backbone, progress=report)
         # A previous model whose vectors were kept (RETRIEVAL_KEEP_MODELS): only the missing

@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
@@ -29,6 +29,9 @@ from retrieval.models import FEATURE_VERSION, ExampleFeature, ExamplePhoto, Feat
 from retrieval.spec import tuned_weights_file
 
 if TYPE_CHECKING:
+    import numpy as np
+
+    from retrieval.features import TunedTop
     from retrieval.training.training import HeadFit
 
 log = logging.getLogger(__name__)
@@ -50,7 +53,7 @@ class FineTuneResult:
     unreadable: dict[str, str] = field(default_factory=dict)
 
 
-def _image_source(image) -> str | bytes:
+def _image_source(image: Any) -> str | bytes:
     # A path is picklable for the DataLoader's worker processes; remote storage is read here.
     try:
         return image.path
@@ -223,7 +226,17 @@ def fine_tune_top(
     )
 
 
-def _store_tuned_rows(*, top, taps, grid, ok, fit, garments, key, report) -> int:
+def _store_tuned_rows(
+    *,
+    top: TunedTop,
+    taps: np.ndarray,
+    grid: np.ndarray,
+    ok: np.ndarray,
+    fit: HeadFit,
+    garments: dict[int, Garment],
+    key: str,
+    report: Callable[[dict], None],
+) -> int:
     """The tuned backbone's cache rows of the garments whose activations were read: pooled
     ``(n, 1280)``, positions ``(n, 10)`` and rgb ``(n, 30)`` from the activations through the
     tuned top and the colour grid (the same maths as a CNN pass; float16 activations)."""
@@ -249,7 +262,15 @@ def _store_tuned_rows(*, top, taps, grid, ok, fit, garments, key, report) -> int
     return len(rows)
 
 
-def _store_tuned_example_rows(*, top, taps, rows, examples, offset, key) -> int:
+def _store_tuned_example_rows(
+    *,
+    top: TunedTop,
+    taps: np.ndarray,
+    rows: np.ndarray,
+    examples: list[ExamplePhoto],
+    offset: int,
+    key: str,
+) -> int:
     """The tuned backbone's pooled features of the training example photos that were read."""
     for start in range(0, len(rows), 1024):
         chunk = rows[start : start + 1024]
