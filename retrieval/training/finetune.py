@@ -20,6 +20,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
@@ -51,6 +52,21 @@ class FineTuneResult:
     example_rows: int
     metrics: dict
     unreadable: dict[str, str] = field(default_factory=dict)
+
+
+_TAPS_SUFFIX = ".taps.npy"
+
+
+def _remove_stale_activations(*, tmp_dir: Path) -> None:
+    """Delete the activation files of fine-tunings that are no longer running (a worker
+    killed mid-training leaves its file: the ``finally`` below never ran)."""
+    busy = (FeatureModel.Status.TRAINING, FeatureModel.Status.INDEXING)
+    running = set(FeatureModel.objects.filter(status__in=busy).values_list("name", flat=True))
+    for path in tmp_dir.glob(f"*{_TAPS_SUFFIX}"):
+        if path.name[: -len(_TAPS_SUFFIX)] not in running:
+            with contextlib.suppress(OSError):
+                path.unlink()
+                log.info("removed stale fine-tuning activations %s", path.name)
 
 
 def _image_source(image: Any) -> str | bytes:
@@ -107,7 +123,8 @@ def fine_tune_top(
     total = n_garments + len(examples)
     tmp_dir = settings.RETRIEVAL_MODELS_DIR / "tmp"
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    taps_path = tmp_dir / f"{model.name}.taps.f16"
+    _remove_stale_activations(tmp_dir=tmp_dir)
+    taps_path = tmp_dir / f"{model.name}{_TAPS_SUFFIX}"
     tapper = features.TapExtractor(
         base=fit.backbone,
         device=None if settings.RETRIEVAL_DEVICE == "auto" else settings.RETRIEVAL_DEVICE,
@@ -195,6 +212,7 @@ def fine_tune_top(
     features.save_head(settings.RETRIEVAL_MODELS_DIR / model.head_file, top.head)
     frozen_val = model.metrics.get("val_accuracy")
     model.backbone = key
+    model.status = FeatureModel.Status.INDEXING  # its vectors are computed next
     model.metrics = {
         **model.metrics,
         "frozen_head_val_accuracy": frozen_val,
@@ -207,7 +225,7 @@ def fine_tune_top(
             **metrics,
         },
     }
-    model.save(update_fields=["backbone", "metrics"])
+    model.save(update_fields=["backbone", "status", "metrics"])
     if unreadable:
         log.warning(
             "fine-tuning %s: %d images unreadable, skipped: %s",

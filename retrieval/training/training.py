@@ -227,6 +227,9 @@ def train_model(
             epochs=epochs,
             seed=seed,
             report=report,
+            # Still training while the top is fine-tuned: a redelivered task (its worker
+            # killed) trains again rather than skipping a model that has no tuned top.
+            status=FeatureModel.Status.TRAINING if fine_tune == "top" else None,
         )
         if fine_tune == "top":
             fine_tune_top(
@@ -284,10 +287,11 @@ def _fit_head(
     epochs: int | None,
     seed: int,
     report: Callable[[dict], None],
+    status: str | None = None,
 ) -> HeadFit:
     """Train the model's head on the cached pooled features of the catalogue's train split
     and save it atomically; the model row gets its head file, classes, metrics and split and
-    goes to status indexing (its vectors are computed next)."""
+    goes to status indexing (its vectors are computed next), or ``status``."""
     import numpy as np
 
     from retrieval import features
@@ -350,7 +354,7 @@ def _fit_head(
     model.classes = classes
     model.metrics = metrics
     model.split = {"seed": seed, "test": ids[split["test"]].tolist(), "val": ids[val].tolist()}
-    model.status = FeatureModel.Status.INDEXING
+    model.status = status or FeatureModel.Status.INDEXING
     model.save()
     return HeadFit(
         backbone=backbone,

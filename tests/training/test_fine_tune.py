@@ -77,9 +77,15 @@ def test_fine_tuning_the_top_makes_a_backbone_version_of_its_own(trained_catalog
         BackboneFeature.objects.filter(backbone=base).values_list("garment_id", "created_at")
     )
 
+    # A killed fine-tuning's activations (its worker never deleted them) go at the next one.
+    stale = settings.RETRIEVAL_MODELS_DIR / "tmp" / "killed-model.taps.npy"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"\0" * 1024)
+
     model, states = train_tuned()
     try:
         key = model.backbone
+        assert not stale.exists()
         assert is_tuned(key) and base_backbone(key) == base and len(key) <= 40
         assert model.status == FeatureModel.Status.READY
         assert FeatureModel.objects.get(active=True) == active  # still serving the old one
@@ -92,7 +98,7 @@ def test_fine_tuning_the_top_makes_a_backbone_version_of_its_own(trained_catalog
         assert tuned["epochs"] == 1 and tuned["best_epoch"] == 1 and tuned["examples_used"] == 2
         assert model.metrics["val_accuracy"] == tuned["val_accuracy"]
         # The temporary activations are gone; the weights are a checked, versioned file.
-        assert not list((settings.RETRIEVAL_MODELS_DIR / "tmp").glob(f"{model.name}*"))
+        assert not list((settings.RETRIEVAL_MODELS_DIR / "tmp").iterdir())
         path = settings.RETRIEVAL_MODELS_DIR / tuned_weights_file(key)
         payload = features.load_tuned_state(key=key, path=path)
         assert payload["sha256"] == tuned["sha256"] and payload["start"] == 15
