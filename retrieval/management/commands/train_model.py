@@ -58,9 +58,15 @@ class Command(BaseCommand):
         if fine_tune_epochs is not None and fine_tune_epochs < 1:
             raise CommandError("--fine-tune-epochs must be at least 1")
         last_stage = [None]
+        shown = [0]  # the activations' last count shown: a line per tenth, not per batch
 
         def progress(state: dict) -> None:
             stage = state.get("stage")
+            if stage == "activations":
+                done, total = state["done"], state["total"]
+                if done and done < total and done - shown[0] < max(1, total // 10):
+                    return
+                shown[0] = done
             # The admin's line: epoch, loss, validation accuracy, elapsed and time left.
             if stage in {"training", "fine_tuning"}:
                 if state["epoch"] % 10 == 0 or state["epoch"] == state["epochs"]:
