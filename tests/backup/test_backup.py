@@ -10,6 +10,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -275,7 +276,7 @@ def test_a_fine_tuned_backbones_weights_are_backed_up(transactional_db, tmp_path
 
     settings.RETRIEVAL_MODELS_DIR = tmp_path / "models"
     key = "efficientnet_lite0+ftabcdef12"
-    model = FeatureModelFactory(backbone=key, head_file="heads/tuned.pt")
+    model: Any = FeatureModelFactory(backbone=key, head_file="heads/tuned.pt")
     for name in (model.head_file, tuned_weights_file(key)):
         path = settings.RETRIEVAL_MODELS_DIR / name
         path.parent.mkdir(parents=True, exist_ok=True)
