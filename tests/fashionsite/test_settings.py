@@ -223,7 +223,7 @@ def test_default_retrieval_settings_pass_the_checks():
         ("RETRIEVAL_QUERY_CROP", True, "retrieval.E008"),  # settings.py maps the booleans
         ("RETRIEVAL_EXAMPLE_HOLDOUT", 0.95, "retrieval.E009"),
         ("RETRIEVAL_EXAMPLE_HOLDOUT", -0.1, "retrieval.E009"),
-        ("RETRIEVAL_FINE_TUNE", "all", "retrieval.E010"),
+        ("RETRIEVAL_FINE_TUNE", "all", "retrieval.E012"),
         ("RETRIEVAL_FINE_TUNE_EPOCHS", 0, "retrieval.E006"),
     ],
 )
@@ -260,7 +260,7 @@ def test_good_retrieval_choices_pass(settings, name, value):
 
 @pytest.mark.parametrize(
     ("backbone", "check_ids"),
-    [("resnet50", ["retrieval.E011"]), ("efficientnet_lite0", []), ("auto", [])],
+    [("resnet50", ["retrieval.E013"]), ("efficientnet_lite0", []), ("auto", [])],
 )
 def test_fine_tuning_the_top_needs_a_backbone_whose_top_can_be_tuned(settings, backbone, check_ids):
     settings.RETRIEVAL_FINE_TUNE = "top"
