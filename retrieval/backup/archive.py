@@ -5,7 +5,8 @@ Layout of ``DIR``::
     manifest.json      written last: a directory without one is not a (finished) backup
     database.dump      pg_dump custom format, taken in one snapshot
     media/<name>       garment images and import archives named by that snapshot
-    models/<name>      trained heads (RETRIEVAL_MODELS_DIR) named by that snapshot
+    models/<name>      trained heads and fine-tuned backbones' weights (RETRIEVAL_MODELS_DIR)
+                       named by that snapshot
 
 Consistency while the site runs: one REPEATABLE READ transaction exports its snapshot;
 ``pg_dump --snapshot`` dumps exactly that state and the list of files to copy is read in the
@@ -44,6 +45,7 @@ from django.db import connection, transaction
 from django.db.migrations.loader import MigrationLoader
 from django.utils import timezone
 
+from retrieval import spec
 from retrieval.models import FeatureModel, Garment, ImportJob
 
 log = logging.getLogger(__name__)
@@ -313,6 +315,9 @@ def _snapshot_state() -> dict:
     files += [("media", name) for name in uploads]
     heads = FeatureModel.objects.exclude(head_file="").values_list("head_file", flat=True)
     files += [("models", name) for name in heads]
+    # A fine-tuned backbone's weights (RETRIEVAL_FINE_TUNE=top): its model's searches need them.
+    backbones = FeatureModel.objects.values_list("backbone", flat=True).distinct()
+    files += [("models", spec.tuned_weights_file(key)) for key in backbones if spec.is_tuned(key)]
     return {
         "migrations": migrations,
         "counts": counts,

@@ -3,7 +3,8 @@
 Everything it returns is numpy or plain Python, so no other package handles tensors.
 :mod:`.backbones` (CNN trunks), :mod:`.colour` and :mod:`.framing` (query centre crop) (numpy
 only), :mod:`.head` (FC1/FC2), :mod:`.extractor` (image -> features), :mod:`.cpu` (CPU
-speed-ups), :mod:`.configured` (the extractor that settings describe).
+speed-ups), :mod:`.configured` (the extractor that settings describe), :mod:`.finetune` (the
+fine-tuned top of efficientnet_lite0, a backbone version of its own).
 """
 
 from retrieval.features.backbones import (
@@ -23,9 +24,18 @@ from retrieval.features.colour import (
     pooled_rgb_at,
     srgb_to_lab,
 )
-from retrieval.features.configured import extractor_for
+from retrieval.features.configured import extractor_for, tuned_path
 from retrieval.features.cpu import freeze_backbone, keep_freed_memory_for_reuse
 from retrieval.features.extractor import ExtractedBatch, FeatureExtractor, get_extractor
+from retrieval.features.finetune import (
+    TapExtractor,
+    TunedTop,
+    TunedWeightsError,
+    load_tuned_state,
+    new_tuned_key,
+    save_tuned,
+    train_top,
+)
 from retrieval.features.framing import (
     BORDER_MIN_FRACTION,
     CENTRE_BOX,
@@ -76,6 +86,9 @@ __all__ = [
     "ClothingHead",
     "ExtractedBatch",
     "FeatureExtractor",
+    "TapExtractor",
+    "TunedTop",
+    "TunedWeightsError",
     "activation_map",
     "auto_epochs",
     "border_fraction",
@@ -92,9 +105,14 @@ __all__ = [
     "keep_freed_memory_for_reuse",
     "load_backbone",
     "load_head",
+    "load_tuned_state",
+    "new_tuned_key",
     "pooled_rgb_at",
     "resolve_backbone",
     "save_head",
+    "save_tuned",
     "srgb_to_lab",
     "train_head",
+    "train_top",
+    "tuned_path",
 ]

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from retrieval.spec import BACKBONES, POOLED_DIMS
+from retrieval.spec import BACKBONES, FINE_TUNABLE, POOLED_DIMS, base_backbone, is_tuned
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +137,8 @@ def resolve_backbone(name: str, *, weights_path: str | os.PathLike[str] | None =
     """
     if name in BACKBONES:
         return name
+    if is_tuned(name) and base_backbone(name) in FINE_TUNABLE:
+        return name  # a fine-tuned backbone (retrieval.features.finetune): its own key
     if name != "auto":
         raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES} or 'auto'")
     if _resnet50_weight_file(weights_path) is not None:
@@ -260,6 +262,7 @@ def load_backbone(
     device: str | torch.device | None = None,
     pretrained: bool = True,
     fold_bn: bool = True,
+    tuned_path: str | os.PathLike[str] | None = None,
 ) -> Backbone:
     """Build a backbone without its classifier, in eval mode, on ``device``.
 
@@ -272,13 +275,26 @@ def load_backbone(
         pretrained: False gives random weights (tests, benchmarks of speed only).
         fold_bn: fold BatchNorm into convs (inference-only speed-up; same outputs up to
             float rounding).
+        tuned_path: a fine-tuned backbone key (``efficientnet_lite0+ft<id>``) only: its
+            weights file (:func:`retrieval.features.finetune.save_tuned`), loaded over the
+            base's ImageNet weights.
 
     Raises:
         BackboneUnavailable: resnet50 weights are not on this machine and cannot be downloaded
             (the message says how to provide them).
+        TunedWeightsError: a fine-tuned backbone's weights file is missing or corrupt.
     """
     name = resolve_backbone(name, weights_path=weights_path)
-    if name == "resnet50":
+    if is_tuned(name):
+        from retrieval.features.finetune import tuned_trunk
+
+        if tuned_path is None:
+            raise BackboneUnavailable(
+                f"{name} is a fine-tuned backbone: its weights file is needed"
+            )
+        trunk, source = tuned_trunk(key=name, path=tuned_path, pretrained=pretrained)
+        mean, std = _LITE_MEAN, _LITE_STD
+    elif name == "resnet50":
         trunk, source = _resnet50_trunk(weights_path, pretrained)
         mean, std = _IMAGENET_MEAN, _IMAGENET_STD
     else:
@@ -288,7 +304,12 @@ def load_backbone(
     if fold_bn:
         trunk = _fold_batchnorm(trunk)
     model = Backbone(
-        trunk, name=name, dim=POOLED_DIMS[name], mean=mean, std=std, weights_source=source
+        trunk,
+        name=name,
+        dim=POOLED_DIMS[base_backbone(name)],
+        mean=mean,
+        std=std,
+        weights_source=source,
     )
     dev = _pick_device(device)
     model = model.to(dev).eval()

@@ -76,6 +76,7 @@ from retrieval.spec import (
     NUM_POSITIONS,
     PRECISIONS,
     QUERY_CROP_MODES,
+    is_tuned,
 )
 
 logger = logging.getLogger(__name__)
@@ -142,6 +143,45 @@ def _collate(
     return keys, batch, errors
 
 
+def decoded_batches(
+    items: Iterable[tuple[K, ImageSource | Image.Image]],
+    *,
+    batch_size: int,
+    num_workers: int,
+    max_pixels: int,
+    prefetch_factor: int = 4,
+    pin_memory: bool = False,
+) -> Iterator[tuple[list[Any], torch.Tensor, list[tuple[Any, str]]]]:
+    """Decode and resize ``(key, source)`` items in batches: ``(keys, (n, 224, 224, 3) uint8
+    tensor, [(key, reason)] of the unreadable ones)``, in input order (see
+    :meth:`FeatureExtractor.extract_paths` for ``num_workers``)."""
+    if num_workers <= 0:
+        chunk: list[tuple[Any, np.ndarray | None, str | None]] = []
+        for key, source in items:
+            chunk.append(_decode_item(key, source, max_pixels))
+            if len(chunk) >= batch_size:
+                yield _collate(chunk)
+                chunk = []
+        if chunk:
+            yield _collate(chunk)
+        return
+    loader = torch.utils.data.DataLoader(
+        _DecodeDataset(list(items), max_pixels),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        pin_memory=pin_memory,
+        prefetch_factor=prefetch_factor,
+        persistent_workers=False,
+        # Not fork: a forked child inherits the parent's open sockets and runs its
+        # after-fork hooks (kombu closes the parent's Redis channels from the child and
+        # hangs there). forkserver children start from a clean process.
+        multiprocessing_context="forkserver",
+    )
+    yield from loader
+
+
 def _rule_view(photo: Image.Image) -> np.ndarray:
     """The decoded photo as the plain-border rule reads it: ``(H, W, 3)`` uint8, reduced (box
     average by an integer factor) to at most :data:`RULE_MAX_SIDE` px on its longer side, the
@@ -177,11 +217,14 @@ class FeatureExtractor:
         num_threads: int | None = None,
         freeze: bool = True,
         tune_malloc: bool = True,
+        tuned_path: str | os.PathLike[str] | None = None,
     ) -> None:
         """
         Args:
-            backbone: ``"auto"``, ``"resnet50"`` or ``"efficientnet_lite0"``.
+            backbone: ``"auto"``, ``"resnet50"``, ``"efficientnet_lite0"`` or a fine-tuned
+                backbone key (``efficientnet_lite0+ft<id>``, with ``tuned_path``).
             weights_path: resnet50 weights file (see :func:`load_backbone`).
+            tuned_path: a fine-tuned backbone's weights file (see :func:`load_backbone`).
             head: a trained head, or the path of one saved by :func:`save_head`; without a
                 head, ``deep``/``fused`` are not produced.
             device: None = CUDA when available, else CPU.
@@ -209,7 +252,11 @@ class FeatureExtractor:
             raise ValueError(f"unknown colour variant {colour_variant!r}: {COLOUR_VARIANTS}")
         if module is None:
             module = load_backbone(
-                backbone, weights_path=weights_path, device=device, pretrained=pretrained
+                backbone,
+                weights_path=weights_path,
+                device=device,
+                pretrained=pretrained,
+                tuned_path=tuned_path,
             )
         elif device is not None:
             module = module.to(_pick_device(device))
@@ -506,31 +553,14 @@ class FeatureExtractor:
             Batches in input order. A bad image never fails its batch: it is listed in
             ``errors`` with its key and the reason.
         """
-        if num_workers <= 0:
-            chunk: list[tuple[Any, np.ndarray | None, str | None]] = []
-            for key, source in items:
-                chunk.append(_decode_item(key, source, self.max_pixels))
-                if len(chunk) >= batch_size:
-                    yield self._finish(*_collate(chunk))
-                    chunk = []
-            if chunk:
-                yield self._finish(*_collate(chunk))
-            return
-        loader = torch.utils.data.DataLoader(
-            _DecodeDataset(list(items), self.max_pixels),
+        for keys, batch, errors in decoded_batches(
+            items,
             batch_size=batch_size,
-            shuffle=False,
             num_workers=num_workers,
-            collate_fn=_collate,
-            pin_memory=self.device.type == "cuda",
             prefetch_factor=prefetch_factor,
-            persistent_workers=False,
-            # Not fork: a forked child inherits the parent's open sockets and runs its
-            # after-fork hooks (kombu closes the parent's Redis channels from the child and
-            # hangs there). forkserver children start from a clean process.
-            multiprocessing_context="forkserver",
-        )
-        for keys, batch, errors in loader:
+            max_pixels=self.max_pixels,
+            pin_memory=self.device.type == "cuda",
+        ):
             yield self._finish(keys, batch, errors)
 
     def _finish(
@@ -573,16 +603,21 @@ def get_extractor(
     num_threads: int | None = None,
     freeze: bool = True,
     tune_malloc: bool = True,
+    tuned_path: str | os.PathLike[str] | None = None,
 ) -> FeatureExtractor:
     """The process-wide :class:`FeatureExtractor` for these settings (loaded on first use).
 
     The cache key includes the head file's mtime and size, so a retrained head (written
     atomically by :func:`save_head`) is picked up on the next call; the backbone module is
     reused when only the head or colour settings changed. At most two extractors are kept.
+    A fine-tuned backbone key (``efficientnet_lite0+ft<id>``) is its own backbone, keyed by
+    its weights file (``tuned_path``) the same way.
     """
     name = resolve_backbone(backbone, weights_path=weights_path)
     dev = str(_pick_device(device))
     weights_key = _file_stamp(_resnet50_weight_file(weights_path)) if name == "resnet50" else None
+    if tuned_path is not None and is_tuned(name):
+        weights_key = _file_stamp(tuned_path)
     key = (
         name,
         weights_key,
@@ -621,6 +656,7 @@ def get_extractor(
             num_threads=num_threads,
             freeze=freeze,
             tune_malloc=tune_malloc,
+            tuned_path=tuned_path if is_tuned(name) else None,
         )
         while len(_CACHE) >= _CACHE_MAX:
             _CACHE.pop(next(iter(_CACHE)))

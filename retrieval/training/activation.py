@@ -19,6 +19,7 @@ from retrieval.models import (
     Garment,
     GarmentFeature,
 )
+from retrieval.spec import is_tuned
 from retrieval.training.progress import StageClock
 from retrieval.training.retirement import _queue_retirement_after_activation
 
@@ -128,7 +129,10 @@ def activate_model(*, model: FeatureModel) -> None:
         )
         transaction.on_commit(_queue_retirement_after_activation)
     # Garments indexed by workers while the model was being built (under the previous model)
-    # have cached CNN features but no vectors for this model yet.
+    # have cached CNN features but no vectors for this model yet; under a fine-tuned backbone
+    # of its own (RETRIEVAL_FINE_TUNE=top) not even its cache rows: the tuned CNN runs first.
+    if is_tuned(model.backbone):
+        ensure_backbone_features(backbone=model.backbone)
     recompute_vectors(model=model, only_missing=True)
 
 
@@ -150,6 +154,14 @@ def reindex_and_activate(*, model: FeatureModel) -> None:
     # Status indexing from here on: model retirement leaves the model alone meanwhile.
     FeatureModel.objects.filter(pk=model.pk).update(status=FeatureModel.Status.INDEXING, error="")
     try:
+        if is_tuned(model.backbone):
+            # Missing or corrupt tuned weights fail the model here, not its first searches
+            # (its vectors may all be reused without loading the network).
+            from retrieval import features
+
+            features.load_tuned_state(
+                key=model.backbone, path=features.tuned_path(backbone=model.backbone) or ""
+            )
         ensure_backbone_features(backbone=model.backbone, progress=report)
         # A previous model whose vectors were kept (RETRIEVAL_KEEP_MODELS): only the missing
         # and outdated ones are computed again (all of them if a knob or the head changed).

@@ -7,6 +7,12 @@ A training (and an activation's re-index) reports plain dicts, saved on
 - ``{"stage": "extracting_examples", "done", "total"}``: the same for training example photos;
 - ``{"stage": "training", "epoch", "epochs", "loss", "val_accuracy", "seconds"}``: after each
   epoch of the head (``seconds`` since its first epoch began, measured by the training loop);
+- ``{"stage": "activations", "done", "total"}`` (RETRIEVAL_FINE_TUNE=top): the CNN pass up to
+  block 14 over the catalogue and the training example photos;
+- ``{"stage": "fine_tuning", "epoch", "epochs", "loss", "val_accuracy", "seconds"}``: after
+  each epoch of the fine-tuned top (block 15 + head conv + FC1/FC2);
+- ``{"stage": "tuned_features", "done", "total"}``: the fine-tuned backbone's cache rows, from
+  the block-14 activations;
 - ``{"stage": "vectors", "done", "total"}``: searchable vectors from the cached features;
 - ``{"stage": "queued" | "clustering" | "done"}``.
 
@@ -28,6 +34,9 @@ STAGE_NAMES: dict[str, str] = {
     "extracting": "CNN features",
     "extracting_examples": "CNN features of the example photos",
     "training": "training",
+    "activations": "CNN activations (block 14) for fine-tuning",
+    "fine_tuning": "fine-tuning the CNN's top",
+    "tuned_features": "CNN features of the fine-tuned backbone",
     "vectors": "vectors",
     "clustering": "clustering (K-means)",
     "done": "done",
@@ -110,7 +119,7 @@ def progress_text(progress: dict[str, Any] | None) -> str:
     elif "done" in p and "total" in p:
         parts.append(f"{p['done']}/{p['total']}")
         if p.get("per_second") is not None:
-            unit = "images/s" if stage == "extracting" else "/s"
+            unit = "images/s" if stage in ("extracting", "activations") else "/s"
             parts.append(f"{float(p['per_second']):.1f} {unit}".replace(" /s", "/s"))
     else:
         return name

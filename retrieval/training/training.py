@@ -9,7 +9,8 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import transaction
@@ -27,6 +28,7 @@ from retrieval.models import (
     ImportJob,
 )
 from retrieval.selectors import active_model
+from retrieval.spec import FINE_TUNABLE, base_backbone, pooled_dim
 from retrieval.training.activation import activate_model, recompute_vectors
 from retrieval.training.progress import StageClock
 
@@ -144,13 +146,12 @@ def load_example_features(
 def new_feature_model(*, backbone: str, progress: dict | None = None) -> FeatureModel:
     """A model row (status training) with the configured colour knobs, named for its backbone
     and creation time; training fills in the head, classes and metrics."""
-    from retrieval import features
 
     stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
     return FeatureModel.objects.create(
         name=f"{backbone}-{stamp}-{uuid.uuid4().hex[:6]}",
         backbone=backbone,
-        backbone_dim=features.POOLED_DIMS[backbone],
+        backbone_dim=pooled_dim(backbone),
         colour_variant=settings.RETRIEVAL_COLOUR,
         colour_weight=settings.RETRIEVAL_COLOUR_WEIGHT,
         status=FeatureModel.Status.TRAINING,
@@ -167,6 +168,8 @@ def train_model(
     activate: bool = True,
     model: FeatureModel | None = None,
     progress: Callable[[dict], None] | None = None,
+    fine_tune: str | None = None,
+    fine_tune_epochs: int | None = None,
 ) -> FeatureModel:
     """Train the head on the catalogue's categories and register (and activate) a new model.
 
@@ -178,9 +181,19 @@ def train_model(
     passed to ``progress``: dicts of :mod:`retrieval.training.progress`, with elapsed time and
     time left per stage.
     ``model``: a row created beforehand (status training) by whoever queued the training.
+    ``fine_tune`` (default ``RETRIEVAL_FINE_TUNE``): ``"top"`` then fine-tunes block 15 + head
+    conv + FC1/FC2 for ``fine_tune_epochs`` (default ``RETRIEVAL_FINE_TUNE_EPOCHS``) from that
+    head, on block-14 activations of one CNN pass (:mod:`retrieval.training.finetune`): the
+    model gets a backbone version of its own (``efficientnet_lite0+ft<id>``) whose cache rows
+    are computed from those activations.
     """
     from retrieval import features
     from retrieval.search import clustering
+    from retrieval.training.finetune import fine_tune_top
+
+    fine_tune = settings.RETRIEVAL_FINE_TUNE if fine_tune is None else fine_tune
+    if fine_tune not in ("off", "top"):
+        raise ValueError(f"fine_tune must be off or top, not {fine_tune!r}")
 
     backbone = features.resolve_backbone(
         backbone or (model.backbone if model else settings.RETRIEVAL_BACKBONE),
@@ -197,16 +210,38 @@ def train_model(
             progress(state)
 
     try:
+        if fine_tune == "top":
+            # A tuned model starts from its base's ImageNet weights and frozen cache rows.
+            backbone = base_backbone(backbone)
+            if backbone not in FINE_TUNABLE:
+                raise ValueError(
+                    f"RETRIEVAL_FINE_TUNE=top cannot fine-tune {backbone} (only "
+                    f"{', '.join(FINE_TUNABLE)}): set RETRIEVAL_FINE_TUNE=off"
+                )
         ensure_backbone_features(backbone=backbone, progress=report)
         ensure_example_features(backbone=backbone, progress=report)
-        _fit_head(
+        fit = _fit_head(
             model=model,
             backbone=backbone,
             category_field=category_field,
             epochs=epochs,
             seed=seed,
             report=report,
+            # Still training while the top is fine-tuned: a redelivered task (its worker
+            # killed) trains again rather than skipping a model that has no tuned top.
+            status=FeatureModel.Status.TRAINING if fine_tune == "top" else None,
         )
+        if fine_tune == "top":
+            fine_tune_top(
+                model=model,
+                fit=fit,
+                epochs=fine_tune_epochs or settings.RETRIEVAL_FINE_TUNE_EPOCHS,
+                seed=seed,
+                report=report,
+            )
+            # Garments the activations did not cover (no label for the trained field, or
+            # imported meanwhile): through the full tuned network.
+            ensure_backbone_features(backbone=model.backbone, progress=report)
         recompute_vectors(model=model, progress=report)
         if activate:
             report({"stage": "clustering"})
@@ -224,6 +259,26 @@ def train_model(
     return model
 
 
+@dataclass
+class HeadFit:
+    """What a head was trained on (for the fine-tuning that may follow, which starts from it).
+
+    ``ids``: ``(N,)`` int64 garment ids in the order of ``y`` (their class index in
+    ``classes``); ``train`` / ``val`` / ``test``: ``(n,)`` int64 positions in ``ids``;
+    ``head``: the trained head (CPU, eval mode).
+    """
+
+    backbone: str
+    ids: np.ndarray
+    y: np.ndarray
+    classes: list[str]
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    category_field: str
+    head: Any
+
+
 def _fit_head(
     *,
     model: FeatureModel,
@@ -232,10 +287,11 @@ def _fit_head(
     epochs: int | None,
     seed: int,
     report: Callable[[dict], None],
-) -> None:
+    status: str | None = None,
+) -> HeadFit:
     """Train the model's head on the cached pooled features of the catalogue's train split
     and save it atomically; the model row gets its head file, classes, metrics and split and
-    goes to status indexing (its vectors are computed next)."""
+    goes to status indexing (its vectors are computed next), or ``status``."""
     import numpy as np
 
     from retrieval import features
@@ -298,8 +354,19 @@ def _fit_head(
     model.classes = classes
     model.metrics = metrics
     model.split = {"seed": seed, "test": ids[split["test"]].tolist(), "val": ids[val].tolist()}
-    model.status = FeatureModel.Status.INDEXING
+    model.status = status or FeatureModel.Status.INDEXING
     model.save()
+    return HeadFit(
+        backbone=backbone,
+        ids=ids,
+        y=y,
+        classes=classes,
+        train=train.astype(np.int64),
+        val=val.astype(np.int64),
+        test=np.asarray(split["test"], np.int64),
+        category_field=category_field,
+        head=head,
+    )
 
 
 def queue_training(*, backbone: str | None = None, epochs: int | None = None) -> FeatureModel:

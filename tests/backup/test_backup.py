@@ -11,6 +11,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.core.files.base import ContentFile
@@ -265,3 +266,25 @@ def test_the_partitions_keys_are_restored_just_before_the_parents():
     assert [line.split(";")[0] for line in ordered] == ["10", "11", "20", "22", "23", "21", "30"]
     without_parent = [line for line in listing if not line.startswith("21;")]
     assert backup.archive.partition_keys_first(without_parent) == without_parent
+
+
+def test_a_fine_tuned_backbones_weights_are_backed_up(transactional_db, tmp_path, settings):
+    """A model of a fine-tuned backbone (RETRIEVAL_FINE_TUNE=top) needs its weights file
+    beside its head: both are copied, with their checksums."""
+    from retrieval.spec import tuned_weights_file
+    from tests.factories import FeatureModelFactory
+
+    settings.RETRIEVAL_MODELS_DIR = tmp_path / "models"
+    key = "efficientnet_lite0+ftabcdef12"
+    model: Any = FeatureModelFactory(backbone=key, head_file="heads/tuned.pt")
+    for name in (model.head_file, tuned_weights_file(key)):
+        path = settings.RETRIEVAL_MODELS_DIR / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(name.encode())
+    call_command("backup", str(tmp_path / "backup"))
+    manifest = json.loads((tmp_path / "backup" / "manifest.json").read_text())
+    copied = {f["path"] for f in manifest["files"] if f["area"] == "models"}
+    assert copied == {"heads/tuned.pt", f"backbones/{key}.pt"} and manifest["missing"] == []
+    assert (tmp_path / "backup" / "models" / "backbones" / f"{key}.pt").read_bytes() == (
+        tuned_weights_file(key).encode()
+    )

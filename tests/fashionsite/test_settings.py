@@ -223,6 +223,8 @@ def test_default_retrieval_settings_pass_the_checks():
         ("RETRIEVAL_QUERY_CROP", True, "retrieval.E008"),  # settings.py maps the booleans
         ("RETRIEVAL_EXAMPLE_HOLDOUT", 0.95, "retrieval.E009"),
         ("RETRIEVAL_EXAMPLE_HOLDOUT", -0.1, "retrieval.E009"),
+        ("RETRIEVAL_FINE_TUNE", "all", "retrieval.E012"),
+        ("RETRIEVAL_FINE_TUNE_EPOCHS", 0, "retrieval.E006"),
     ],
 )
 def test_a_bad_retrieval_choice_is_a_check_error_naming_it(settings, name, value, check_id):
@@ -247,11 +249,25 @@ def test_a_bad_retrieval_choice_is_a_check_error_naming_it(settings, name, value
         ("RETRIEVAL_QUERY_CROP", "centre"),
         ("RETRIEVAL_QUERY_CROP", "map"),
         ("RETRIEVAL_QUERY_CROP", "off"),
+        ("RETRIEVAL_FINE_TUNE", "off"),
+        ("RETRIEVAL_FINE_TUNE", "top"),
     ],
 )
 def test_good_retrieval_choices_pass(settings, name, value):
     setattr(settings, name, value)
     assert retrieval_errors() == []
+
+
+@pytest.mark.parametrize(
+    ("backbone", "check_ids"),
+    [("resnet50", ["retrieval.E013"]), ("efficientnet_lite0", []), ("auto", [])],
+)
+def test_fine_tuning_the_top_needs_a_backbone_whose_top_can_be_tuned(settings, backbone, check_ids):
+    settings.RETRIEVAL_FINE_TUNE = "top"
+    settings.RETRIEVAL_BACKBONE = backbone
+    errors = retrieval_errors()
+    assert [e.id for e in errors] == check_ids
+    assert all("RETRIEVAL_FINE_TUNE=top" in e.msg and backbone in e.msg for e in errors)
 
 
 def test_manage_check_reports_each_bad_choice_with_its_id():

@@ -45,6 +45,16 @@ def test_train_model_refuses_an_empty_catalogue():
         call_command("train_model", stdout=io.StringIO())
 
 
+def test_train_model_checks_its_fine_tuning_options():
+    with pytest.raises(CommandError, match="--fine-tune-epochs must be at least 1"):
+        call_command("train_model", "--fine-tune", "top", "--fine-tune-epochs", "0")
+    with pytest.raises(CommandError, match="invalid choice"):
+        call_command("train_model", "--fine-tune", "all", stdout=io.StringIO())
+    # resnet50's top is not fine-tunable: said before any work (the model is marked failed).
+    with pytest.raises(CommandError, match="cannot fine-tune resnet50"):
+        call_command("train_model", "--backbone", "resnet50", "--fine-tune", "top")
+
+
 def test_build_clusters_without_a_model_says_what_to_do():
     with pytest.raises(CommandError, match="train one first"):
         call_command("build_clusters", stdout=io.StringIO())

@@ -78,6 +78,13 @@ def test_the_admins_line_for_each_stage():
         == "training: epoch 3/20 · loss 0.412 · validation accuracy 0.873 · 0:42 elapsed · "
         "about 3:58 left"
     )
+    # RETRIEVAL_FINE_TUNE=top's stages.
+    assert progress_text(
+        {"stage": "activations", "done": 64, "total": 300, "per_second": 20.0}
+    ) == ("CNN activations (block 14) for fine-tuning: 64/300 · 20.0 images/s")
+    assert progress_text(
+        {"stage": "fine_tuning", "epoch": 1, "epochs": 4, "loss": 1.5, "val_accuracy": 0.8}
+    ) == ("fine-tuning the CNN's top: epoch 1/4 · loss 1.500 · validation accuracy 0.800")
     # Without a validation split there is no validation accuracy; an old row, no timing.
     assert progress_text({"stage": "training", "epoch": 1, "epochs": 5, "loss": 2.0}) == (
         "training: epoch 1/5 · loss 2.000"
