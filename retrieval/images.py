@@ -19,6 +19,7 @@ which would run Ghostscript), truncated/corrupt data and decoder crashes become
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -41,8 +42,11 @@ __all__ = [
     "ImageError",
     "ImageSource",
     "ZipMember",
+    "encode_jpeg",
     "load_rgb224",
     "open_image",
+    "perceptual_hash",
+    "pixel_digest",
     "pooled_grid",
     "reencode_jpeg",
     "resize_rgb",
@@ -364,7 +368,12 @@ def reencode_jpeg(
     Raises:
         ImageError: as :func:`open_image`.
     """
-    decoded = open_image(source, max_pixels=max_pixels, name=name)
+    return encode_jpeg(open_image(source, max_pixels=max_pixels, name=name), quality=quality)
+
+
+def encode_jpeg(decoded: Image.Image, *, quality: int = STORED_JPEG_QUALITY) -> bytes:
+    """Encode an image decoded by :func:`open_image` as a fresh JPEG (see :func:`reencode_jpeg`:
+    a caller that also needs the pixels, e.g. their fingerprints, decodes once and calls this)."""
     # A new image holds only pixels: Pillow's JPEG writer copies some of the source's
     # ``info`` (the comment, where user text could hide) from the image it is given.
     clean = Image.new("RGB", decoded.size)
@@ -462,3 +471,51 @@ class ZipMember:
             return zf.read(self.member)
         except KeyError:
             raise ImageError("not found in the archive", name=self.member) from None
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+#: Side of the grey thumbnail a perceptual hash reads, and of the low-frequency DCT block it
+#: keeps (the classic pHash: 32x32 -> DCT -> top-left 8x8 -> 64 bits, each above the median).
+_PHASH_SIZE = 32
+_PHASH_BLOCK = 8
+
+
+def pixel_digest(img: Image.Image) -> str:
+    """SHA-256 (hex) of an image's decoded pixels: the same for two files holding the same
+    pixels whatever their bytes, format or name (a PNG and its lossless re-save, a JPEG with
+    other metadata). ``img``: as :func:`open_image` returns it (upright 8-bit sRGB RGB), so
+    EXIF orientation, ICC profiles and transparency are normalised before hashing."""
+    rgb = img if img.mode == "RGB" else img.convert("RGB")
+    digest = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode())
+    digest.update(rgb.tobytes())
+    return digest.hexdigest()
+
+
+def _dct_matrix(n: int) -> np.ndarray:
+    """(n, n) orthonormal DCT-II matrix: ``M @ x`` is the DCT of a column vector x."""
+    k = np.arange(n)[:, None]
+    i = np.arange(n)[None, :]
+    matrix = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+    matrix[0] /= np.sqrt(2.0)
+    return matrix
+
+
+_DCT = _dct_matrix(_PHASH_SIZE)
+
+
+def perceptual_hash(img: Image.Image) -> int:
+    """64-bit perceptual hash (pHash) of an image, as a signed int (a PostgreSQL bigint).
+
+    Grey 32x32 thumbnail (box filter: a resized or re-compressed copy averages to the same
+    thumbnail) -> 2-D DCT -> the 8x8 lowest frequencies -> one bit per coefficient above their
+    median (the DC term left out of the median: it only tracks brightness). Copies that are
+    resized, re-compressed or slightly brightened differ in a few bits; distinct photos in
+    about half (Hamming distance ~32). Compare with ``(a ^ b).bit_count()``.
+    """
+    grey = img.convert("L").resize((_PHASH_SIZE, _PHASH_SIZE), Image.Resampling.BOX)
+    pixels = np.asarray(grey, dtype=np.float64)
+    low = (_DCT @ pixels @ _DCT.T)[:_PHASH_BLOCK, :_PHASH_BLOCK].ravel()
+    bits = low > np.median(low[1:])
+    value = int.from_bytes(np.packbits(bits).tobytes(), "big")
+    return value - (1 << 64) if value >= 1 << 63 else value
