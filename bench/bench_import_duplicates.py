@@ -61,7 +61,7 @@ def import_runs(rows: int, rounds: int) -> dict:
             images.pixel_digest, images.perceptual_hash, imports.exact_duplicate = real
         else:
             images.pixel_digest = lambda img: ""
-            images.perceptual_hash = lambda img: 0
+            images.perceptual_hash = lambda img: b""
             imports.exact_duplicate = lambda **kw: None
 
     times: dict[str, list[float]] = {"with checks": [], "without (baseline)": []}

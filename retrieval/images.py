@@ -39,10 +39,12 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "GRID",
     "INPUT_SIZE",
+    "PHASH_BITS",
     "ImageError",
     "ImageSource",
     "ZipMember",
     "encode_jpeg",
+    "hash_distance",
     "load_rgb224",
     "open_image",
     "perceptual_hash",
@@ -50,6 +52,9 @@ __all__ = [
     "pooled_grid",
     "reencode_jpeg",
     "resize_rgb",
+    "thumbnail_distance",
+    "thumbnail_signature",
+    "thumbnail_vector",
 ]
 
 #: Side of the square network input, in pixels (the paper resizes every photo to 224x224).
@@ -476,9 +481,13 @@ class ZipMember:
 # --------------------------------------------------------------------------- fingerprints
 
 #: Side of the grey thumbnail a perceptual hash reads, and of the low-frequency DCT block it
-#: keeps (the classic pHash: 32x32 -> DCT -> top-left 8x8 -> 64 bits, each above the median).
-_PHASH_SIZE = 32
-_PHASH_BLOCK = 8
+#: keeps: 64x64 -> DCT -> top-left 16x16 -> 256 bits, each above the median. The classic pHash
+#: (32x32 -> 8x8, 64 bits) separated copies from distinct studio shots too poorly on small
+#: catalogue photos (docs/benchmarks.md, "Duplicate photos").
+_PHASH_SIZE = 64
+_PHASH_BLOCK = 16
+#: Bits of :func:`perceptual_hash`.
+PHASH_BITS = _PHASH_BLOCK * _PHASH_BLOCK
 
 
 def pixel_digest(img: Image.Image) -> str:
@@ -504,18 +513,58 @@ def _dct_matrix(n: int) -> np.ndarray:
 _DCT = _dct_matrix(_PHASH_SIZE)
 
 
-def perceptual_hash(img: Image.Image) -> int:
-    """64-bit perceptual hash (pHash) of an image, as a signed int (a PostgreSQL bigint).
+def perceptual_hash(img: Image.Image) -> bytes:
+    """256-bit perceptual hash (pHash) of an image: 32 bytes.
 
-    Grey 32x32 thumbnail (box filter: a resized or re-compressed copy averages to the same
-    thumbnail) -> 2-D DCT -> the 8x8 lowest frequencies -> one bit per coefficient above their
-    median (the DC term left out of the median: it only tracks brightness). Copies that are
-    resized, re-compressed or slightly brightened differ in a few bits; distinct photos in
-    about half (Hamming distance ~32). Compare with ``(a ^ b).bit_count()``.
+    Grey 64x64 thumbnail (box filter: a resized or re-compressed copy averages to the same
+    thumbnail) -> 2-D DCT -> the 16x16 lowest frequencies -> one bit per coefficient above
+    their median (the DC term left out of the median: it only tracks brightness). Copies that
+    are resized, re-compressed or slightly brightened differ in a few bits; distinct photos in
+    many more. Compare with :func:`hash_distance`.
     """
     grey = img.convert("L").resize((_PHASH_SIZE, _PHASH_SIZE), Image.Resampling.BOX)
     pixels = np.asarray(grey, dtype=np.float64)
     low = (_DCT @ pixels @ _DCT.T)[:_PHASH_BLOCK, :_PHASH_BLOCK].ravel()
     bits = low > np.median(low[1:])
-    value = int.from_bytes(np.packbits(bits).tobytes(), "big")
-    return value - (1 << 64) if value >= 1 << 63 else value
+    return np.packbits(bits).tobytes()
+
+
+def hash_distance(a: bytes, b: bytes) -> int:
+    """Bits that differ between two perceptual hashes (:func:`perceptual_hash`), 0..256."""
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).bit_count()
+
+
+#: Side of the colour thumbnail stored with every garment for near-duplicate checks.
+THUMBNAIL_SIDE = 16
+
+
+def thumbnail_signature(img: Image.Image) -> bytes:
+    """The photo's colour thumbnail: ``(16, 16, 3)`` uint8 RGB, box-filtered (every source pixel
+    counts, so a resized or re-compressed copy averages to nearly the same thumbnail), 768
+    bytes; the aspect ratio is dropped (a copy keeps it). Compare with
+    :func:`thumbnail_distance`."""
+    rgb = img if img.mode == "RGB" else img.convert("RGB")
+    small = rgb.resize((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BOX)
+    return small.tobytes()
+
+
+def thumbnail_vector(signature: bytes, side: int) -> np.ndarray:
+    """``(side * side * 3,)`` float64: a stored thumbnail (:func:`thumbnail_signature`)
+    averaged down to ``side`` (a divisor of :data:`THUMBNAIL_SIDE`), each channel's mean
+    removed, unit norm (zero when flat)."""
+    pixels = np.frombuffer(signature, dtype=np.uint8).astype(np.float64)
+    pixels = pixels.reshape(THUMBNAIL_SIDE, THUMBNAIL_SIDE, 3)
+    f = THUMBNAIL_SIDE // side
+    pixels = pixels.reshape(side, f, side, f, 3).mean(axis=(1, 3))
+    pixels -= pixels.reshape(-1, 3).mean(axis=0)
+    flat = pixels.ravel()
+    norm = float(np.linalg.norm(flat))
+    return flat / norm if norm > 0 else flat
+
+
+def thumbnail_distance(a: bytes, b: bytes, *, side: int = 8) -> float:
+    """1 - the correlation of two photos' thumbnails (:func:`thumbnail_signature`) at ``side`` x
+    ``side`` (8: as measured, docs/benchmarks.md "Duplicate photos"): 0 for the same
+    picture, whatever its brightness and contrast (each channel's mean and the overall scale
+    cancel out); a flat thumbnail is 1 from everything. Range 0..2."""
+    return float(1.0 - thumbnail_vector(a, side) @ thumbnail_vector(b, side))

@@ -118,10 +118,12 @@ class Garment(models.Model):
         "ImportJob", null=True, blank=True, on_delete=models.SET_NULL, related_name="garments"
     )
     # Fingerprints of the uploaded image's decoded pixels (retrieval.images): the exact one
-    # refuses a second garment with the same pixels, the perceptual one (a signed 64-bit
-    # pHash) confirms near-duplicates found by vector distance (retrieval.search.duplicates).
+    # refuses a second garment with the same pixels; the perceptual hash (256-bit pHash, 32
+    # bytes) and the colour thumbnail (16x16 RGB, 768 bytes) confirm near-duplicates found by
+    # vector distance (retrieval.search.duplicates).
     pixel_hash = models.CharField(max_length=64, blank=True, editable=False)
-    phash = models.BigIntegerField(null=True, blank=True, editable=False)
+    phash = models.BinaryField(null=True, blank=True, editable=False)
+    thumbnail = models.BinaryField(null=True, blank=True, editable=False)
     # Garments staff confirmed as one product share this: the smallest id of the group.
     # Search shows one garment per group (the best-scored one).
     product_group = models.BigIntegerField(null=True, blank=True, editable=False)
@@ -532,9 +534,12 @@ class NearDuplicate(models.Model):
     garment = models.ForeignKey(Garment, on_delete=models.CASCADE, related_name="duplicate_flags")
     original = models.ForeignKey(Garment, on_delete=models.CASCADE, related_name="+")
     phash_distance = models.PositiveSmallIntegerField(
-        help_text="Bits that differ between the two perceptual hashes (of 64)."
+        help_text="Bits that differ between the two perceptual hashes (of 256)."
     )
     fused_distance = models.FloatField(help_text="L2 distance of the two fused vectors.")
+    photo_distance = models.FloatField(
+        help_text="1 - the correlation of the two photos' colour thumbnails (0 = the same picture)."
+    )
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
     created_at = models.DateTimeField(auto_now_add=True)
     reviewed_at = models.DateTimeField(null=True, blank=True)

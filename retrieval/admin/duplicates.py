@@ -79,14 +79,15 @@ class NearDuplicateAdmin(admin.ModelAdmin):
     """Possible duplicate photos (flagged by indexing), each reviewed side by side."""
 
     list_display = (
-        *("review_link", "garment", "original", "status", "phash_distance"),
-        *("fused_distance", "created_at"),
+        *("review_link", "garment", "original", "status", "photo_distance"),
+        *("fused_distance", "phash_distance", "created_at"),
     )
     list_filter = ("status",)
     list_select_related = ("garment", "original")
     search_fields = ("garment__sku", "original__sku", "garment__title", "original__title")
     readonly_fields = (
-        *("garment", "original", "phash_distance", "fused_distance", "status"),
+        *("garment", "original", "photo_distance", "fused_distance", "phash_distance"),
+        "status",
         *("created_at", "reviewed_at", "reviewed_by"),
     )
 

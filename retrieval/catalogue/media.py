@@ -44,7 +44,8 @@ def store_image(
     Every stored image comes through here (admin, API, imports): the site serves these bytes,
     so never the client's bytes, file name or extension (see retrieval.images.reencode_jpeg).
 
-    For a garment, the fingerprints of the decoded pixels (``row.pixel_hash``, ``row.phash``:
+    For a garment, the fingerprints of the decoded pixels (``row.pixel_hash``, ``row.phash``,
+    ``row.thumbnail``:
     exact and near duplicates, :mod:`retrieval.catalogue.duplicates`) are set from the same
     decode. ``source`` may also be an image the caller decoded already with
     :func:`images.open_image` (and ``digest`` its :func:`images.pixel_digest`, when the caller
@@ -75,6 +76,7 @@ def store_image(
     if isinstance(row, Garment):
         row.pixel_hash = digest or images.pixel_digest(decoded)
         row.phash = images.perceptual_hash(decoded)
+        row.thumbnail = images.thumbnail_signature(decoded)
     return stored
 
 

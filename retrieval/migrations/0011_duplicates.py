@@ -17,8 +17,9 @@ class Migration(migrations.Migration):
             name='NearDuplicate',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('phash_distance', models.PositiveSmallIntegerField(help_text='Bits that differ between the two perceptual hashes (of 64).')),
+                ('phash_distance', models.PositiveSmallIntegerField(help_text='Bits that differ between the two perceptual hashes (of 256).')),
                 ('fused_distance', models.FloatField(help_text='L2 distance of the two fused vectors.')),
+                ('photo_distance', models.FloatField(help_text="1 - the correlation of the two photos' colour thumbnails (0 = the same picture).")),
                 ('status', models.CharField(choices=[('open', 'to review'), ('same', 'same product'), ('different', 'different products')], default='open', max_length=10)),
                 ('created_at', models.DateTimeField(auto_now_add=True)),
                 ('reviewed_at', models.DateTimeField(blank=True, null=True)),
@@ -31,12 +32,17 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='garment',
             name='phash',
-            field=models.BigIntegerField(blank=True, editable=False, null=True),
+            field=models.BinaryField(blank=True, editable=False, null=True),
         ),
         migrations.AddField(
             model_name='garment',
             name='pixel_hash',
             field=models.CharField(blank=True, editable=False, max_length=64),
+        ),
+        migrations.AddField(
+            model_name='garment',
+            name='thumbnail',
+            field=models.BinaryField(blank=True, editable=False, null=True),
         ),
         migrations.AddField(
             model_name='garment',

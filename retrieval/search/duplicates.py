@@ -2,11 +2,15 @@
 
 A near-duplicate is a resized, re-compressed, lightly cropped or brightened copy of another
 garment's photo. The signal was chosen by measurement (bench/bench_duplicates.py,
-docs/benchmarks.md "Duplicate photos"): candidates are the garment's nearest garments by
-fused vector (the clustered search any search uses, a few ms), and a candidate is flagged
-when both its fused distance and the Hamming distance of the two perceptual hashes
-(:func:`retrieval.images.perceptual_hash`) are small: the vector alone confuses distinct
-garments of one category shot alike, the hash alone misses cropped copies and costs a scan.
+docs/benchmarks.md "Duplicate photos"): candidates are the garment's
+``RETRIEVAL_NEAR_DUPLICATE_CANDIDATES`` nearest garments by fused vector (the clustered search
+any search uses, a few ms), and a candidate is flagged when at most
+``RETRIEVAL_NEAR_DUPLICATE_PHASH_BITS`` of the two 256-bit perceptual hashes' bits differ
+(:func:`retrieval.images.hash_distance`: the shapes) and their colour thumbnails are at most
+``RETRIEVAL_NEAR_DUPLICATE_PHOTO`` apart (:func:`retrieval.images.thumbnail_distance`, 1 - a
+correlation: the colours; a colourway of one product is shot alike but differs here). The
+fused distance alone confused distinct garments of one category shot alike; the 64-bit pHash
+(the first rule) separated copies from distinct studio shots poorly on small photos.
 Flags are never refusals (exact copies are refused on upload: retrieval.catalogue.duplicates).
 """
 
@@ -16,27 +20,23 @@ import logging
 from collections.abc import Sequence
 
 import numpy as np
+from django.conf import settings
 from django.db.models import Q
 
+from retrieval import images
 from retrieval.models import FeatureModel, Garment, GarmentFeature, NearDuplicate
 from retrieval.search.ranking import search_vectors
 
 log = logging.getLogger(__name__)
 
-#: Nearest garments looked at per indexed garment.
-CANDIDATES = 5
-#: The rule (docs/benchmarks.md, "Duplicate photos"): flagged when both hold.
-NEAR_FUSED_DISTANCE = 0.3
-NEAR_PHASH_BITS = 4
 
-
-def hamming(a: int, b: int) -> int:
-    """Bits that differ between two 64-bit perceptual hashes (stored as signed bigints)."""
-    return ((a ^ b) & 0xFFFFFFFFFFFFFFFF).bit_count()
-
-
-def is_near_duplicate(*, fused_distance: float, phash_bits: int) -> bool:
-    return fused_distance <= NEAR_FUSED_DISTANCE and phash_bits <= NEAR_PHASH_BITS
+def is_near_duplicate(*, phash_bits: int, photo_distance: float) -> bool:
+    """The rule, for a candidate among the garment's nearest by fused vector (settings
+    ``RETRIEVAL_NEAR_DUPLICATE_PHASH_BITS`` and ``RETRIEVAL_NEAR_DUPLICATE_PHOTO``)."""
+    return (
+        phash_bits <= settings.RETRIEVAL_NEAR_DUPLICATE_PHASH_BITS
+        and photo_distance <= settings.RETRIEVAL_NEAR_DUPLICATE_PHOTO
+    )
 
 
 def flag_near_duplicates(*, garment_ids: Sequence[int], model: FeatureModel) -> int:
@@ -49,17 +49,18 @@ def flag_near_duplicates(*, garment_ids: Sequence[int], model: FeatureModel) -> 
             "garment_id", "fused"
         )
     )
-    hashes = dict(
-        Garment.objects.filter(pk__in=list(vectors), phash__isnull=False).values_list("id", "phash")
-    )
+    fingerprints = {
+        pk: (bytes(thumbnail), bytes(phash))
+        for pk, thumbnail, phash in Garment.objects.filter(
+            pk__in=list(vectors), thumbnail__isnull=False, phash__isnull=False
+        ).values_list("id", "thumbnail", "phash")
+    }
     flags: list[NearDuplicate] = []
-    for garment_id, phash in hashes.items():
-        if phash is None:  # filtered above; for the type checker
-            continue
+    for garment_id, (thumbnail, phash) in fingerprints.items():
         result = search_vectors(
             fused=np.asarray(vectors[garment_id], dtype=np.float32),
             model=model,
-            top=CANDIDATES,
+            top=settings.RETRIEVAL_NEAR_DUPLICATE_CANDIDATES,
             mode="fused",
             include_hidden=True,
             exclude_garment_ids=(garment_id,),
@@ -68,12 +69,15 @@ def flag_near_duplicates(*, garment_ids: Sequence[int], model: FeatureModel) -> 
         near = {h.garment_id: h.distance for h in result.hits}
         if not near:
             continue
-        other_hashes = Garment.objects.filter(pk__in=list(near), phash__isnull=False)
-        for other_id, other_phash in other_hashes.values_list("id", "phash"):
-            if other_phash is None:  # filtered above; for the type checker
-                continue
-            bits = hamming(phash, other_phash)
-            if is_near_duplicate(fused_distance=near[other_id], phash_bits=bits):
+        others = Garment.objects.filter(
+            pk__in=list(near), thumbnail__isnull=False, phash__isnull=False
+        )
+        for other_id, other_thumbnail, other_phash in others.values_list(
+            "id", "thumbnail", "phash"
+        ):
+            bits = images.hash_distance(phash, bytes(other_phash))
+            photo = images.thumbnail_distance(thumbnail, bytes(other_thumbnail))
+            if is_near_duplicate(phash_bits=bits, photo_distance=photo):
                 newer, older = max(garment_id, other_id), min(garment_id, other_id)
                 flags.append(
                     NearDuplicate(
@@ -81,6 +85,7 @@ def flag_near_duplicates(*, garment_ids: Sequence[int], model: FeatureModel) -> 
                         original_id=older,
                         phash_distance=bits,
                         fused_distance=near[other_id],
+                        photo_distance=photo,
                     )
                 )
     if not flags:

@@ -69,10 +69,18 @@ def test_staff_review_two_pairs_merge_one_and_keep_the_other_apart(staff_page):
     merged = [add("R1", (20, 40, 200), shirts), add("R2", (24, 44, 196), shirts)]
     apart = [add("G1", (20, 160, 40), shirts), add("G2", (26, 150, 44), shirts)]
     kept_apart = NearDuplicate.objects.create(
-        garment=apart[1], original=apart[0], phash_distance=2, fused_distance=0.04
+        garment=apart[1],
+        original=apart[0],
+        phash_distance=2,
+        fused_distance=0.04,
+        photo_distance=0.002,
     )
     same = NearDuplicate.objects.create(  # the newest: reviewed first
-        garment=merged[1], original=merged[0], phash_distance=1, fused_distance=0.02
+        garment=merged[1],
+        original=merged[0],
+        phash_distance=1,
+        fused_distance=0.02,
+        photo_distance=0.001,
     )
     page = staff_page
 
