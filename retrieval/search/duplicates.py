@@ -30,6 +30,13 @@ from retrieval.search.ranking import search_vectors
 log = logging.getLogger(__name__)
 
 
+def _as_bytes(value: bytes | memoryview | None) -> bytes:
+    """A BinaryField's value as bytes (PostgreSQL hands back a memoryview; the queries below
+    exclude NULL)."""
+    assert value is not None
+    return bytes(value)
+
+
 def is_near_duplicate(*, phash_bits: int, photo_distance: float) -> bool:
     """The rule, for a candidate among the garment's nearest by fused vector (settings
     ``RETRIEVAL_NEAR_DUPLICATE_PHASH_BITS`` and ``RETRIEVAL_NEAR_DUPLICATE_PHOTO``)."""
@@ -50,7 +57,7 @@ def flag_near_duplicates(*, garment_ids: Sequence[int], model: FeatureModel) -> 
         )
     )
     fingerprints = {
-        pk: (bytes(thumbnail), bytes(phash))
+        pk: (_as_bytes(thumbnail), _as_bytes(phash))
         for pk, thumbnail, phash in Garment.objects.filter(
             pk__in=list(vectors), thumbnail__isnull=False, phash__isnull=False
         ).values_list("id", "thumbnail", "phash")
@@ -75,8 +82,8 @@ def flag_near_duplicates(*, garment_ids: Sequence[int], model: FeatureModel) -> 
         for other_id, other_thumbnail, other_phash in others.values_list(
             "id", "thumbnail", "phash"
         ):
-            bits = images.hash_distance(phash, bytes(other_phash))
-            photo = images.thumbnail_distance(thumbnail, bytes(other_thumbnail))
+            bits = images.hash_distance(phash, _as_bytes(other_phash))
+            photo = images.thumbnail_distance(thumbnail, _as_bytes(other_thumbnail))
             if is_near_duplicate(phash_bits=bits, photo_distance=photo):
                 newer, older = max(garment_id, other_id), min(garment_id, other_id)
                 flags.append(

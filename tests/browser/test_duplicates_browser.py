@@ -107,7 +107,8 @@ def test_staff_review_two_pairs_merge_one_and_keep_the_other_apart(staff_page):
     page.wait_for_url(f"**/nearduplicate/{kept_apart.pk}/review/")
     assert "R2 and R1 are one product" in page.inner_text(".messagelist")
     same.refresh_from_db()
-    assert same.status == NearDuplicate.Status.SAME and same.reviewed_by.username == "boss"
+    assert same.status == NearDuplicate.Status.SAME
+    assert same.reviewed_by is not None and same.reviewed_by.username == "boss"
     groups = dict(Garment.objects.values_list("sku", "product_group"))
     assert groups == {"R1": merged[0].pk, "R2": merged[0].pk, "G1": None, "G2": None}
 
