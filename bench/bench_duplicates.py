@@ -25,12 +25,15 @@ Signals compared, each on the stored catalogue photo and on the copy:
   colour thumbnail, compared at 16 or 8);
 - ``fused``: L2 distance of the fused vectors (the product's trained head).
 
-A flag is a (photo, catalogue garment) pair the rule accepts, among the photo's
-``--candidates`` nearest garments by fused distance (what indexing looks at: "top k") or,
+A flag is a (photo, catalogue garment) pair the rule accepts, among the photo's k nearest
+garments by fused distance (what indexing looks at: "top k", each k of ``--candidates``) or,
 for a signal alone, among the whole catalogue. Recall: share of copies whose original is
-flagged; precision: flags naming the right original / all flags (a flag between two distinct
-catalogue garments is false, even where the sample catalogue holds the same photo under two
-SKUs, so precision is a lower bound; exact same pixels are refused at import and never here).
+flagged; precision: flags naming the right original / all flags. The sample catalogue holds
+the same photo under two ids (re-encoded, so not exact duplicates, which the import skips):
+such pairs (same size, full-size pixels within SAME_PHOTO_MAD levels on average) are set
+aside in "precision" and counted as false in "precision_raw" (a lower bound). The last row,
+"shipped", is the product's rule (``retrieval.search.duplicates.is_near_duplicate`` with the
+``RETRIEVAL_NEAR_DUPLICATE_*`` settings).
 
     nice -n 10 .venv/bin/python bench/bench_duplicates.py --garments 3000 --originals 500
 """

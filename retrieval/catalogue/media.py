@@ -45,9 +45,8 @@ def store_image(
     so never the client's bytes, file name or extension (see retrieval.images.reencode_jpeg).
 
     For a garment, the fingerprints of the decoded pixels (``row.pixel_hash``, ``row.phash``,
-    ``row.thumbnail``:
-    exact and near duplicates, :mod:`retrieval.catalogue.duplicates`) are set from the same
-    decode. ``source`` may also be an image the caller decoded already with
+    ``row.thumbnail``: exact and near duplicates, :mod:`retrieval.catalogue.duplicates`) are
+    set from the same decode. ``source`` may also be an image the caller decoded already with
     :func:`images.open_image` (and ``digest`` its :func:`images.pixel_digest`, when the caller
     computed it already).
 
