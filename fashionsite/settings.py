@@ -539,6 +539,15 @@ RETRIEVAL_EXAMPLE_PHOTOS = env_str(
 )
 # Share of the example photos' senders held out for evaluation (never trained on), 0..0.9.
 RETRIEVAL_EXAMPLE_HOLDOUT = env_float("RETRIEVAL_EXAMPLE_HOLDOUT", 0.25)
+# Near-duplicate photos (issue #16, retrieval.search.duplicates): a freshly indexed garment is
+# flagged as a possible duplicate of one of its RETRIEVAL_NEAR_DUPLICATE_CANDIDATES nearest
+# garments (by fused vector) when at most RETRIEVAL_NEAR_DUPLICATE_PHASH_BITS of their 256-bit
+# perceptual hashes differ and their colour thumbnails are at most RETRIEVAL_NEAR_DUPLICATE_PHOTO
+# apart (1 - a correlation, 0..2). Defaults chosen by measurement: bench/bench_duplicates.py,
+# docs/benchmarks.md "Duplicate photos".
+RETRIEVAL_NEAR_DUPLICATE_CANDIDATES = env_int("RETRIEVAL_NEAR_DUPLICATE_CANDIDATES", 20)
+RETRIEVAL_NEAR_DUPLICATE_PHASH_BITS = env_int("RETRIEVAL_NEAR_DUPLICATE_PHASH_BITS", 28)
+RETRIEVAL_NEAR_DUPLICATE_PHOTO = env_float("RETRIEVAL_NEAR_DUPLICATE_PHOTO", 0.03)
 # Labelled query sets (zips in the import format) every evaluation also reports, by path; a
 # newly trained model goes live only when not worse than the live one on each of them (and on
 # its held-out catalogue photos and the held-out senders' example photos: evaluation.promotion).

@@ -20,6 +20,8 @@ Two kinds of bad configuration, two places:
   ``retrieval.E008``        ``RETRIEVAL_QUERY_CROP`` is not a query crop mode (the old
                             booleans are read as map / off by settings.py)
   ``retrieval.E009``        ``RETRIEVAL_EXAMPLE_HOLDOUT`` is not between 0 and 0.9
+  ``retrieval.E010``        ``RETRIEVAL_NEAR_DUPLICATE_PHASH_BITS`` is not from 0 to 256 or
+                            ``RETRIEVAL_NEAR_DUPLICATE_PHOTO`` not a number from 0 to 2
   ``retrieval.E012``        ``RETRIEVAL_FINE_TUNE`` is not off or top
   ``retrieval.E013``        ``RETRIEVAL_FINE_TUNE=top`` with a backbone whose top cannot be
                             fine-tuned (resnet50)
@@ -36,6 +38,7 @@ them too. Registered by :meth:`retrieval.apps.RetrievalConfig.ready`; the choice
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 
@@ -62,6 +65,7 @@ MINIMUMS: dict[str, int] = {
     "RETRIEVAL_MAX_UPLOAD_BYTES": 1,
     "RETRIEVAL_MAX_PIXELS": 1,
     "RETRIEVAL_MAX_IMPORT_BYTES": 1,
+    "RETRIEVAL_NEAR_DUPLICATE_CANDIDATES": 1,
     # The login lockout (retrieval.http.lockout): 0 would lock every login, or none for long.
     "DJANGO_LOGIN_FAILURE_LIMIT": 1,
     "DJANGO_LOGIN_COOLOFF_MINUTES": 1,
@@ -240,3 +244,32 @@ def check_fine_tune(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
             id="retrieval.E013",
         )
     ]
+
+
+@checks.register(TAG)
+def check_near_duplicates(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    """retrieval.E010: the near-duplicate rule's thresholds (retrieval.search.duplicates) are
+    distances: bits of a 256-bit hash (0..256), the thumbnails' 1 - a correlation (0..2)."""
+    errors: list[checks.CheckMessage] = []
+    bounds = (
+        ("RETRIEVAL_NEAR_DUPLICATE_PHASH_BITS", 0.0, 256.0),
+        ("RETRIEVAL_NEAR_DUPLICATE_PHOTO", 0.0, 2.0),
+    )
+    for name, low, high in bounds:
+        value: object = getattr(settings, name)  # an override may set anything
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if (
+            not number
+            or not math.isfinite(value)  # type: ignore[arg-type]
+            or not low <= value <= high  # type: ignore[operator]
+        ):
+            span = f"from {low:g} to {high:g}"
+            errors.append(
+                checks.Error(
+                    f"{name}={value!r} must be a number {span}.",
+                    hint="A distance below which indexing flags two photos as possible "
+                    "duplicates (docs/settings.md); 0 flags only identical ones.",
+                    id="retrieval.E010",
+                )
+            )
+    return errors

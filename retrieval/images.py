@@ -19,6 +19,7 @@ which would run Ghostscript), truncated/corrupt data and decoder crashes become
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -38,14 +39,22 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "GRID",
     "INPUT_SIZE",
+    "PHASH_BITS",
     "ImageError",
     "ImageSource",
     "ZipMember",
+    "encode_jpeg",
+    "hash_distance",
     "load_rgb224",
     "open_image",
+    "perceptual_hash",
+    "pixel_digest",
     "pooled_grid",
     "reencode_jpeg",
     "resize_rgb",
+    "thumbnail_distance",
+    "thumbnail_signature",
+    "thumbnail_vector",
 ]
 
 #: Side of the square network input, in pixels (the paper resizes every photo to 224x224).
@@ -364,7 +373,12 @@ def reencode_jpeg(
     Raises:
         ImageError: as :func:`open_image`.
     """
-    decoded = open_image(source, max_pixels=max_pixels, name=name)
+    return encode_jpeg(open_image(source, max_pixels=max_pixels, name=name), quality=quality)
+
+
+def encode_jpeg(decoded: Image.Image, *, quality: int = STORED_JPEG_QUALITY) -> bytes:
+    """Encode an image decoded by :func:`open_image` as a fresh JPEG (see :func:`reencode_jpeg`:
+    a caller that also needs the pixels, e.g. their fingerprints, decodes once and calls this)."""
     # A new image holds only pixels: Pillow's JPEG writer copies some of the source's
     # ``info`` (the comment, where user text could hide) from the image it is given.
     clean = Image.new("RGB", decoded.size)
@@ -462,3 +476,95 @@ class ZipMember:
             return zf.read(self.member)
         except KeyError:
             raise ImageError("not found in the archive", name=self.member) from None
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+#: Side of the grey thumbnail a perceptual hash reads, and of the low-frequency DCT block it
+#: keeps: 64x64 -> DCT -> top-left 16x16 -> 256 bits, each above the median. The classic pHash
+#: (32x32 -> 8x8, 64 bits) separated copies from distinct studio shots too poorly on small
+#: catalogue photos (docs/benchmarks.md, "Duplicate photos").
+_PHASH_SIZE = 64
+_PHASH_BLOCK = 16
+#: Bits of :func:`perceptual_hash`.
+PHASH_BITS = _PHASH_BLOCK * _PHASH_BLOCK
+
+
+def pixel_digest(img: Image.Image) -> str:
+    """SHA-256 (hex) of an image's decoded pixels: the same for two files holding the same
+    pixels whatever their bytes, format or name (a PNG and its lossless re-save, a JPEG with
+    other metadata). ``img``: as :func:`open_image` returns it (upright 8-bit sRGB RGB), so
+    EXIF orientation, ICC profiles and transparency are normalised before hashing."""
+    rgb = img if img.mode == "RGB" else img.convert("RGB")
+    digest = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode())
+    digest.update(rgb.tobytes())
+    return digest.hexdigest()
+
+
+def _dct_matrix(n: int) -> np.ndarray:
+    """(n, n) orthonormal DCT-II matrix: ``M @ x`` is the DCT of a column vector x."""
+    k = np.arange(n)[:, None]
+    i = np.arange(n)[None, :]
+    matrix = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+    matrix[0] /= np.sqrt(2.0)
+    return matrix
+
+
+_DCT = _dct_matrix(_PHASH_SIZE)
+
+
+def perceptual_hash(img: Image.Image) -> bytes:
+    """256-bit perceptual hash (pHash) of an image: 32 bytes.
+
+    Grey 64x64 thumbnail (box filter: a resized or re-compressed copy averages to the same
+    thumbnail) -> 2-D DCT -> the 16x16 lowest frequencies -> one bit per coefficient above
+    their median (the DC term left out of the median: it only tracks brightness). Copies that
+    are resized, re-compressed or slightly brightened differ in a few bits; distinct photos in
+    many more. Compare with :func:`hash_distance`.
+    """
+    grey = img.convert("L").resize((_PHASH_SIZE, _PHASH_SIZE), Image.Resampling.BOX)
+    pixels = np.asarray(grey, dtype=np.float64)
+    low = (_DCT @ pixels @ _DCT.T)[:_PHASH_BLOCK, :_PHASH_BLOCK].ravel()
+    bits = low > np.median(low[1:])
+    return np.packbits(bits).tobytes()
+
+
+def hash_distance(a: bytes, b: bytes) -> int:
+    """Bits that differ between two perceptual hashes (:func:`perceptual_hash`), 0..256."""
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).bit_count()
+
+
+#: Side of the colour thumbnail stored with every garment for near-duplicate checks.
+THUMBNAIL_SIDE = 16
+
+
+def thumbnail_signature(img: Image.Image) -> bytes:
+    """The photo's colour thumbnail: ``(16, 16, 3)`` uint8 RGB, box-filtered (every source pixel
+    counts, so a resized or re-compressed copy averages to nearly the same thumbnail), 768
+    bytes; the aspect ratio is dropped (a copy keeps it). Compare with
+    :func:`thumbnail_distance`."""
+    rgb = img if img.mode == "RGB" else img.convert("RGB")
+    small = rgb.resize((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BOX)
+    return small.tobytes()
+
+
+def thumbnail_vector(signature: bytes, side: int) -> np.ndarray:
+    """``(side * side * 3,)`` float64: a stored thumbnail (:func:`thumbnail_signature`)
+    averaged down to ``side`` (a divisor of :data:`THUMBNAIL_SIDE`), each channel's mean
+    removed, unit norm (zero when flat)."""
+    pixels = np.frombuffer(signature, dtype=np.uint8).astype(np.float64)
+    pixels = pixels.reshape(THUMBNAIL_SIDE, THUMBNAIL_SIDE, 3)
+    f = THUMBNAIL_SIDE // side
+    pixels = pixels.reshape(side, f, side, f, 3).mean(axis=(1, 3))
+    pixels -= pixels.reshape(-1, 3).mean(axis=0)
+    flat = pixels.ravel()
+    norm = float(np.linalg.norm(flat))
+    return flat / norm if norm > 0 else flat
+
+
+def thumbnail_distance(a: bytes, b: bytes, *, side: int = 8) -> float:
+    """1 - the correlation of two photos' thumbnails (:func:`thumbnail_signature`) at ``side`` x
+    ``side`` (8: as measured, docs/benchmarks.md "Duplicate photos"): 0 for the same
+    picture, whatever its brightness and contrast (each channel's mean and the overall scale
+    cancel out); a flat thumbnail is 1 from everything. Range 0..2."""
+    return float(1.0 - thumbnail_vector(a, side) @ thumbnail_vector(b, side))

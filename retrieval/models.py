@@ -117,12 +117,33 @@ class Garment(models.Model):
     import_job = models.ForeignKey(
         "ImportJob", null=True, blank=True, on_delete=models.SET_NULL, related_name="garments"
     )
+    # Fingerprints of the uploaded image's decoded pixels (retrieval.images): the exact one
+    # refuses a second garment with the same pixels; the perceptual hash (256-bit pHash, 32
+    # bytes) and the colour thumbnail (16x16 RGB, 768 bytes) confirm near-duplicates found by
+    # vector distance (retrieval.search.duplicates).
+    pixel_hash = models.CharField(max_length=64, blank=True, editable=False)
+    phash = models.BinaryField(null=True, blank=True, editable=False)
+    thumbnail = models.BinaryField(null=True, blank=True, editable=False)
+    # Garments staff confirmed as one product share this: the smallest id of the group.
+    # Search shows one garment per group (the best-scored one).
+    product_group = models.BigIntegerField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [
+            # Exact-duplicate lookups on every upload and import row (no scan at 1M rows).
+            models.Index(
+                fields=["pixel_hash"],
+                name="retrieval_garment_pixels_idx",
+                condition=~Q(pixel_hash=""),
+            ),
+            models.Index(
+                fields=["product_group"],
+                name="retrieval_garment_group_idx",
+                condition=Q(product_group__isnull=False),
+            ),
             models.Index(fields=["category", "status"]),
             models.Index(fields=["status", "updated_at"]),
             # By stored file name: before a replaced or deleted garment's file is deleted, a
@@ -497,3 +518,45 @@ class ExampleFeature(models.Model):
 
     def __str__(self) -> str:
         return f"{self.backbone} features of example {self.photo_id}"
+
+
+class NearDuplicate(models.Model):
+    """A garment whose photo looks like an older garment's (resized, re-compressed, lightly
+    cropped or brightened): flagged by indexing (retrieval.search.duplicates), reviewed by
+    staff. "Same product" merges the two into one product group (search shows one of them);
+    "different products" keeps both and the pair is never flagged again."""
+
+    class Status(models.TextChoices):
+        OPEN = "open", "to review"
+        SAME = "same", "same product"
+        DIFFERENT = "different", "different products"
+
+    garment = models.ForeignKey(Garment, on_delete=models.CASCADE, related_name="duplicate_flags")
+    original = models.ForeignKey(Garment, on_delete=models.CASCADE, related_name="+")
+    phash_distance = models.PositiveSmallIntegerField(
+        help_text="Bits that differ between the two perceptual hashes (of 256)."
+    )
+    fused_distance = models.FloatField(help_text="L2 distance of the two fused vectors.")
+    photo_distance = models.FloatField(
+        help_text="1 - the correlation of the two photos' colour thumbnails (0 = the same picture)."
+    )
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    created_at = models.DateTimeField(auto_now_add=True)
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "possible duplicate"
+        constraints = [
+            models.UniqueConstraint(fields=["garment", "original"], name="one_flag_per_pair"),
+            models.CheckConstraint(
+                condition=~Q(garment=models.F("original")), name="flag_two_garments"
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "-created_at"], name="retrieval_neardup_open")]
+
+    def __str__(self) -> str:
+        return f"garment {self.garment_id} possibly duplicates {self.original_id}"

@@ -215,6 +215,8 @@ def bad_catalogue(tmp_path):
     from tests.factories import jpeg_bytes
 
     good = jpeg_bytes((20, 40, 200))
+    # Another photo: the same pixels as 100's would be skipped as an exact duplicate.
+    other = jpeg_bytes((200, 40, 20))
     rows = (
         row("100")
         + row("101")  # not an image
@@ -232,7 +234,7 @@ def bad_catalogue(tmp_path):
         "102.jpg": good[: len(good) // 2],
         "103.jpg": png_bomb(),
         "105.jpg": good,
-        "107.jpg": good + b"\0" * 300_000,
+        "107.jpg": other + b"\0" * 300_000,
     }
     path = make_catalogue(tmp_path / "bad.zip", rows, images)
     with zipfile.ZipFile(path, "a") as zf:

@@ -34,6 +34,14 @@ def jpeg_bytes(colour=(200, 30, 30), size=(60, 80), *, pattern: bool = False) ->
     return buffer.getvalue()
 
 
+def distinct_jpeg(n: int, size=(60, 80)) -> bytes:
+    """The ``n``-th of a series of studio-style JPEGs (0 <= n < 256) whose decoded pixels all
+    differ: several garments made from one flat photo are exact duplicates, which uploads and
+    imports refuse (issue #16). The block's colour steps through every channel (odd strides
+    mod 256, so no two ``n`` share a channel value) far enough that JPEG cannot merge them."""
+    return jpeg_bytes(((37 * n + 11) % 256, (91 * n + 50) % 256, (53 * n + 90) % 256), size)
+
+
 class CategoryFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = Category

@@ -1,5 +1,5 @@
-"""Staff curation: categories, garments, example photos, feature models, cluster runs,
-evaluation reports, imports and API tokens.
+"""Staff curation: categories, garments, duplicate photos, example photos, feature models,
+cluster runs, evaluation reports, imports and API tokens.
 
 One module per admin section; importing this package (Django's admin autodiscovery imports
 ``retrieval.admin``) imports every section, which registers its ModelAdmins. The names the
@@ -16,6 +16,11 @@ from retrieval.admin.catalogue import (
     GarmentForm,
 )
 from retrieval.admin.common import TONES, UploadAdminMixin, badge, require
+from retrieval.admin.duplicates import (
+    GarmentDuplicatesMixin,
+    NearDuplicateAdmin,
+    PossibleDuplicateFilter,
+)
 from retrieval.admin.evaluation import EvaluationReportAdmin, evaluation_context, evaluation_csv
 from retrieval.admin.examples import ExampleImportForm, ExamplePhotoAdmin, ExamplePhotoForm
 from retrieval.admin.feature_models import (
@@ -45,10 +50,13 @@ __all__ = [
     "ExamplePhotoForm",
     "FeatureModelAdmin",
     "GarmentAdmin",
+    "GarmentDuplicatesMixin",
     "GarmentFeatureAdmin",
     "GarmentForm",
     "ImportJobAdmin",
     "ImportJobForm",
+    "NearDuplicateAdmin",
+    "PossibleDuplicateFilter",
     "TokenUserAdmin",
     "UploadAdminMixin",
     "badge",

@@ -7,10 +7,13 @@ from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 from django.contrib.admin.utils import flatten_fieldsets
 from django.db.models import Count
+from django.urls import reverse
 from django.utils.html import format_html
 
 from retrieval import catalogue, indexing
 from retrieval.admin.common import UploadAdminMixin, badge
+from retrieval.admin.duplicates import GarmentDuplicatesMixin, PossibleDuplicateFilter
+from retrieval.catalogue import duplicates
 from retrieval.models import (
     Category,
     Garment,
@@ -82,6 +85,11 @@ class GarmentForm(forms.ModelForm):
 
     new_attribute_name = forms.CharField(required=False, max_length=40, label="new attribute")
     new_attribute_value = forms.CharField(required=False, max_length=200, label="its value")
+    allow_duplicate = forms.BooleanField(
+        required=False,
+        label="Save even if another garment has this photo",
+        help_text="A photo with the same pixels as another garment's is refused otherwise.",
+    )
 
     class Meta:
         model = Garment
@@ -114,7 +122,43 @@ class GarmentForm(forms.ModelForm):
                 self.add_error("new_attribute_name", f"{name!r} exists already: edit it above")
             attributes[name] = (cleaned.get("new_attribute_value") or "").strip()
         self.instance.attributes = attributes
+        self._refuse_duplicate(cleaned)
         return cleaned
+
+    def _refuse_duplicate(self, cleaned: dict) -> None:
+        """A new photo with the same pixels as another garment's: an error on the image
+        field, linking to that garment, unless "allow_duplicate" is ticked."""
+        upload = cleaned.get("image")
+        if (
+            not upload
+            or "image" not in self.changed_data
+            or "image" in self.errors
+            or cleaned.get("allow_duplicate")
+        ):
+            return
+        try:
+            duplicates.read_and_check_upload(
+                upload=upload,
+                garment=self.instance if self.instance.pk else None,
+                allow_duplicate=False,
+            )
+        except catalogue.DuplicateImage as exc:
+            found = exc.duplicate
+            url = reverse("admin:retrieval_garment_change", args=[found.garment_id])
+            self.add_error(
+                "image",
+                forms.ValidationError(
+                    format_html(
+                        "Another garment already has this photo (the same pixels): "
+                        '<a href="{}">{} {}</a>. Tick "{}" to save it anyway.',
+                        url,
+                        found.sku,
+                        found.title,
+                        self.fields["allow_duplicate"].label,
+                    ),
+                    code="duplicate_image",
+                ),
+            )
 
     def clean_image(self):
         upload = self.cleaned_data.get("image")
@@ -124,7 +168,7 @@ class GarmentForm(forms.ModelForm):
 
 
 @admin.register(Garment)
-class GarmentAdmin(UploadAdminMixin, admin.ModelAdmin):
+class GarmentAdmin(GarmentDuplicatesMixin, UploadAdminMixin, admin.ModelAdmin):
     form = GarmentForm
     action_form = CategoryActionForm
     list_display = (
@@ -138,10 +182,13 @@ class GarmentAdmin(UploadAdminMixin, admin.ModelAdmin):
         "updated_at",
     )
     list_display_links = ("thumbnail", "sku")
-    list_filter = ("status", "gender", "season", "usage", "category")
+    list_filter = ("status", "gender", "season", "usage", "category", PossibleDuplicateFilter)
     search_fields = ("sku", "title", "colour")
     list_select_related = ("category",)
-    readonly_fields = ("status", "error", "created_at", "updated_at", "preview")
+    readonly_fields = (
+        *("status", "error", "created_at", "updated_at", "preview"),
+        "possible_duplicates",
+    )
     list_per_page = 50
     actions = ("reindex_selected", "move_to_category")
     view_on_site = True
@@ -163,11 +210,13 @@ class GarmentAdmin(UploadAdminMixin, admin.ModelAdmin):
                         "usage",
                         "year",
                         "image",
+                        "allow_duplicate",
                     )
                 },
             ),
             ("Attributes", {"fields": (*attributes, "new_attribute_name", "new_attribute_value")}),
             ("Indexing", {"fields": ("status", "error", "created_at", "updated_at", "preview")}),
+            ("Duplicates", {"fields": ("possible_duplicates",)}),
         ]
 
     def get_form(self, request, obj=None, change=False, **kwargs):

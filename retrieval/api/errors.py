@@ -21,6 +21,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from retrieval import search
 from retrieval.api.serializers import (
+    DuplicateImageConflict,
     ErrorSerializer,
 )
 from retrieval.http.errors import error_body
@@ -172,7 +173,10 @@ def exception_handler(exc: Exception, context: dict) -> Response:
     details = None
     if isinstance(exc, exceptions.Throttled | DatabaseUnavailable) and exc.wait is not None:
         details = {"retry_after": int(exc.wait + 0.999)}
-    response.data = error_body(str(code), str(detail), details)
+    extra = {}
+    if isinstance(exc, DuplicateImageConflict):
+        extra["duplicate_of"] = exc.duplicate_of
+    response.data = error_body(str(code), str(detail), details, **extra)
     if isinstance(exc, DatabaseUnavailable):
         # Logged once, as a warning, in _translate: not again by Django as an ERROR.
         response._has_been_logged = True

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.contrib.postgres.expressions import ArraySubquery
 from django.db.models import Count, Q, QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -57,7 +58,7 @@ from retrieval.api.serializers import (
     SimilarQuerySerializer,
 )
 from retrieval.http.throttle import SearchRateThrottle
-from retrieval.models import Category, Garment
+from retrieval.models import Category, Garment, NearDuplicate
 from retrieval.selectors import visible_categories, visible_garments
 
 log = logging.getLogger(__name__)
@@ -317,14 +318,18 @@ class SearchView(APIView):
         description="The image is validated like every upload and queued for indexing: the "
         "answer's status is `pending` until a worker has indexed it.",
         request={"multipart/form-data": GarmentWriteSerializer},
-        responses={201: GarmentSerializer, **errors(400, 401, 403, 413, 415), **STORAGE_ERROR},
+        responses={
+            201: GarmentSerializer,
+            **errors(400, 401, 403, 409, 413, 415),
+            **STORAGE_ERROR,
+        },
     ),
     update=extend_schema(
         summary="Replace a garment (staff)",
         request={"multipart/form-data": GarmentWriteSerializer},
         responses={
             200: GarmentSerializer,
-            **errors(400, 401, 403, 404, 413, 415),
+            **errors(400, 401, 403, 404, 409, 413, 415),
             **STORAGE_ERROR,
         },
     ),
@@ -337,7 +342,7 @@ class SearchView(APIView):
         },
         responses={
             200: GarmentSerializer,
-            **errors(400, 401, 403, 404, 413, 415),
+            **errors(400, 401, 403, 404, 409, 413, 415),
             **STORAGE_ERROR,
         },
     ),
@@ -355,7 +360,7 @@ class GarmentViewSet(viewsets.ModelViewSet):
     def get_queryset(self):
         queryset = visible_garments(self.request.user).select_related("category")
         if self.action != "list":
-            return queryset
+            return self._with_duplicates(queryset)
         query = GarmentFilterSerializer(
             data=self.request.query_params, context={"request": self.request}
         )
@@ -368,7 +373,14 @@ class GarmentViewSet(viewsets.ModelViewSet):
         if "q" in options:
             self.keyword = search.keyword.keyword_search(queryset=queryset, q=options["q"])
             self.unfiltered = self.keyword.garments
-        return self.unfiltered.filter(options["filters"].q())
+        return self._with_duplicates(self.unfiltered.filter(options["filters"].q()))
+
+    def _with_duplicates(self, queryset: QuerySet[Garment]) -> QuerySet[Garment]:
+        """For staff, each garment's open near-duplicate flags (``possible_duplicate_of``);
+        annotated last, so the facet counts (over ``self.unfiltered``) never carry it."""
+        if self.request.user.is_staff:
+            return queryset.annotate(open_duplicate_ids=open_duplicate_ids())
+        return queryset
 
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         response = super().list(request, *args, **kwargs)
@@ -471,3 +483,16 @@ class CategoryViewSet(viewsets.ModelViewSet):
                 "them first"
             )
         instance.delete()
+
+
+def open_duplicate_ids() -> ArraySubquery:
+    """Per garment row: the ids of the garments of its open near-duplicate flags (staff)."""
+    from django.db.models import Case, F, OuterRef, When
+
+    flags = NearDuplicate.objects.filter(
+        Q(garment_id=OuterRef("pk")) | Q(original_id=OuterRef("pk")),
+        status=NearDuplicate.Status.OPEN,
+    ).values(
+        other=Case(When(garment_id=OuterRef("pk"), then=F("original_id")), default=F("garment_id"))
+    )
+    return ArraySubquery(flags)

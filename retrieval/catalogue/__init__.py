@@ -4,6 +4,14 @@ One validation path for uploads (:mod:`.uploads`), media files (:mod:`.media`), 
 (:mod:`.garments`), imports (:mod:`.imports`) and the import format reader (:mod:`.source`).
 """
 
+from retrieval.catalogue.duplicates import (
+    DuplicateImage,
+    ExactDuplicate,
+    exact_duplicate,
+    mark_different_products,
+    merge_same_product,
+    open_flags,
+)
 from retrieval.catalogue.examples import (
     ExampleImportReport,
     example_role,
@@ -53,6 +61,8 @@ __all__ = [
     "CatalogRow",
     "CatalogSource",
     "CategoryNameTaken",
+    "DuplicateImage",
+    "ExactDuplicate",
     "ExampleImportReport",
     "MediaPruneResult",
     "MediaStorageError",
@@ -63,6 +73,7 @@ __all__ = [
     "delete_images_after_commit",
     "delete_stored_image",
     "delete_unreferenced_images",
+    "exact_duplicate",
     "example_role",
     "get_or_create_category",
     "image_digest",
@@ -70,8 +81,11 @@ __all__ = [
     "import_example_photos",
     "import_progress",
     "is_too_large",
+    "mark_different_products",
     "merge_categories",
+    "merge_same_product",
     "move_garments",
+    "open_flags",
     "prune_media",
     "read_rows",
     "read_upload",

@@ -16,6 +16,7 @@ from django.db import transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
+from retrieval.catalogue.duplicates import exact_duplicate
 from retrieval.catalogue.garments import get_or_create_category
 from retrieval.catalogue.media import (
     STORAGE_UNAVAILABLE,
@@ -371,7 +372,33 @@ def _import_batch(
                     assert garment is not None  # created above when new
                     previous = "" if created else garment.image.name
                     try:
-                        stored.append(store_image(row=garment, source=data, name=row.image))
+                        decoded = images.open_image(
+                            data, max_pixels=settings.RETRIEVAL_MAX_PIXELS, name=row.image
+                        )
+                    except images.ImageError as exc:  # the row is refused, the garment kept
+                        problem(exc.reason)
+                        continue
+                    # The same pixels as another garment's photo (this batch's rows are
+                    # saved already, so a repeat within the file is caught too): skipped.
+                    pixels = images.pixel_digest(decoded)
+                    duplicate = exact_duplicate(digest=pixels, exclude_pk=garment.pk)
+                    if duplicate is not None:
+                        problems.append(
+                            {
+                                "row": row.row,
+                                "sku": row.sku,
+                                "file": row.image,
+                                "reason": f"skipped: {duplicate.message}",
+                                "code": "duplicate_image",
+                                "duplicate_of": duplicate.garment_id,
+                                "duplicate_sku": duplicate.sku,
+                            }
+                        )
+                        continue
+                    try:
+                        stored.append(
+                            store_image(row=garment, source=decoded, name=row.image, digest=pixels)
+                        )
                     except images.ImageError as exc:  # the row is refused, the garment kept
                         problem(exc.reason)
                         continue

@@ -34,7 +34,9 @@ STORAGE_UNAVAILABLE = (
 )
 
 
-def store_image(*, row: Garment | ExamplePhoto, source, name: str | None = None) -> str:
+def store_image(
+    *, row: Garment | ExamplePhoto, source, name: str | None = None, digest: str | None = None
+) -> str:
     """Re-encode an untrusted image as a fresh JPEG and write it to the media storage under a
     server-chosen name in the folder of ``row``'s image field; ``row.image`` then names the file
     (the row is not saved here). ``row``: a garment, or an example photo (training only).
@@ -42,12 +44,24 @@ def store_image(*, row: Garment | ExamplePhoto, source, name: str | None = None)
     Every stored image comes through here (admin, API, imports): the site serves these bytes,
     so never the client's bytes, file name or extension (see retrieval.images.reencode_jpeg).
 
+    For a garment, the fingerprints of the decoded pixels (``row.pixel_hash``, ``row.phash``,
+    ``row.thumbnail``: exact and near duplicates, :mod:`retrieval.catalogue.duplicates`) are
+    set from the same decode. ``source`` may also be an image the caller decoded already with
+    :func:`images.open_image` (and ``digest`` its :func:`images.pixel_digest`, when the caller
+    computed it already).
+
     Returns the stored name. Raises ``images.ImageError`` (not a usable image, nothing
     written) or :class:`MediaStorageError` (the storage refused the write, nothing left).
     """
+    from PIL import Image
+
     from retrieval import images
 
-    jpeg = images.reencode_jpeg(source, max_pixels=settings.RETRIEVAL_MAX_PIXELS, name=name)
+    if isinstance(source, Image.Image):
+        decoded = source
+    else:
+        decoded = images.open_image(source, max_pixels=settings.RETRIEVAL_MAX_PIXELS, name=name)
+    jpeg = images.encode_jpeg(decoded)
     field = type(row)._meta.get_field("image")
     target = field.generate_filename(row, f"{uuid.uuid4().hex}.jpg")
     try:
@@ -58,6 +72,10 @@ def store_image(*, row: Garment | ExamplePhoto, source, name: str | None = None)
         delete_stored_image(target, model=type(row))
         raise MediaStorageError(STORAGE_UNAVAILABLE) from exc
     row.image = stored
+    if isinstance(row, Garment):
+        row.pixel_hash = digest or images.pixel_digest(decoded)
+        row.phash = images.perceptual_hash(decoded)
+        row.thumbnail = images.thumbnail_signature(decoded)
     return stored
 
 

@@ -3,5 +3,7 @@
 from __future__ import annotations
 
 
-def error_body(code: str, message: str, details=None) -> dict:
-    return {"error": {"code": code, "message": message, "details": details}}
+def error_body(code: str, message: str, details=None, **extra) -> dict:
+    """``{"error": {"code", "message", "details", **extra}}``; ``extra``: facts a client acts on
+    (e.g. ``duplicate_of``, the garment a refused photo duplicates)."""
+    return {"error": {"code": code, "message": message, "details": details, **extra}}

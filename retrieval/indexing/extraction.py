@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -25,6 +26,8 @@ from retrieval.models import (
     GarmentFeature,
 )
 from retrieval.selectors import active_model
+
+log = logging.getLogger(__name__)
 
 # Garments per indexing task: one CNN call for many images, small enough to redo after a crash.
 INDEX_CHUNK = 64
@@ -110,7 +113,20 @@ def index_garments(*, garment_ids: Sequence[int], claim: str | None = None) -> I
                 status=Garment.Status.FAILED, error=reason[:2000], claimed_by="", updated_at=now
             )
             GarmentFeature.objects.filter(garment_id=garment_id).delete()
+    if model is not None and result.ready:
+        _flag_near_duplicates(garment_ids=result.ready, model=model)
     return result
+
+
+def _flag_near_duplicates(*, garment_ids: Sequence[int], model: FeatureModel) -> None:
+    """Flag look-alike photos of freshly indexed garments for staff (never fails indexing:
+    the vectors are stored and the garments ready whatever happens here)."""
+    from retrieval.search.duplicates import flag_near_duplicates
+
+    try:
+        flag_near_duplicates(garment_ids=garment_ids, model=model)
+    except Exception:
+        log.exception("could not look for near-duplicates of %d garment(s)", len(garment_ids))
 
 
 def extract_and_store(

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.backends.utils import CursorWrapper
 
 from retrieval.models import FeatureModel, Garment
 from retrieval.search import table as searchtable
@@ -54,6 +55,9 @@ class SearchResult:
     model: str
     clusters: list[int] = field(default_factory=list)
     took_ms: float = 0.0
+    # The head's category for a query photo and its probability (None: no photo, no head).
+    predicted_category: str | None = None
+    confidence: float | None = None
 
     def garments(self) -> list[tuple[Garment, float]]:
         """(garment, score) in rank order, with categories loaded in one query."""
@@ -110,6 +114,7 @@ def search_vectors(
     clustered: bool = True,
     include_hidden: bool = False,
     filters: SearchFilters | None = None,
+    one_per_product: bool = True,
 ) -> SearchResult:
     """Rank the catalogue against one query vector.
 
@@ -118,6 +123,8 @@ def search_vectors(
     "exact" (= fused with clustered=False). clustered: restrict to the nearest K-means
     cluster(s) as the paper does; False ranks the whole catalogue exactly. include_hidden:
     also rank garments shoppers do not see (inactive category, not ready): for staff.
+    one_per_product: of garments staff merged into one product (``Garment.product_group``),
+    only the best-scored is listed; the ranking is widened so that ``top`` are still found.
     filters: the shopper's gender, colour, season, usage and category, applied inside the
     cluster scan (clusters are added until N garments pass them, so the top N is complete);
     category_id: a category on top of them (the re-rank's predicted category).
@@ -146,15 +153,15 @@ def search_vectors(
         if clustered:
             cursor.execute(searchtable.LOCK_FOR_SEARCH_SQL)  # before the snapshot, see there
             run_id, labels = _clusters_by_distance(cursor, model=model, query=query, space=mode)
-        used: list[int] = []
-        if not labels:  # exact mode, or no K-means run yet: rank everything
-            cursor.execute(
-                searchtable.EXACT_SQL.format(column=column, filters=conditions),
-                {**params, "q": query, "top": top, "model": model.pk},
-            )
-            rows = cursor.fetchall()
-        else:
-            rows, used, _ = searchtable.clustered_search(
+
+        def rank(n: int) -> tuple[list[tuple[int, float]], list[int]]:
+            if not labels:  # exact mode, or no K-means run yet: rank everything
+                cursor.execute(
+                    searchtable.EXACT_SQL.format(column=column, filters=conditions),
+                    {**params, "q": query, "top": n, "model": model.pk},
+                )
+                return cursor.fetchall(), []
+            found, probed, _ = searchtable.clustered_search(
                 cursor,
                 query=query,
                 query_norm=float(np.linalg.norm(vector.astype(np.float64))),
@@ -162,12 +169,24 @@ def search_vectors(
                 run_id=run_id,
                 labels=labels,
                 probes=probes,
-                top=top,
+                top=n,
                 filters=conditions,
                 params=params,
                 # Chosen filters are selective: most of a cluster's nearest rows fail them.
                 filter_in_scan=category_id is not None or bool(filters),
             )
+            return found, probed
+
+        wanted = top
+        rows, used = rank(wanted)
+        while one_per_product:
+            kept = _one_per_product(cursor, rows)
+            # Done when the page is full, or the ranking ran out of garments.
+            if len(kept) >= top or len(rows) < wanted:
+                rows = kept[:top]
+                break
+            wanted += top + (len(rows) - len(kept))
+            rows, used = rank(wanted)
     return SearchResult(
         hits=[Hit(gid, float(d)) for gid, d in rows],
         mode=mode,
@@ -175,6 +194,37 @@ def search_vectors(
         clusters=used,
         took_ms=(time.perf_counter() - started) * 1000.0,
     )
+
+
+def one_per_product(hits: list[Hit]) -> list[Hit]:
+    """Hits (nearest first) without the later garments of a merged product group."""
+    with connection.cursor() as cursor:
+        kept = {gid for gid, _ in _one_per_product(cursor, [(h.garment_id, 0.0) for h in hits])}
+    return [h for h in hits if h.garment_id in kept]
+
+
+def _one_per_product(
+    cursor: CursorWrapper, rows: list[tuple[int, float]]
+) -> list[tuple[int, float]]:
+    """``rows`` (garment id, distance), nearest first, without the later garments of a product
+    group staff merged (the nearest, i.e. best-scored, of each group stays). One indexed
+    lookup of the listed ids (in the search's snapshot); nothing to do for most searches."""
+    if not rows:
+        return rows
+    cursor.execute(searchtable.PRODUCT_GROUPS_SQL, [[gid for gid, _ in rows]])
+    group_of = dict(cursor.fetchall())
+    if not group_of:
+        return rows
+    seen: set[int] = set()
+    kept = []
+    for gid, distance in rows:
+        group = group_of.get(gid)
+        if group is not None:
+            if group in seen:
+                continue
+            seen.add(group)
+        kept.append((gid, distance))
+    return kept
 
 
 def _clusters_by_distance(

@@ -91,10 +91,12 @@ def search_reranked(
             )
             hits += first.hits
             clusters += [c for c in first.clusters if c not in clusters]
-    # A small predicted category: the plain ranking fills the page (it holds `top` garments,
-    # so enough of them are not listed yet).
-    seen = {h.garment_id for h in hits}
-    hits += [h for h in plain.hits if h.garment_id not in seen][: top - len(hits)]
+        # A small predicted category: the plain ranking fills the page (it holds `top`
+        # garments, so enough of them are not listed yet). Each list shows one garment per
+        # merged product; across the two lists as well (in the same snapshot).
+        seen = {h.garment_id for h in hits}
+        hits = search.one_per_product(hits + [h for h in plain.hits if h.garment_id not in seen])
+    hits = hits[:top]
     return search.SearchResult(
         hits=hits,
         mode="fused",

@@ -223,6 +223,14 @@ LOCK_FOR_SEARCH_SQL = f"LOCK TABLE ONLY {SEARCH_TABLE} IN ACCESS SHARE MODE"
 LOCK_FOR_DROP_SQL = f"LOCK TABLE ONLY {SEARCH_TABLE} IN ACCESS EXCLUSIVE MODE"
 
 
+# The product groups (Garment.product_group) of a search's listed garments: those staff merged
+# as one product (partial index: only grouped garments are in it).
+PRODUCT_GROUPS_SQL = f"""
+SELECT id, product_group FROM {GARMENT_TABLE}
+WHERE id = ANY(%s) AND product_group IS NOT NULL
+"""
+
+
 def shopper_filters(
     *,
     include_hidden: bool,

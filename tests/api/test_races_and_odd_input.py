@@ -65,9 +65,9 @@ def test_a_sku_created_concurrently_answers_400_on_the_sku(staff_user, media_roo
 
     outcome = race(
         "INSERT INTO retrieval_garment (sku, title, description, category_id, colour, gender, "
-        "season, usage, image, attributes, status, error, claimed_by, created_at, updated_at) "
-        "VALUES (%s, 'first', '', %s, '', '', '', '', 'garments/x.jpg', '{}', 'pending', '', '', "
-        "now(), now())",
+        "season, usage, image, attributes, status, error, claimed_by, pixel_hash, created_at, "
+        "updated_at) VALUES (%s, 'first', '', %s, '', '', '', '', 'garments/x.jpg', '{}', "
+        "'pending', '', '', '', now(), now())",
         ["RACE-1", category.pk],
         create,
     )

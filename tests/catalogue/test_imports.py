@@ -45,7 +45,7 @@ def test_non_utf8_csv_is_imported_and_reported(tmp_path):
 
 @pytest.mark.django_db
 def test_reimport_changes_nothing_and_updates_by_sku(tmp_path):
-    images = {f"{i}.jpg": jpeg_bytes((10 * i, 0, 0)) for i in range(300, 305)}
+    images = {f"{i}.jpg": jpeg_bytes((40 * (i - 300), 0, 0)) for i in range(300, 305)}
     rows = "".join(row(str(i)) for i in range(300, 305))
     path = make_catalogue(tmp_path / "c.zip", rows, images)
     first = catalogue.import_catalog(source=path)
@@ -67,7 +67,7 @@ def test_reimport_changes_nothing_and_updates_by_sku(tmp_path):
 @pytest.mark.django_db
 def test_categories_are_created_from_the_chosen_column_and_merge_moves_garments(tmp_path):
     rows = row("400", category="Tshirts") + row("401", category="tshirts") + row("402", "Shirts")
-    images = {f"{i}.jpg": jpeg_bytes() for i in (400, 401, 402)}
+    images = {f"{i}.jpg": jpeg_bytes((40 * (i - 400), 0, 0)) for i in (400, 401, 402)}
     catalogue.import_catalog(source=make_catalogue(tmp_path / "c.zip", rows, images))
     tshirts = Garment.objects.get(sku="400").category
     assert Garment.objects.get(sku="401").category == tshirts  # case-insensitive match

@@ -309,7 +309,7 @@ def test_a_database_failure_in_an_import_batch_removes_its_files(
     media_root, refuse_sku_boom, tmp_path
 ):
     rows = [("930", "Tshirts", "Tee"), ("BOOM", "Tshirts", "Tee")]
-    images = {"930": jpeg_bytes(), "BOOM": jpeg_bytes()}
+    images = {"930": jpeg_bytes(), "BOOM": jpeg_bytes((0, 90, 0))}
     # The batch's database error fails the job with the reason (issue #17: a job that dies is
     # marked failed, never left running); the files the batch stored are removed.
     job = catalogue.import_catalog(source=catalogue_zip(tmp_path / "c.zip", rows, images))
@@ -502,11 +502,11 @@ def test_a_reimport_with_a_changed_image_deletes_the_old_file(media_root, tmp_pa
     with committed():
         catalogue.import_catalog(
             source=catalogue_zip(
-                tmp_path / "a.zip", rows, {"940": jpeg_bytes(), "941": jpeg_bytes()}
+                tmp_path / "a.zip", rows, {"940": jpeg_bytes(), "941": jpeg_bytes((0, 90, 0))}
             )
         )
     before = dict(Garment.objects.values_list("sku", "image"))
-    changed = {"940": jpeg_bytes((0, 0, 200)), "941": jpeg_bytes()}
+    changed = {"940": jpeg_bytes((0, 0, 200)), "941": jpeg_bytes((0, 90, 0))}
     with committed():
         job = catalogue.import_catalog(source=catalogue_zip(tmp_path / "b.zip", rows, changed))
     assert (job.updated, job.unchanged) == (1, 1)

@@ -225,6 +225,12 @@ def test_default_retrieval_settings_pass_the_checks():
         ("RETRIEVAL_EXAMPLE_HOLDOUT", -0.1, "retrieval.E009"),
         ("RETRIEVAL_FINE_TUNE", "all", "retrieval.E012"),
         ("RETRIEVAL_FINE_TUNE_EPOCHS", 0, "retrieval.E006"),
+        ("RETRIEVAL_NEAR_DUPLICATE_CANDIDATES", 0, "retrieval.E006"),
+        ("RETRIEVAL_NEAR_DUPLICATE_PHASH_BITS", -1, "retrieval.E010"),
+        ("RETRIEVAL_NEAR_DUPLICATE_PHASH_BITS", 257, "retrieval.E010"),
+        ("RETRIEVAL_NEAR_DUPLICATE_PHOTO", 2.5, "retrieval.E010"),
+        ("RETRIEVAL_NEAR_DUPLICATE_PHOTO", float("nan"), "retrieval.E010"),
+        ("RETRIEVAL_NEAR_DUPLICATE_PHOTO", "0.01", "retrieval.E010"),
     ],
 )
 def test_a_bad_retrieval_choice_is_a_check_error_naming_it(settings, name, value, check_id):
@@ -251,6 +257,8 @@ def test_a_bad_retrieval_choice_is_a_check_error_naming_it(settings, name, value
         ("RETRIEVAL_QUERY_CROP", "off"),
         ("RETRIEVAL_FINE_TUNE", "off"),
         ("RETRIEVAL_FINE_TUNE", "top"),
+        ("RETRIEVAL_NEAR_DUPLICATE_PHASH_BITS", 0),
+        ("RETRIEVAL_NEAR_DUPLICATE_PHOTO", 2),
     ],
 )
 def test_good_retrieval_choices_pass(settings, name, value):

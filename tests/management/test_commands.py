@@ -10,7 +10,7 @@ from django.core.management import CommandError, call_command
 
 from retrieval.models import Garment
 from tests.catalogue_zips import make_catalogue, row
-from tests.factories import jpeg_bytes
+from tests.factories import distinct_jpeg, jpeg_bytes
 
 pytestmark = pytest.mark.django_db
 
@@ -75,7 +75,8 @@ def test_import_catalog_rejects_a_missing_file(tmp_path):
 def test_import_wait_indexes_in_process_when_no_worker_runs(tmp_path):
     from django.core.management import call_command
 
-    images = {f"{i}.jpg": jpeg_bytes((i % 255, 50, 50)) for i in range(500, 520)}
+    # Distinct photos: the same pixels twice would be skipped as an exact duplicate.
+    images = {f"{i}.jpg": distinct_jpeg(i - 500) for i in range(500, 520)}
     rows = "".join(row(str(i)) for i in range(500, 520))
     path = make_catalogue(tmp_path / "c.zip", rows, images)
     out = io.StringIO()
@@ -91,7 +92,7 @@ def test_import_catalog_with_examples_imports_them_once_the_categories_exist(tmp
     catalogue_zip = make_catalogue(
         tmp_path / "c.zip",
         row("1", category="Tshirts") + row("2", category="Shirts"),
-        {"1.jpg": jpeg_bytes(), "2.jpg": jpeg_bytes()},
+        {"1.jpg": distinct_jpeg(1), "2.jpg": distinct_jpeg(2)},
     )
     examples = make_examples(
         tmp_path / "e.zip",

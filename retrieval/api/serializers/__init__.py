@@ -15,6 +15,7 @@ from __future__ import annotations
 from retrieval.api.serializers.catalogue import (
     CategorySerializer,
     ChangesSomethingMixin,
+    DuplicateImageConflict,
     GarmentWriteSerializer,
 )
 from retrieval.api.serializers.common import (
@@ -70,6 +71,7 @@ __all__ = [
     "CategoryRefField",
     "CategorySerializer",
     "ChangesSomethingMixin",
+    "DuplicateImageConflict",
     "ErrorBodySerializer",
     "ErrorSerializer",
     "FacetValueSerializer",

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 from rest_framework import serializers
+from rest_framework import status as http_status
+from rest_framework.exceptions import APIException
 
-from retrieval import catalogue
+from retrieval import catalogue, images
 from retrieval.api.serializers.common import (
     CategoryRefField,
     StrictModelSerializer,
@@ -76,6 +78,19 @@ class CategorySerializer(ChangesSomethingMixin, StrictModelSerializer):
             raise serializers.ValidationError({"name": [str(taken)]}) from None
 
 
+class DuplicateImageConflict(APIException):
+    """The photo's pixels are another garment's (``duplicate_of``); send
+    ``allow_duplicate=true`` to save it anyway."""
+
+    status_code = http_status.HTTP_409_CONFLICT
+    default_code = "duplicate_image"
+    default_detail = "another garment already has this photo"
+
+    def __init__(self, duplicate: catalogue.ExactDuplicate) -> None:
+        self.duplicate_of = duplicate.garment_id
+        super().__init__(f"{duplicate.message}; send allow_duplicate=true to save it anyway")
+
+
 class GarmentWriteSerializer(ChangesSomethingMixin, StrictModelSerializer):
     """Staff create/update. A new image is validated like every upload and queues indexing."""
 
@@ -88,6 +103,13 @@ class GarmentWriteSerializer(ChangesSomethingMixin, StrictModelSerializer):
     attributes = serializers.DictField(
         required=False, help_text="Extra catalogue fields (a JSON object)."
     )
+    allow_duplicate = serializers.BooleanField(
+        write_only=True,
+        required=False,
+        default=False,
+        help_text="Save the image even if another garment has the same pixels (otherwise "
+        "409 duplicate_image, naming that garment in duplicate_of).",
+    )
 
     class Meta:
         model = Garment
@@ -95,16 +117,29 @@ class GarmentWriteSerializer(ChangesSomethingMixin, StrictModelSerializer):
             *Garment.DESCRIPTION_FIELDS,
             "image",
             "attributes",
+            "allow_duplicate",
         ]
 
     def validate_image(self, upload):
         try:
-            catalogue.decode_upload(catalogue.read_upload(upload), name=upload.name)
+            image = catalogue.decode_upload(catalogue.read_upload(upload), name=upload.name)
         except ImageError as exc:
             raise image_problem(exc, message=str(exc)) from None
         finally:
             upload.seek(0)
+        self._pixel_digest = images.pixel_digest(image)
         return upload
+
+    def validate(self, attrs: dict) -> dict:
+        allow = attrs.pop("allow_duplicate", False)
+        if "image" in attrs and not allow:
+            found = catalogue.exact_duplicate(
+                digest=self._pixel_digest,
+                exclude_pk=self.instance.pk if self.instance is not None else None,
+            )
+            if found is not None:
+                raise DuplicateImageConflict(found)
+        return super().validate(attrs)
 
     def create(self, validated_data: dict) -> Garment:
         garment = Garment(**validated_data)

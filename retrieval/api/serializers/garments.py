@@ -3,13 +3,14 @@ search and facets."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from retrieval import search
+from retrieval import catalogue, search
 from retrieval.api.serializers.common import (
     CategoryBriefSerializer,
     CategoryRefField,
@@ -32,7 +33,7 @@ class GarmentImageUrlMixin(serializers.Serializer):
         return request.build_absolute_uri(url) if request is not None else url
 
 
-def staff_request(context: dict) -> bool:
+def staff_request(context: Mapping[str, Any]) -> bool:
     """Whether the serializer's ``context`` holds a staff user's request (no request: not)."""
     request = context.get("request")
     user = getattr(request, "user", None)
@@ -62,9 +63,10 @@ INTERNAL_ATTRIBUTES = ("image_sha256",)
 
 
 class GarmentSerializer(StaffOnlyFieldsMixin, GarmentImageUrlMixin, serializers.ModelSerializer):
-    """A garment as shoppers and apps see it; staff also get ``error`` and ``image_sha256``."""
+    """A garment as shoppers and apps see it; staff also get ``error``, ``image_sha256`` and
+    its duplicate flags (``possible_duplicate_of``, ``same_product_as``)."""
 
-    staff_only_fields = ("error", "image_sha256")
+    staff_only_fields = ("error", "image_sha256", "possible_duplicate_of", "same_product_as")
 
     category = CategoryBriefSerializer(read_only=True)
     attributes = serializers.SerializerMethodField(
@@ -76,6 +78,31 @@ class GarmentSerializer(StaffOnlyFieldsMixin, GarmentImageUrlMixin, serializers.
     image_sha256 = serializers.SerializerMethodField(
         help_text="Staff only: SHA-256 of the imported photo's bytes (hex), or null."
     )
+
+    possible_duplicate_of = serializers.SerializerMethodField(
+        help_text="Staff only: ids of garments whose photo looks like this one's (near-duplicate "
+        "flags still to review in the admin)."
+    )
+    same_product_as = serializers.SerializerMethodField(
+        help_text="Staff only: the product group (smallest garment id) staff merged this "
+        "garment into as the same product, or null."
+    )
+
+    @extend_schema_field(serializers.ListField(child=serializers.IntegerField()))
+    def get_possible_duplicate_of(self, garment: Garment) -> list[int]:
+        if not staff_request(self.context):
+            return []  # dropped from the output anyway: no query for shoppers
+        ids = getattr(garment, "open_duplicate_ids", None)  # annotated by the staff queryset
+        if ids is None:
+            ids = [
+                f.original_id if f.garment_id == garment.pk else f.garment_id
+                for f in catalogue.open_flags(garment=garment)
+            ]
+        return sorted(set(ids))
+
+    @extend_schema_field(serializers.IntegerField(allow_null=True))
+    def get_same_product_as(self, garment: Garment) -> int | None:
+        return garment.product_group
 
     @extend_schema_field(OpenApiTypes.OBJECT)
     def get_attributes(self, garment: Garment) -> dict:
@@ -96,6 +123,8 @@ class GarmentSerializer(StaffOnlyFieldsMixin, GarmentImageUrlMixin, serializers.
             "status",
             "error",
             "image_sha256",
+            "possible_duplicate_of",
+            "same_product_as",
             "created_at",
             "updated_at",
         ]
