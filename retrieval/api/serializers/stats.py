@@ -76,6 +76,5 @@ class SearchStatsSerializer(serializers.Serializer):
     slowest = SlowSearchSerializer(many=True)
     rolled_up_through = serializers.DateTimeField(
         allow_null=True,
-        help_text="Hours before this were read from the hourly roll-up, the rest from the "
-        "raw log.",
+        help_text="Hours before this were read from the hourly roll-up, the rest from the raw log.",
     )
