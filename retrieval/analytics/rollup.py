@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -148,15 +148,82 @@ def raw_hours(*, start: datetime, end: datetime, low: float | None = None) -> li
     return out
 
 
-# The stored rows of [start, end), oldest first; the hour in the site's time zone too.
-STORED_SQL = f"""
-SELECT hour, hour AT TIME ZONE %(tz)s, predicted_category, searches, clicked, clicked_at_1,
-       clicked_at_5, clicked_at_10, low_confidence, latency_hist
+@dataclass
+class Tally:
+    """Roll-up rows added up: what the dashboard shows, before shares and percentiles.
+
+    totals: ``(6,)`` int64: searches, with any click, with a click at 1, within 5, within 10,
+    low-confidence; per_hour: ``(24,)`` int64 searches per hour of the day (site time);
+    day_hists: ``(BUCKETS,)`` int64 latency counts per day; slowest: (latency ms, search id).
+    """
+
+    totals: np.ndarray = field(default_factory=lambda: np.zeros(6, dtype=np.int64))
+    per_day: dict[date, int] = field(default_factory=dict)
+    day_hists: dict[date, np.ndarray] = field(default_factory=dict)
+    per_hour: np.ndarray = field(default_factory=lambda: np.zeros(24, dtype=np.int64))
+    per_category: dict[str, int] = field(default_factory=dict)
+    slowest: list[tuple[float, uuid.UUID]] = field(default_factory=list)
+
+    def add_day(self, day: date, searches: int, hist: np.ndarray | None = None) -> None:
+        self.per_day[day] = self.per_day.get(day, 0) + searches
+        if hist is not None:
+            if day in self.day_hists:
+                self.day_hists[day] = self.day_hists[day] + hist
+            else:
+                self.day_hists[day] = hist.astype(np.int64)
+
+    def add_category(self, category: str, searches: int) -> None:
+        self.per_category[category] = self.per_category.get(category, 0) + searches
+
+    def add(self, other: Tally) -> None:
+        self.totals += other.totals
+        self.per_hour += other.per_hour
+        for day, n in other.per_day.items():
+            self.add_day(day, n)
+        for day, hist in other.day_hists.items():
+            self.add_day(day, 0, hist)
+        for category, n in other.per_category.items():
+            self.add_category(category, n)
+        self.slowest = sorted([*self.slowest, *other.slowest], key=lambda p: -p[0])[:SLOWEST]
+
+
+def tally_rows(rows: list[HourRow]) -> Tally:
+    """Add up roll-up rows held in memory (the raw part of a range)."""
+    tally = Tally()
+    for r in rows:
+        tally.totals += (
+            r.searches, r.clicked, r.clicked_at_1, r.clicked_at_5, r.clicked_at_10,
+            r.low_confidence,
+        )  # fmt: skip
+        tally.add_day(r.local.date(), r.searches, r.hist)
+        tally.per_hour[r.local.hour] += r.searches
+        tally.add_category(r.category, r.searches)
+        tally.slowest = sorted([*tally.slowest, *r.slowest], key=lambda p: -p[0])[:SLOWEST]
+    return tally
+
+
+# The stored rows of [start, end) added up in SQL, per day, per hour of the day and per
+# category (site time). GROUPING(day, hr, cat): 3 = a day, 5 = an hour, 6 = a category.
+STORED_TALLY_SQL = f"""
+SELECT GROUPING(day, hr, cat), day, hr, cat, sum(searches), sum(clicked), sum(clicked_at_1),
+       sum(clicked_at_5), sum(clicked_at_10), sum(low_confidence)
+FROM (
+    SELECT (hour AT TIME ZONE %(tz)s)::date AS day,
+           extract(hour FROM hour AT TIME ZONE %(tz)s)::int AS hr,
+           predicted_category AS cat, searches, clicked, clicked_at_1, clicked_at_5,
+           clicked_at_10, low_confidence
+    FROM {SearchHour._meta.db_table}
+    WHERE hour >= %(start)s AND hour < %(end)s
+) AS s
+GROUP BY GROUPING SETS ((day), (hr), (cat))
+"""
+# Their histograms, one buffer per day (rows of BUCKETS int32), summed by numpy.
+STORED_HISTS_SQL = f"""
+SELECT (hour AT TIME ZONE %(tz)s)::date, string_agg(latency_hist, ''::bytea)
 FROM {SearchHour._meta.db_table}
 WHERE hour >= %(start)s AND hour < %(end)s
-ORDER BY hour
+GROUP BY 1
 """
-
 # The slowest searches among stored rows: the SLOWEST rows with the slowest maxima hold them
 # all (any search slower than another row's maximum beats that row's every search).
 STORED_SLOWEST_SQL = f"""
@@ -166,45 +233,35 @@ ORDER BY max_latency_ms DESC LIMIT {SLOWEST}
 """
 
 
-def stored_hours(*, start: datetime, end: datetime) -> list[HourRow]:
-    """The stored roll-up rows of the hours in ``[start, end)`` (their ``slowest`` empty: see
-    :func:`stored_slowest`)."""
+def tally_stored(*, start: datetime, end: datetime) -> Tally:
+    """Add up the stored roll-up rows of the hours in ``[start, end)``: three statements
+    whatever the range (a row per day, hour and category; a histogram buffer per day; the
+    slowest)."""
+    tally = Tally()
     if start >= end:
-        return []
+        return tally
+    params = {"start": start, "end": end, "tz": settings.TIME_ZONE}
     with connection.cursor() as cursor:
-        cursor.execute(STORED_SQL, {"start": start, "end": end, "tz": settings.TIME_ZONE})
-        rows = cursor.fetchall()
-    if not rows:
-        return []
-    hists = np.frombuffer(b"".join(bytes(r[9]) for r in rows), dtype="<i4").reshape(
-        len(rows), BUCKETS
-    )
-    return [
-        HourRow(
-            hour=r[0],
-            local=r[1],
-            category=r[2],
-            searches=r[3],
-            clicked=r[4],
-            clicked_at_1=r[5],
-            clicked_at_5=r[6],
-            clicked_at_10=r[7],
-            low_confidence=r[8],
-            hist=hists[i],
-        )
-        for i, r in enumerate(rows)
-    ]
-
-
-def stored_slowest(*, start: datetime, end: datetime) -> list[tuple[float, uuid.UUID]]:
-    """(latency ms, search id) of the slowest stored searches in ``[start, end)``."""
-    if start >= end:
-        return []
-    with connection.cursor() as cursor:
-        cursor.execute(STORED_SLOWEST_SQL, {"start": start, "end": end})
-        rows = cursor.fetchall()
-    found = [pair for ms, ids in rows for pair in zip(ms, ids, strict=True)]
-    return sorted(found, key=lambda p: -p[0])[:SLOWEST]
+        cursor.execute(STORED_TALLY_SQL, params)
+        sums = cursor.fetchall()
+        cursor.execute(STORED_HISTS_SQL, params)
+        hists = cursor.fetchall()
+        cursor.execute(STORED_SLOWEST_SQL, params)
+        slow = cursor.fetchall()
+    for grouping, day, hr, category, *counts in sums:
+        if grouping == 3:
+            tally.totals += np.asarray(counts, dtype=np.int64)
+            tally.add_day(day, int(counts[0]))
+        elif grouping == 5:
+            tally.per_hour[hr] += int(counts[0])
+        elif grouping == 6:
+            tally.add_category(category, int(counts[0]))
+    for day, buffer in hists:
+        matrix = np.frombuffer(bytes(buffer), dtype="<i4").reshape(-1, BUCKETS)
+        tally.add_day(day, 0, matrix.sum(axis=0, dtype=np.int64))
+    found = [pair for ms, ids in slow for pair in zip(ms, ids, strict=True)]
+    tally.slowest = sorted(found, key=lambda p: -p[0])[:SLOWEST]
+    return tally
 
 
 def rollup_hours(*, start: datetime, end: datetime) -> int:

@@ -22,7 +22,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from retrieval.analytics import rollup
-from retrieval.analytics.rollup import BUCKETS, SLOWEST, HourRow, percentile
+from retrieval.analytics.rollup import BUCKETS, SLOWEST, percentile
 from retrieval.models import SearchLog
 
 #: Click-through is reported at these ranks (a click on any of the first k results).
@@ -99,66 +99,48 @@ def _ms(value: float | None) -> float | None:
     return None if value is None else round(float(value), 1)
 
 
-def hour_rows(
-    *, start: datetime, end: datetime, rollups: bool = True
-) -> tuple[list[HourRow], list[tuple[float, uuid.UUID]], datetime | None]:
-    """The roll-up rows covering ``[start, end)``: stored ones for the whole hours before the
-    roll-up's mark, computed from raw rows for the rest (all of it with ``rollups=False``);
-    with the slowest (latency ms, id) of the stored part, and the mark."""
+def tally(*, start: datetime, end: datetime, rollups: bool = True) -> rollup.Tally:
+    """The searches of ``[start, end)`` added up: the stored roll-up for the whole hours
+    before its mark, the raw rows for the rest (all of it with ``rollups=False``)."""
     through = rollup.rolled_up_through() if rollups else None
     first, last = rollup.ceil_hour(start), rollup.floor_hour(end)
     if through is not None:
         last = min(last, through)
     if through is None or last <= first:
-        return rollup.raw_hours(start=start, end=end), [], through
-    rows = rollup.raw_hours(start=start, end=first)
-    rows += rollup.stored_hours(start=first, end=last)
-    rows += rollup.raw_hours(start=last, end=end)
-    return rows, rollup.stored_slowest(start=first, end=last), through
+        return rollup.tally_rows(rollup.raw_hours(start=start, end=end))
+    total = rollup.tally_stored(start=first, end=last)
+    total.add(rollup.tally_rows(rollup.raw_hours(start=start, end=first)))
+    total.add(rollup.tally_rows(rollup.raw_hours(start=last, end=end)))
+    return total
 
 
 def search_stats(*, start: datetime, end: datetime, rollups: bool = True) -> SearchStats:
     """The numbers of the searches recorded in ``[start, end)``. ``rollups=False`` aggregates
     the raw rows only (the check of the roll-up, and the benchmark's baseline)."""
-    rows, slow, through = hour_rows(start=start, end=end, rollups=rollups)
+    through = rollup.rolled_up_through() if rollups else None
+    sums = tally(start=start, end=end, rollups=rollups)
     zone = timezone.get_current_timezone()
     first_day = timezone.localtime(start, zone).date()
     last_day = timezone.localtime(end - timedelta(microseconds=1), zone).date()
-    n_days = min((last_day - first_day).days + 1, 3660)
-    day_counts = np.zeros(n_days, dtype=np.int64)
-    day_hists = np.zeros((n_days, BUCKETS), dtype=np.int64)
-    hours = [0] * 24
-    categories: dict[str, int] = {}
-    searches = clicked = low = 0
-    at = dict.fromkeys(CTR_RANKS, 0)
-    for r in rows:
-        d = (r.local.date() - first_day).days
-        if 0 <= d < n_days:
-            day_counts[d] += r.searches
-            day_hists[d] += r.hist
-        hours[r.local.hour] += r.searches
-        categories[r.category] = categories.get(r.category, 0) + r.searches
-        searches += r.searches
-        clicked += r.clicked
-        low += r.low_confidence
-        at[1] += r.clicked_at_1
-        at[5] += r.clicked_at_5
-        at[10] += r.clicked_at_10
-        slow += r.slowest
-    total_hist = day_hists.sum(axis=0)
     per_day = []
-    for d in range(n_days):
-        hist = day_hists[d]
+    total_hist = np.zeros(BUCKETS, dtype=np.int64)
+    day = first_day
+    while day <= last_day and len(per_day) < 3660:
+        hist = sums.day_hists.get(day)
+        if hist is not None:
+            total_hist += hist
         per_day.append(
             DayCount(
-                first_day + timedelta(days=d),
-                int(day_counts[d]),
-                _ms(percentile(hist, 0.5)),
-                _ms(percentile(hist, 0.95)),
+                day,
+                sums.per_day.get(day, 0),
+                _ms(percentile(hist, 0.5)) if hist is not None else None,
+                _ms(percentile(hist, 0.95)) if hist is not None else None,
             )
         )
-    top = sorted(categories.items(), key=lambda c: (-c[1], c[0]))[:TOP_CATEGORIES]
-    slowest_ids = [i for _, i in sorted(slow, key=lambda p: -p[0])[:SLOWEST]]
+        day += timedelta(days=1)
+    searches, clicked, at1, at5, at10, low = (int(v) for v in sums.totals)
+    top = sorted(sums.per_category.items(), key=lambda c: (-c[1], c[0]))[:TOP_CATEGORIES]
+    slowest_ids = [i for _, i in sums.slowest[:SLOWEST]]
     found = SearchLog.objects.in_bulk(slowest_ids)
     slowest = [
         SlowSearch(s.id, s.created_at, s.channel, s.mode, s.latency_ms, s.predicted_category)
@@ -174,11 +156,11 @@ def search_stats(*, start: datetime, end: datetime, rollups: bool = True) -> Sea
         low_confidence_threshold=settings.RETRIEVAL_SEARCH_LOW_CONFIDENCE,
         low_confidence=low,
         low_confidence_share=_share(low, searches),
-        ctr={k: _share(at[k], searches) for k in CTR_RANKS},
+        ctr={1: _share(at1, searches), 5: _share(at5, searches), 10: _share(at10, searches)},
         without_click=searches - clicked,
         without_click_share=_share(searches - clicked, searches),
         per_day=per_day,
-        per_hour=hours,
+        per_hour=[int(n) for n in sums.per_hour],
         top_categories=[CategoryCount(c, n, _share(n, searches)) for c, n in top],
         slowest=slowest,
         rolled_up_through=through,
