@@ -1,9 +1,10 @@
 """Search analytics: the dashboard at 1M recorded searches, and what recording adds to a search.
 
 ``dashboard``: on a private embedded PostgreSQL (DJANGO_VAR_DIR=var/bench-searchlog), writes
-``--rows`` searches spread over the last 90 days (plus a click on ~35% of them) with one
-INSERT ... SELECT, VACUUM ANALYZE, rolls the closed hours up (the beat task's function, timed:
-its first run covers all 90 days), then times, alternating in the same run:
+``--rows`` searches spread over the last 90 days (plus a click on ~35% of them, up to 2
+minutes after the search) with one INSERT ... SELECT (again with ``--fill``), VACUUM
+ANALYZE, rolls the closed hours up (the beat task's function, timed: its first run covers all
+90 days; the next, as beat 5 minutes on, the hours of the last clicks), then times, alternating in the same run:
 
 - the product: ``analytics.search_stats`` (roll-up rows + the open hour's raw rows), the whole
   admin dashboard page and its CSV (Django test client, logged in), last 30 and 90 days;
@@ -17,7 +18,7 @@ searches by photo through the Django test client (the whole request, the after-r
 included, as the worker spends it) with RETRIEVAL_SEARCH_LOG on and off, alternating one by
 one in the same run, and the write alone (one INSERT per search, as in production).
 
-    nice -n 10 .venv/bin/python bench/bench_search_log.py dashboard --rows 1000000
+    nice -n 10 .venv/bin/python bench/bench_search_log.py dashboard --rows 1000000 --fill
     nice -n 10 .venv/bin/python bench/bench_search_log.py recording --searches 200
 """
 
@@ -72,11 +73,12 @@ FROM generate_series(1, %s)
 """
 CLICKS_SQL = """
 WITH picked AS (
-    SELECT id, 1 + floor(random() * random() * 10)::int AS rank
+    SELECT id, 1 + floor(random() * random() * 10)::int AS rank,
+           least(now(), created_at + random() * interval '2 minutes') AS at
     FROM retrieval_searchlog WHERE random() < 0.35
 ), ins AS (
     INSERT INTO retrieval_searchclick (search_id, garment_id, rank, created_at)
-    SELECT id, rank, rank, now() FROM picked RETURNING search_id, rank
+    SELECT id, rank, rank, at FROM picked RETURNING search_id, rank
 )
 UPDATE retrieval_searchlog l SET clicks = 1, first_click_rank = ins.rank
 FROM ins WHERE l.id = ins.search_id
@@ -117,7 +119,7 @@ def p50_max(values: list[float]) -> list[int]:
     return [round(statistics.median(values)), round(max(values))]
 
 
-def dashboard(rows: int, repeats: int) -> dict:
+def dashboard(rows: int, repeats: int, fill: bool) -> dict:
     boot()
     from django.conf import settings
     from django.contrib.auth import get_user_model
@@ -129,7 +131,7 @@ def dashboard(rows: int, repeats: int) -> dict:
 
     have = SearchLog.objects.count()
     out: dict = {}
-    if have != rows:
+    if have != rows or fill:
         started = time.perf_counter()
         with connection.cursor() as cursor:
             cursor.execute("TRUNCATE retrieval_searchlog CASCADE")
@@ -153,8 +155,9 @@ def dashboard(rows: int, repeats: int) -> dict:
     done = analytics.rollup_searches()
     out["first roll-up (90 days) s"] = round(time.perf_counter() - started, 1)
     started = time.perf_counter()
-    analytics.rollup_searches()  # a later run: nothing closed since, the last clicks' hours
+    later = analytics.rollup_searches()  # as beat 5 minutes on: the last clicks' hours
     out["next roll-up s"] = round(time.perf_counter() - started, 2)
+    out["next roll-up hours"] = later.hours
     with connection.cursor() as cursor:
         cursor.execute("VACUUM ANALYZE retrieval_searchhour")
         cursor.execute("SELECT pg_total_relation_size('retrieval_searchhour')")
@@ -315,11 +318,12 @@ def main() -> int:
     parser.add_argument("what", choices=["dashboard", "recording"])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--fill", action="store_true", help="write the rows again")
     parser.add_argument("--searches", type=int, default=200)
     args = parser.parse_args()
     started = time.perf_counter()
     if args.what == "dashboard":
-        result = dashboard(args.rows, args.repeats)
+        result = dashboard(args.rows, args.repeats, args.fill)
     else:
         result = recording(args.searches)
     result["machine"] = f"{platform.node()} {os.cpu_count()} CPUs, load {os.getloadavg()}"

@@ -311,6 +311,17 @@ WHERE c.created_at >= %(since)s AND l.created_at < %(through)s
 """
 
 
+def _runs(hours: list[datetime]) -> list[tuple[datetime, datetime]]:
+    """Sorted hours as (first, last) runs of consecutive hours."""
+    runs: list[tuple[datetime, datetime]] = []
+    for hour in hours:
+        if runs and hour - runs[-1][1] == HOUR:
+            runs[-1] = (runs[-1][0], hour)
+        else:
+            runs.append((hour, hour))
+    return runs
+
+
 def rolled_up_through() -> datetime | None:
     """Hours before this are in the roll-up (None: nothing rolled up yet)."""
     return SearchRollupState.objects.filter(pk=1).values_list("through", flat=True).first()
@@ -342,8 +353,8 @@ def rollup_searches(*, now: datetime | None = None) -> RollupDone:
             with connection.cursor() as cursor:
                 cursor.execute(CLICKED_HOURS_SQL, params)
                 clicked = sorted(row[0] for row in cursor.fetchall())
-            for hour in clicked:
-                rollup_hours(start=hour, end=hour + HOUR)
+            for first, last in _runs(clicked):  # one pass per run of consecutive hours
+                rollup_hours(start=first, end=last + HOUR)
             hours += len(clicked)
         state.through = through
         state.clicks_checked = now
