@@ -4,7 +4,8 @@
 ``--rows`` searches spread over the last 90 days (plus a click on ~35% of them, up to 2
 minutes after the search) with one INSERT ... SELECT (again with ``--fill``), VACUUM
 ANALYZE, rolls the closed hours up (the beat task's function, timed: its first run covers all
-90 days; the next, as beat 5 minutes on, the hours of the last clicks), then times, alternating in the same run:
+90 days; the next, as beat 5 minutes on, the hours of the last clicks), then times,
+alternating in the same run:
 
 - the product: ``analytics.search_stats`` (roll-up rows + the open hour's raw rows), the whole
   admin dashboard page and its CSV (Django test client, logged in), last 30 and 90 days;
