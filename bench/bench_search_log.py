@@ -35,6 +35,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT.parent / "shared" / "data" / "fashion-product-images-small.zip"
@@ -181,7 +182,7 @@ def dashboard(rows: int, repeats: int, fill: bool) -> dict:
     )
     for days in (30, 90):
         start, end = analytics.period(days=days)
-        params = {"start": start, "end": end, "low": 0.5, "tz": settings.TIME_ZONE}
+        params: dict[str, Any] = {"start": start, "end": end, "low": 0.5, "tz": settings.TIME_ZONE}
         timings: dict[str, list[float]] = {
             k: [] for k in ("selector", "page", "csv", "raw selector", "first version SQL")
         }
@@ -302,9 +303,9 @@ def recording(searches: int) -> dict:
     inside: list[float] = []
     for _ in range(1000):
         t = time.perf_counter()
-        response = HttpResponse(b"")
+        answer = HttpResponse(b"")
         made = analytics.SearchRecord.of(result=found.result, channel="api", top=10, filters={})
-        analytics.record_search(response, made)
+        analytics.record_search(answer, made)
         inside.append((time.perf_counter() - t) * 1000)
     on_ms, off_ms = timings[True], timings[False]
     # Paired: search i with recording on against the off one just after it (same photo).

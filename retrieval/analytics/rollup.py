@@ -240,7 +240,7 @@ def tally_stored(*, start: datetime, end: datetime) -> Tally:
     tally = Tally()
     if start >= end:
         return tally
-    params = {"start": start, "end": end, "tz": settings.TIME_ZONE}
+    params: dict[str, Any] = {"start": start, "end": end, "tz": settings.TIME_ZONE}
     with connection.cursor() as cursor:
         cursor.execute(STORED_TALLY_SQL, params)
         sums = cursor.fetchall()

@@ -122,7 +122,7 @@ def search_stats(*, start: datetime, end: datetime, rollups: bool = True) -> Sea
     zone = timezone.get_current_timezone()
     first_day = timezone.localtime(start, zone).date()
     last_day = timezone.localtime(end - timedelta(microseconds=1), zone).date()
-    per_day = []
+    per_day: list[DayCount] = []
     total_hist = np.zeros(BUCKETS, dtype=np.int64)
     day = first_day
     while day <= last_day and len(per_day) < 3660:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import uuid
 from typing import Any
 
 from django.conf import settings
@@ -267,7 +268,9 @@ class PhotoSearchResponseSerializer(SearchResponseSerializer):
     )
 
     @staticmethod
-    def present_photo(found: search.PhotoSearch, *, top: int, search_id=None) -> dict:
+    def present_photo(
+        found: search.PhotoSearch, *, top: int, search_id: uuid.UUID | None = None
+    ) -> dict:
         """The response body of a photo search (with what it understood); ``search_id``: the
         search's analytics record id (a UUID), or None."""
         body = SearchResponseSerializer.present(found.result, found.result.garments(), top=top)
