@@ -20,7 +20,7 @@ Two kinds of bad configuration, two places:
   ``retrieval.E008``        ``RETRIEVAL_QUERY_CROP`` is not a query crop mode (the old
                             booleans are read as map / off by settings.py)
   ``retrieval.E009``        ``RETRIEVAL_EXAMPLE_HOLDOUT`` is not between 0 and 0.9
-  ``retrieval.E010``        ``RETRIEVAL_SEARCH_LOW_CONFIDENCE`` is not from 0 to 1
+  ``retrieval.E011``        ``RETRIEVAL_SEARCH_LOW_CONFIDENCE`` is not from 0 to 1
   ``retrieval.W001``        a file named by ``RETRIEVAL_EVALUATION_QUERY_SETS`` or
                             ``RETRIEVAL_EXAMPLE_PHOTOS`` does not exist (skipped, not fatal)
   ========================  ===========================================================
@@ -207,14 +207,14 @@ def check_examples(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
 
 @checks.register(TAG)
 def check_low_confidence(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
-    """retrieval.E010: RETRIEVAL_SEARCH_LOW_CONFIDENCE is a probability (0..1)."""
+    """retrieval.E011: RETRIEVAL_SEARCH_LOW_CONFIDENCE is a probability (0..1)."""
     value: object = settings.RETRIEVAL_SEARCH_LOW_CONFIDENCE
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
         return [
             checks.Error(
                 f"RETRIEVAL_SEARCH_LOW_CONFIDENCE={value!r} must be a number from 0 to 1.",
                 hint="Below it a search counts as low-confidence on the search dashboard.",
-                id="retrieval.E010",
+                id="retrieval.E011",
             )
         ]
     return []

@@ -408,7 +408,7 @@ def test_the_analytics_settings_are_checked(settings):
     from retrieval import checks
 
     settings.RETRIEVAL_SEARCH_LOW_CONFIDENCE = 1.5
-    assert [e.id for e in checks.check_low_confidence()] == ["retrieval.E010"]
+    assert [e.id for e in checks.check_low_confidence()] == ["retrieval.E011"]
     settings.RETRIEVAL_SEARCH_LOW_CONFIDENCE = 0.5
     assert checks.check_low_confidence() == []
     settings.RETRIEVAL_SEARCH_LOG_DAYS = 0
