@@ -89,6 +89,17 @@ def _configure(sender: Celery, **_: object) -> None:
             "task": "retrieval.tasks.prune_media",
             "schedule": _cron(settings.RETRIEVAL_PRUNE_MEDIA_SCHEDULE),
         },
+        "prune-search-log": {
+            "task": "retrieval.tasks.prune_search_log",
+            "schedule": _cron(settings.RETRIEVAL_SEARCH_LOG_SCHEDULE),
+        },
+        # The dashboard's hourly roll-up: closed hours, and hours whose searches got clicks
+        # since the last run (retrieval.analytics.rollup); every 5 minutes, so a closed
+        # hour's late clicks show within 5 minutes and the open part read raw stays small.
+        "rollup-searches": {
+            "task": "retrieval.tasks.rollup_searches",
+            "schedule": 300.0,
+        },
     }
 
 

@@ -485,6 +485,16 @@ RETRIEVAL_SWEEP_MINUTES = env_int("RETRIEVAL_SWEEP_MINUTES", 10)
 # the nightly K-means; only files older than RETRIEVAL_PRUNE_MEDIA_MINUTES (uploads in flight).
 RETRIEVAL_PRUNE_MEDIA_SCHEDULE = env_str("RETRIEVAL_PRUNE_MEDIA_SCHEDULE", "30 4 * * *")
 RETRIEVAL_PRUNE_MEDIA_MINUTES = env_int("RETRIEVAL_PRUNE_MEDIA_MINUTES", 60)
+# Search analytics (retrieval.analytics): every search by photo is recorded (after its
+# response) unless RETRIEVAL_SEARCH_LOG is off; kept RETRIEVAL_SEARCH_LOG_DAYS days, pruned
+# daily on RETRIEVAL_SEARCH_LOG_SCHEDULE. The shopper's photo is kept only with
+# RETRIEVAL_SEARCH_LOG_PHOTOS (privacy: off by default). A search whose predicted category's
+# probability is below RETRIEVAL_SEARCH_LOW_CONFIDENCE counts as low-confidence.
+RETRIEVAL_SEARCH_LOG = env_bool("RETRIEVAL_SEARCH_LOG", True)
+RETRIEVAL_SEARCH_LOG_DAYS = env_int("RETRIEVAL_SEARCH_LOG_DAYS", 90)
+RETRIEVAL_SEARCH_LOG_PHOTOS = env_bool("RETRIEVAL_SEARCH_LOG_PHOTOS", False)
+RETRIEVAL_SEARCH_LOG_SCHEDULE = env_str("RETRIEVAL_SEARCH_LOG_SCHEDULE", "45 4 * * *")
+RETRIEVAL_SEARCH_LOW_CONFIDENCE = env_float("RETRIEVAL_SEARCH_LOW_CONFIDENCE", 0.5)
 RETRIEVAL_STUCK_MINUTES = env_int("RETRIEVAL_STUCK_MINUTES", 15)
 # /healthz answers anonymous monitors from the last probe of the web process; one older than
 # this is still answered while a background thread probes again (a probe takes ~2 s).

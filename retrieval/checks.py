@@ -22,6 +22,7 @@ Two kinds of bad configuration, two places:
   ``retrieval.E009``        ``RETRIEVAL_EXAMPLE_HOLDOUT`` is not between 0 and 0.9
   ``retrieval.E010``        ``RETRIEVAL_NEAR_DUPLICATE_PHASH_BITS`` is not from 0 to 256 or
                             ``RETRIEVAL_NEAR_DUPLICATE_PHOTO`` not a number from 0 to 2
+  ``retrieval.E011``        ``RETRIEVAL_SEARCH_LOW_CONFIDENCE`` is not from 0 to 1
   ``retrieval.E012``        ``RETRIEVAL_FINE_TUNE`` is not off or top
   ``retrieval.E013``        ``RETRIEVAL_FINE_TUNE=top`` with a backbone whose top cannot be
                             fine-tuned (resnet50)
@@ -66,13 +67,18 @@ MINIMUMS: dict[str, int] = {
     "RETRIEVAL_MAX_PIXELS": 1,
     "RETRIEVAL_MAX_IMPORT_BYTES": 1,
     "RETRIEVAL_NEAR_DUPLICATE_CANDIDATES": 1,
+    "RETRIEVAL_SEARCH_LOG_DAYS": 1,
     # The login lockout (retrieval.http.lockout): 0 would lock every login, or none for long.
     "DJANGO_LOGIN_FAILURE_LIMIT": 1,
     "DJANGO_LOGIN_COOLOFF_MINUTES": 1,
 }
 
 #: Cron expressions (minute hour day-of-month month day-of-week) beat runs tasks on.
-SCHEDULES: tuple[str, ...] = ("RETRIEVAL_KMEANS_SCHEDULE", "RETRIEVAL_PRUNE_MEDIA_SCHEDULE")
+SCHEDULES: tuple[str, ...] = (
+    "RETRIEVAL_KMEANS_SCHEDULE",
+    "RETRIEVAL_PRUNE_MEDIA_SCHEDULE",
+    "RETRIEVAL_SEARCH_LOG_SCHEDULE",
+)
 
 _CHOICES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("RETRIEVAL_BACKBONE", spec.BACKBONE_CHOICES, "retrieval.E001"),
@@ -206,6 +212,21 @@ def check_examples(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
                 )
             )
     return messages
+
+
+@checks.register(TAG)
+def check_low_confidence(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    """retrieval.E011: RETRIEVAL_SEARCH_LOW_CONFIDENCE is a probability (0..1)."""
+    value: object = settings.RETRIEVAL_SEARCH_LOW_CONFIDENCE
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        return [
+            checks.Error(
+                f"RETRIEVAL_SEARCH_LOW_CONFIDENCE={value!r} must be a number from 0 to 1.",
+                hint="Below it a search counts as low-confidence on the search dashboard.",
+                id="retrieval.E011",
+            )
+        ]
+    return []
 
 
 def exit_on_errors() -> None:

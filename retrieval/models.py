@@ -560,3 +560,120 @@ class NearDuplicate(models.Model):
 
     def __str__(self) -> str:
         return f"garment {self.garment_id} possibly duplicates {self.original_id}"
+
+
+class SearchLog(models.Model):
+    """One search by photo (shop or API), for the search analytics (retrieval.analytics).
+
+    Nothing identifying the shopper is kept (no user, IP or session): the access log already
+    has what the operator chose to keep. The photo itself only with RETRIEVAL_SEARCH_LOG_PHOTOS.
+    The id is made when the search runs (a UUID) so the answer can name it before the row is
+    written (after the response); clicks on the results name it back.
+    """
+
+    class Channel(models.TextChoices):
+        WEB = "web", "shop"
+        API = "api", "API"
+
+    id = models.UUIDField(primary_key=True, editable=False)
+    created_at = models.DateTimeField()
+    channel = models.CharField(max_length=3, choices=Channel.choices)
+    mode = models.CharField(max_length=8)
+    top = models.PositiveSmallIntegerField()
+    filters = models.JSONField(default=dict, blank=True, help_text='e.g. {"category": slug}')
+    latency_ms = models.FloatField(help_text="Server time of the search itself.")
+    garment_ids = ArrayField(models.IntegerField(), default=list, help_text="In rank order.")
+    predicted_category = models.CharField(max_length=100, blank=True)
+    confidence = models.FloatField(null=True, blank=True)
+    model = models.CharField(max_length=100, blank=True)
+    photo = models.CharField(max_length=255, blank=True, help_text="Kept query photo, if any.")
+    clicks = models.PositiveSmallIntegerField(default=0)
+    first_click_rank = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="Best (lowest) rank clicked; empty: no click."
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "search by photo"
+        verbose_name_plural = "searches by photo"
+        indexes = [
+            # The roll-up and the open hour read a time range; retention the oldest rows.
+            models.Index(fields=["created_at"], name="retrieval_searchlog_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"search {self.id} ({self.created_at:%Y-%m-%d %H:%M})"
+
+
+class SearchClick(models.Model):
+    """A shopper opened a result of a search (the shop's result link, or an API garment read
+    naming the search): one row per (search, garment), ``rank`` 1-based."""
+
+    search = models.ForeignKey(SearchLog, on_delete=models.CASCADE, related_name="click_rows")
+    garment_id = models.IntegerField()
+    rank = models.PositiveSmallIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["search", "garment_id"], name="one_click_per_result")
+        ]
+        # The roll-up finds the closed hours whose searches got a click since its last run.
+        indexes = [models.Index(fields=["created_at"], name="retrieval_searchclick_time")]
+
+    def __str__(self) -> str:
+        return f"click on rank {self.rank} of search {self.search_id}"
+
+
+class SearchHour(models.Model):
+    """The hourly roll-up of the search log: one row per closed hour (UTC) and predicted
+    category, computed from the raw rows by retrieval.analytics.rollup (a beat task; an hour
+    is recomputed whole, so again and again gives the same row). The dashboard, its CSV and
+    the staff API read these plus the raw rows of the hours not rolled up yet (the open hour).
+
+    ``latency_hist``: the searches' latencies counted in the fixed buckets of
+    ``retrieval.analytics.rollup.BUCKET_EDGES_MS``, as little-endian int32 (bytes, not an
+    array column: summing 26k histograms is a numpy sum of one buffer, not 3M SQL rows).
+    ``slowest_ids`` / ``slowest_ms``: the hour's slowest searches of the category, slowest
+    first (at most retrieval.analytics.rollup.SLOWEST).
+    """
+
+    hour = models.DateTimeField(help_text="Start of the hour (UTC).")
+    predicted_category = models.CharField(max_length=100, blank=True)
+    searches = models.PositiveIntegerField()
+    clicked = models.PositiveIntegerField(help_text="Searches with any click.")
+    clicked_at_1 = models.PositiveIntegerField(help_text="Searches with a click on result 1.")
+    clicked_at_5 = models.PositiveIntegerField(help_text="... on one of the first 5.")
+    clicked_at_10 = models.PositiveIntegerField(help_text="... on one of the first 10.")
+    low_confidence = models.PositiveIntegerField(
+        help_text="Searches below RETRIEVAL_SEARCH_LOW_CONFIDENCE (as set when computed) or "
+        "without a prediction."
+    )
+    latency_hist = models.BinaryField()
+    max_latency_ms = models.FloatField()
+    slowest_ids = ArrayField(models.UUIDField(), default=list)
+    slowest_ms = ArrayField(models.FloatField(), default=list)
+    computed_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name = "search hour (roll-up)"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["hour", "predicted_category"], name="one_rollup_per_hour_category"
+            )
+        ]
+        indexes = [models.Index(fields=["hour"], name="retrieval_searchhour_hour")]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H}:00 {self.predicted_category or '(none)'}"
+
+
+class SearchRollupState(models.Model):
+    """One row: how far the roll-up has gone. Hours before ``through`` are in
+    :class:`SearchHour`; clicks recorded before ``clicks_checked`` are counted there."""
+
+    through = models.DateTimeField(null=True)
+    clicks_checked = models.DateTimeField(null=True)
+
+    def __str__(self) -> str:
+        return f"searches rolled up through {self.through}"

@@ -1,5 +1,5 @@
 """Staff curation: categories, garments, duplicate photos, example photos, feature models,
-cluster runs, evaluation reports, imports and API tokens.
+cluster runs, evaluation reports, imports, API tokens and the search analytics.
 
 One module per admin section; importing this package (Django's admin autodiscovery imports
 ``retrieval.admin``) imports every section, which registers its ModelAdmins. The names the
@@ -8,6 +8,7 @@ single ``retrieval/admin.py`` used to define are re-exported here.
 
 from __future__ import annotations
 
+from retrieval.admin.analytics import DashboardPeriodForm, SearchLogAdmin, dashboard_context
 from retrieval.admin.catalogue import (
     ATTRIBUTE_PREFIX,
     CategoryActionForm,
@@ -44,6 +45,7 @@ __all__ = [
     "CategoryActionForm",
     "CategoryAdmin",
     "ClusterRunAdmin",
+    "DashboardPeriodForm",
     "EvaluationReportAdmin",
     "ExampleImportForm",
     "ExamplePhotoAdmin",
@@ -57,10 +59,12 @@ __all__ = [
     "ImportJobForm",
     "NearDuplicateAdmin",
     "PossibleDuplicateFilter",
+    "SearchLogAdmin",
     "TokenUserAdmin",
     "UploadAdminMixin",
     "badge",
     "comparison_context",
+    "dashboard_context",
     "evaluation_context",
     "evaluation_csv",
     "promotion_of",

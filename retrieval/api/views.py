@@ -40,7 +40,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from retrieval import catalogue, search
+from retrieval import analytics, catalogue, search
 from retrieval.api.errors import STORAGE_ERROR, NotIndexed, Protected, StorageUnavailable, errors
 from retrieval.api.pagination import ApiPagination
 from retrieval.api.parsers import BoundedJSONParser
@@ -48,17 +48,20 @@ from retrieval.api.serializers import (
     CategorySerializer,
     FacetsSerializer,
     GarmentFilterSerializer,
+    GarmentReadQuerySerializer,
     GarmentSerializer,
     GarmentWriteSerializer,
     KeywordSerializer,
     PhotoSearchResponseSerializer,
     SearchBase64Serializer,
     SearchResponseSerializer,
+    SearchStatsSerializer,
     SearchUploadSerializer,
     SimilarQuerySerializer,
+    StatsQuerySerializer,
 )
 from retrieval.http.throttle import SearchRateThrottle
-from retrieval.models import Category, Garment, NearDuplicate
+from retrieval.models import Category, Garment, NearDuplicate, SearchLog
 from retrieval.selectors import visible_categories, visible_garments
 
 log = logging.getLogger(__name__)
@@ -278,10 +281,24 @@ class SearchView(APIView):
             )
         except search.FeedbackError as exc:
             raise ValidationError({exc.field: [str(exc)]}) from None
-        body = PhotoSearchResponseSerializer.present_photo(found, top=options["top"])
+        record = None
+        if analytics.enabled():  # written once the answer is sent
+            record = analytics.SearchRecord.of(
+                result=found.result,
+                channel="api",
+                top=options["top"],
+                filters=options["filters"].active(),
+                photo=options["image"],
+            )
+        body = PhotoSearchResponseSerializer.present_photo(
+            found, top=options["top"], search_id=record.id if record else None
+        )
         if options.get("facets"):
             body["facets"] = facets_body(request, filters=options["filters"])
-        return Response(PhotoSearchResponseSerializer(body, context={"request": request}).data)
+        response = Response(PhotoSearchResponseSerializer(body, context={"request": request}).data)
+        if record is not None:
+            analytics.record_search(response, record)
+        return response
 
 
 @extend_schema_view(
@@ -311,7 +328,11 @@ class SearchView(APIView):
         responses={200: GarmentSerializer(many=True), **errors(400, 404)},
     ),
     retrieve=extend_schema(
-        summary="One garment", responses={200: GarmentSerializer, **errors(404)}
+        summary="One garment",
+        description="With `search_id` (from a search's answer), the read counts as a click on "
+        "that search's result, for the search analytics.",
+        parameters=[GarmentReadQuerySerializer],
+        responses={200: GarmentSerializer, **errors(400, 404)},
     ),
     create=extend_schema(
         summary="Create a garment (staff)",
@@ -390,6 +411,14 @@ class GarmentViewSet(viewsets.ModelViewSet):
             response.data["facets"] = facets_body(
                 request, filters=self.list_options["filters"], queryset=self.unfiltered
             )
+        return response
+
+    def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        query = GarmentReadQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        response = super().retrieve(request, *args, **kwargs)
+        if search_id := query.validated_data.get("search_id"):
+            analytics.record_click(response, search_id=search_id, garment_id=int(kwargs["pk"]))
         return response
 
     def get_serializer_class(self):
@@ -496,3 +525,41 @@ def open_duplicate_ids() -> ArraySubquery:
         other=Case(When(garment_id=OuterRef("pk"), then=F("original_id")), default=F("garment_id"))
     )
     return ArraySubquery(flags)
+
+
+class CanViewSearchLog(BasePermission):
+    """Staff holding the view permission of the search log (anonymous: 401, others: 403)."""
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        user = request.user
+        opts = SearchLog._meta
+        return bool(
+            user.is_authenticated
+            and user.is_staff
+            and user.has_perm(f"{opts.app_label}.view_{opts.model_name}")
+        )
+
+
+class SearchStatsView(APIView):
+    """The search analytics of the admin dashboard, for staff tools."""
+
+    permission_classes = [CanViewSearchLog]
+
+    @extend_schema(
+        operation_id="search_stats",
+        summary="Search analytics (staff)",
+        description="The numbers of the admin's search dashboard over the last `days` days "
+        "(today included; days and hours in the site's time zone): searches per day and "
+        "hour, latency p50/p95, top predicted categories, low-confidence share, click-through "
+        "at 1/5/10, searches without any click, the slowest searches. Needs a staff user "
+        "with the view permission of the search log.",
+        parameters=[StatsQuerySerializer],
+        responses={200: SearchStatsSerializer, **errors(400, 401, 403)},
+        tags=["statistics"],
+    )
+    def get(self, request: Request) -> Response:
+        query = StatsQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        start, end = analytics.period(days=query.validated_data["days"])
+        stats = analytics.search_stats(start=start, end=end)
+        return Response(SearchStatsSerializer(stats.as_dict()).data)

@@ -11,7 +11,7 @@ from celery import shared_task
 from django.conf import settings
 from django.db import DatabaseError, connection
 
-from retrieval import catalogue, indexing, training
+from retrieval import analytics, catalogue, indexing, training
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,22 @@ def prune_media(older_than_minutes: int | None = None) -> dict:
         "recent": result.recent,
         "referenced": result.referenced,
     }
+
+
+@shared_task(name="retrieval.tasks.prune_search_log", autoretry_for=(DatabaseError,), max_retries=3)
+def prune_search_log(days: int | None = None) -> dict:
+    """Beat, daily: delete the searches (and their roll-up hours) older than
+    RETRIEVAL_SEARCH_LOG_DAYS. Idempotent: a second run finds nothing left."""
+    return {"deleted": analytics.prune_search_log(days=days)}
+
+
+@shared_task(name="retrieval.tasks.rollup_searches", autoretry_for=(DatabaseError,), max_retries=3)
+def rollup_searches() -> dict:
+    """Beat, every 5 minutes: roll up the closed hours of the search log (and recompute the
+    hours whose searches got clicks since the last run). Idempotent: an hour is recomputed
+    whole from its raw rows."""
+    done = analytics.rollup_searches()
+    return {"hours": done.hours, "through": done.through.isoformat() if done.through else None}
 
 
 @shared_task(name="retrieval.tasks.import_catalog", bind=True)

@@ -182,8 +182,19 @@ def search_image(
         include_hidden=include_hidden,
         filters=filters,
     )
+    _predict(result, model=model, probs=probs)
     result.took_ms = (time.perf_counter() - started) * 1000.0
     return result
+
+
+def _predict(result: SearchResult, *, model: FeatureModel, probs: np.ndarray) -> None:
+    """The head's most probable category of the photo and its probability on ``result``
+    (the search analytics record them). probs: ``(C,)``; a head whose classes no longer
+    match the model's gives none."""
+    if len(probs) and len(probs) == len(model.classes or ()):
+        from retrieval.search.rerank import predicted_category
+
+        result.predicted_category, result.confidence = predicted_category(model=model, probs=probs)
 
 
 def predicted_categories(
@@ -353,6 +364,7 @@ def search_refined(
         result.hits, counts = refine.lift(result.hits, top=top, tests=tests)
         colour_matches = counts[-2 if understood.words else -1] if lift_colour else 0
         boosted = counts[-1] if understood.words else 0
+    _predict(result, model=model, probs=probs)
     result.took_ms = (time.perf_counter() - started) * 1000.0
     return PhotoSearch(
         result=result,

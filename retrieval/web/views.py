@@ -30,7 +30,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django.views.static import serve
 from PIL import Image
 
-from retrieval import catalogue, search
+from retrieval import analytics, catalogue, search
 from retrieval.health import cached_health_report, fresh_health_report, public_report
 from retrieval.http.errors import error_body
 from retrieval.http.middleware import DATABASE_UNAVAILABLE_ERRORS, database_unavailable_response
@@ -326,8 +326,18 @@ def _search(request: HttpRequest, form: SearchForm) -> tuple[dict, int]:
     except search.FeedbackError as exc:
         return {"error": f"{exc} Start over with the photo alone."}, 400
     result = found.result
+    record = None
+    if analytics.enabled():  # written after the response (home); its links name it
+        record = analytics.SearchRecord.of(
+            result=result,
+            channel="web",
+            top=data["top"],
+            filters=data["filters"].active() if data.get("filters") else {},
+            photo=data["image"],
+        )
     # Hidden garments are excluded in SQL for shoppers (include_hidden above).
     return {
+        "record": record,
         "result": result,
         "found": found,
         "hits": result.garments(),
@@ -360,7 +370,7 @@ def home(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and request.headers.get("X-Requested-With") == "fetch":
         response = render(request, "retrieval/_results.html", context, status=status)
         response["X-Search-Fragment"] = "1"
-        return response
+        return _recorded(response, context.get("record"))
     context.update(
         form=form,
         categories=_categories_with_counts(request.user),
@@ -368,7 +378,16 @@ def home(request: HttpRequest) -> HttpResponse:
         search_available=FeatureModel.objects.filter(active=True).exists(),
         setup=setup_progress(),
     )
-    return render(request, "retrieval/home.html", context, status=status)
+    return _recorded(
+        render(request, "retrieval/home.html", context, status=status), context.get("record")
+    )
+
+
+def _recorded(response: HttpResponse, record: analytics.SearchRecord | None) -> HttpResponse:
+    """The response, with its search (if one ran) recorded once it has been sent."""
+    if record is not None:
+        analytics.record_search(response, record)
+    return response
 
 
 @dataclass(frozen=True)
@@ -541,7 +560,12 @@ def garment_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "colour": colour,
         "show_scores": request.user.is_staff,
     }
-    return render(request, "retrieval/garment_detail.html", context)
+    response = render(request, "retrieval/garment_detail.html", context)
+    # Opened from a search's results (their links name the search): a click, for analytics.
+    search_id = analytics.parse_search_id(request.GET.get("search"))
+    if search_id is not None:
+        analytics.record_click(response, search_id=search_id, garment_id=garment.pk)
+    return response
 
 
 #: Largest enlargement of a garment photo: the catalogue's 60 x 80 photos blur beyond 2x.

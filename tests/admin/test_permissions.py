@@ -18,7 +18,7 @@ pytestmark = pytest.mark.django_db
 
 RETRIEVAL_MODELS = (
     "category", "garment", "garmentfeature", "backbonefeature", "featuremodel", "clusterrun",
-    "evaluationreport", "importjob",
+    "evaluationreport", "importjob", "searchlog",
 )  # fmt: skip
 
 
@@ -105,6 +105,7 @@ def test_custom_views_check_the_view_permission_too(django_user_model, fast_pass
     job = ImportJob.objects.create(source="x.zip")
     report = EvaluationReport.objects.create(status=EvaluationReport.Status.DONE)
     assert client.get(f"/admin/retrieval/importjob/{job.pk}/progress/").status_code == 403
+    assert client.get("/admin/retrieval/searchlog/dashboard/").status_code == 403
     assert (
         client.get(f"/admin/retrieval/evaluationreport/{report.pk}/download.json").status_code
         == 403

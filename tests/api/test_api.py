@@ -37,6 +37,7 @@ def test_search_by_uploaded_photo_finds_that_garment_first(anon, query):
     assert set(body) == {"results", "model", "mode", "top", "took_ms"} | {
         "predicted_categories",
         "understood",
+        "search_id",  # the search analytics' record (tests/analytics)
     }
     assert body["top"] == 10 and body["mode"] == "fused"
     assert body["model"] == FeatureModel.objects.get(active=True).name

@@ -104,7 +104,7 @@ def test_search_by_photo_switch_to_20_and_open_a_result(site, page, query):
     second = cards.nth(1)
     opened = Garment.objects.get(pk=int(second.get_attribute("data-garment-id")))
     second.locator("a").click()
-    page.wait_for_url(f"**/garments/{opened.pk}/")
+    page.wait_for_url(f"**/garments/{opened.pk}/?search=*")  # the link names the search
     expect(page.locator("h1")).to_have_text(opened.title)
     expect(page.locator(".similar .card")).to_have_count(10)
     page.screenshot(path=str(OUTPUT / "garment-desktop.png"), full_page=True)

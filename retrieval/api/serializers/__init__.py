@@ -63,6 +63,11 @@ from retrieval.api.serializers.search import (
     SimilarQuerySerializer,
     UnderstoodSerializer,
 )
+from retrieval.api.serializers.stats import (
+    GarmentReadQuerySerializer,
+    SearchStatsSerializer,
+    StatsQuerySerializer,
+)
 
 __all__ = [
     "INTERNAL_ATTRIBUTES",
@@ -80,6 +85,7 @@ __all__ = [
     "GarmentFilterSerializer",
     "GarmentIdsField",
     "GarmentImageUrlMixin",
+    "GarmentReadQuerySerializer",
     "GarmentSerializer",
     "GarmentWriteSerializer",
     "ImageTooLarge",
@@ -93,9 +99,11 @@ __all__ = [
     "SearchOptionsSerializer",
     "SearchRequestSerializer",
     "SearchResponseSerializer",
+    "SearchStatsSerializer",
     "SearchUploadSerializer",
     "SimilarQuerySerializer",
     "StaffOnlyFieldsMixin",
+    "StatsQuerySerializer",
     "StrictBooleanField",
     "StrictCharField",
     "StrictIntegerChoiceField",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import uuid
 from typing import Any
 
 from django.conf import settings
@@ -259,11 +260,21 @@ class PhotoSearchResponseSerializer(SearchResponseSerializer):
         "`category`).",
     )
     understood = UnderstoodSerializer(help_text="What the search made of `q`, `like`, `dislike`.")
+    search_id = serializers.UUIDField(
+        allow_null=True,
+        help_text="This search, for the search analytics: send it back as `search_id` when "
+        "reading a result (GET /api/v1/garments/{id}/?search_id=...) so the read counts as a "
+        "click on that result. Null when searches are not recorded (RETRIEVAL_SEARCH_LOG).",
+    )
 
     @staticmethod
-    def present_photo(found: search.PhotoSearch, *, top: int) -> dict:
-        """The response body of a photo search (with what it understood)."""
+    def present_photo(
+        found: search.PhotoSearch, *, top: int, search_id: uuid.UUID | None = None
+    ) -> dict:
+        """The response body of a photo search (with what it understood); ``search_id``: the
+        search's analytics record id (a UUID), or None."""
         body = SearchResponseSerializer.present(found.result, found.result.garments(), top=top)
+        body["search_id"] = search_id
         words = found.understood
         body["predicted_categories"] = [
             {"category": p.category, "confidence": round(p.confidence, 4)} for p in found.predicted
