@@ -20,6 +20,8 @@ from PIL import Image
 
 from retrieval import images
 from retrieval.models import Garment, NearDuplicate
+from retrieval.search.duplicates import flag_near_duplicates
+from retrieval.selectors import active_model
 
 
 @dataclass(frozen=True)
@@ -127,3 +129,59 @@ def _close(*, flag: NearDuplicate, status: str, user: Any) -> None:
     flag.reviewed_at = timezone.now()
     flag.reviewed_by = user if user is not None and user.is_authenticated else None
     flag.save(update_fields=["status", "reviewed_at", "reviewed_by"])
+
+
+@dataclass(frozen=True)
+class FingerprintReport:
+    """What :func:`fingerprint_stored_photos` did: garments fingerprinted, garments whose
+    stored file could not be read (ids; left unfingerprinted, never compared), and the
+    near-duplicate flags raised among them under the active model (0 without one)."""
+
+    fingerprinted: int
+    unreadable: list[int]
+    flagged: int
+
+
+def fingerprint_stored_photos(*, batch_size: int = 200) -> FingerprintReport:
+    """Fingerprint the garments stored before duplicates were detected (migration 0011 left
+    their ``pixel_hash`` empty and ``phash``/``thumbnail`` NULL), from their stored JPEG, then
+    flag the near-duplicates among them and the rest of the catalogue under the active model.
+
+    The bytes a garment was uploaded with are gone (every photo is stored re-encoded), so its
+    ``pixel_hash`` becomes that of the stored photo: a re-upload of the photo the shop serves
+    is then refused as exact, a re-upload of the original file is caught as a near-duplicate
+    (the pHash and thumbnail survive re-encoding). Idempotent: fingerprinted garments are
+    skipped. ``batch_size`` garments are decoded and saved per transaction.
+    """
+    pending = Garment.objects.filter(phash__isnull=True).exclude(image="").order_by("id")
+    done: list[int] = []
+    unreadable: list[int] = []
+    last = 0
+    while True:
+        batch = list(pending.filter(id__gt=last).only("id", "image")[:batch_size])
+        if not batch:
+            break
+        last = batch[-1].id
+        fingerprinted = []
+        for garment in batch:
+            try:
+                with garment.image.open("rb") as fh:
+                    decoded = images.open_image(fh.read())
+            except (OSError, images.ImageError):
+                unreadable.append(garment.id)
+                continue
+            garment.pixel_hash = images.pixel_digest(decoded)
+            garment.phash = images.perceptual_hash(decoded)
+            garment.thumbnail = images.thumbnail_signature(decoded)
+            fingerprinted.append(garment)
+        with transaction.atomic():
+            Garment.objects.bulk_update(fingerprinted, ["pixel_hash", "phash", "thumbnail"])
+        done += [g.id for g in fingerprinted]
+    model = active_model()
+    flagged = 0
+    if model is not None:
+        for start in range(0, len(done), batch_size):
+            flagged += flag_near_duplicates(
+                garment_ids=done[start : start + batch_size], model=model
+            )
+    return FingerprintReport(fingerprinted=len(done), unreadable=unreadable, flagged=flagged)

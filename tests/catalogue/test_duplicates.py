@@ -253,6 +253,56 @@ def test_import_skips_and_reports_rows_duplicating_a_garment(tmp_path, category,
 # --------------------------------------------------------------------------- near duplicates
 
 
+def forget_fingerprints(*garments: Garment) -> None:
+    """The state migration 0011 leaves garments stored before it in."""
+    Garment.objects.filter(pk__in=[g.pk for g in garments]).update(
+        pixel_hash="", phash=None, thumbnail=None
+    )
+
+
+def test_photos_stored_before_duplicate_detection_are_fingerprinted_from_their_file(
+    staff, category, media_root
+):
+    made = []
+    for sku, colour in (("F1", (200, 40, 40)), ("F2", (40, 160, 60)), ("F3", (30, 60, 200))):
+        response = post_garment(
+            staff,
+            sku=sku,
+            data=encoded(studio_photo(colour), "PNG"),
+            name=f"{sku}.png",
+            category=category,
+        )
+        assert response.status_code == 201, response.content
+        made.append(Garment.objects.get(pk=response.json()["id"]))
+    first, second, broken = made
+    forget_fingerprints(*made)
+    (media_root / broken.image.name).write_bytes(b"not a photo any more")
+
+    report = catalogue.fingerprint_stored_photos(batch_size=2)
+
+    assert report.fingerprinted == 2 and report.unreadable == [broken.pk]
+    assert report.flagged == 0  # not indexed: no vectors to look near
+    for garment in (first, second):
+        garment.refresh_from_db()
+        with garment.image.open("rb") as fh:
+            stored = images.open_image(fh.read())
+        assert garment.pixel_hash == images.pixel_digest(stored)
+        assert garment.phash is not None and garment.thumbnail is not None
+        assert bytes(garment.phash) == images.perceptual_hash(stored)
+        assert bytes(garment.thumbnail) == images.thumbnail_signature(stored)
+    broken.refresh_from_db()
+    assert broken.pixel_hash == "" and broken.phash is None
+    # Idempotent: only the unreadable one is tried again.
+    again = catalogue.fingerprint_stored_photos()
+    assert again.fingerprinted == 0 and again.unreadable == [broken.pk]
+    # The photo the shop serves, uploaded again, is now refused as the same pixels.
+    with first.image.open("rb") as fh:
+        served = fh.read()
+    refused = post_garment(staff, sku="F4", data=served, name="saved.jpg", category=category)
+    assert refused.status_code == 409
+    assert refused.json()["error"]["duplicate_of"] == first.pk
+
+
 @pytest.fixture
 def source_garment(trained_catalogue) -> Garment:
     garment = (
@@ -315,6 +365,21 @@ def test_a_near_copy_is_saved_and_flagged_as_a_possible_duplicate(staff, source_
     assert by_id[source_garment.pk]["possible_duplicate_of"] == [copy.pk]
     shopper = APIClient().get(f"{GARMENTS}{source_garment.pk}/").json()
     assert "possible_duplicate_of" not in shopper and "same_product_as" not in shopper
+
+
+@pytest.mark.slow
+def test_fingerprinting_old_photos_flags_their_near_copies(staff, source_garment):
+    copy = add_and_index(staff, source_garment, near_copy(source_garment, "resized"), "N-old")
+    NearDuplicate.objects.filter(garment=copy).delete()
+    forget_fingerprints(source_garment, copy)
+
+    report = catalogue.fingerprint_stored_photos()
+
+    assert report.fingerprinted == 2 and report.unreadable == []
+    assert report.flagged >= 1
+    flag = NearDuplicate.objects.get(garment=copy)
+    assert flag.original_id == source_garment.pk
+    assert flag.status == NearDuplicate.Status.OPEN
 
 
 @pytest.mark.slow

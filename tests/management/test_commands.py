@@ -8,7 +8,8 @@ import json
 import pytest
 from django.core.management import CommandError, call_command
 
-from retrieval.models import Garment
+from retrieval import catalogue
+from retrieval.models import Category, Garment
 from tests.catalogue_zips import make_catalogue, row
 from tests.factories import distinct_jpeg, jpeg_bytes
 
@@ -120,3 +121,18 @@ def test_first_start_imports_example_photos_before_the_first_training(settings, 
     assert all(f"--examples {examples}" in c and "--train" in c for c in commands)
     settings.RETRIEVAL_EXAMPLE_PHOTOS = ""
     assert "--examples" not in import_script(path=tmp_path / "catalogue.zip")
+
+
+@pytest.mark.django_db
+def test_fingerprint_photos_reports_what_it_did(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    category = Category.objects.create(name="Fingerprint command shirts")
+    garment = Garment(sku="FP1", title="FP1", category=category)
+    catalogue.store_image(row=garment, source=distinct_jpeg(1), name="fp1.jpg")
+    garment.save()
+    Garment.objects.filter(pk=garment.pk).update(pixel_hash="", phash=None, thumbnail=None)
+    out = io.StringIO()
+    call_command("fingerprint_photos", stdout=out)
+    assert "1 garment(s) fingerprinted, 0 unreadable, 0 possible duplicate(s)" in out.getvalue()
+    garment.refresh_from_db()
+    assert garment.pixel_hash and garment.phash is not None
