@@ -19,13 +19,11 @@ and 3"): held-out studio p@5 0.849 -> 0.870 after 4 epochs, shoppers' photos unc
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import logging
 import math
 import os
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -49,7 +47,7 @@ from retrieval.features.backbones import (
 )
 from retrieval.features.cpu import keep_freed_memory_for_reuse
 from retrieval.features.extractor import ExtractedBatch, decoded_batches
-from retrieval.features.head import ClothingHead, _plain
+from retrieval.features.head import ClothingHead, _plain, save_atomically
 from retrieval.images import DEFAULT_MAX_PIXELS, ImageSource, pooled_grid
 from retrieval.spec import FINE_TUNABLE, TUNED_MARK, base_backbone, is_tuned
 
@@ -385,8 +383,6 @@ def save_tuned(
     if not is_tuned(key):
         raise ValueError(f"{key!r} is not a fine-tuned backbone key")
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     state = top.backbone_state()
     sha256 = _digest(state)
     payload = {
@@ -398,17 +394,7 @@ def save_tuned(
         "metrics": _plain(metrics or {}),
         "state_dict": state,
     }
-    fd, tmp = tempfile.mkstemp(prefix=".backbone-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    save_atomically(payload, path=path, prefix=".backbone-")
     return sha256
 
 

@@ -198,8 +198,6 @@ def save_head(path: str | os.PathLike[str], head: ClothingHead) -> None:
     A reader never sees a half-written file, and a crash leaves the previous head intact.
     """
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     payload = {
         "format": _HEAD_FORMAT,
         "in_dim": head.in_dim,
@@ -211,7 +209,15 @@ def save_head(path: str | os.PathLike[str], head: ClothingHead) -> None:
         "metrics": _plain(head.metrics),
         "state_dict": {k: v.detach().cpu().clone() for k, v in head.state_dict().items()},
     }
-    fd, tmp = tempfile.mkstemp(prefix=".head-", suffix=".tmp", dir=directory)
+    save_atomically(payload, path=path, prefix=".head-")
+
+
+def save_atomically(payload: dict[str, Any], *, path: str, prefix: str) -> None:
+    """``torch.save`` into a temp file of ``path``'s folder, fsync, then ``os.replace``: a
+    reader never sees a half-written file and a crash leaves the previous one intact."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(payload, fh)
