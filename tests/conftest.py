@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -84,36 +85,59 @@ def service_env(**extra: str) -> dict[str, str]:
 class WorkerProcess:
     """A real ``celery worker`` subprocess bound to the test database and the test Redis."""
 
-    def __init__(self, *, name: str, queues: str, extra_env: dict[str, str] | None = None):
-
+    def __init__(
+        self,
+        *,
+        name: str,
+        queues: str,
+        extra_env: dict[str, str] | None = None,
+        supervised: bool = False,
+    ):
+        """``supervised``: started again whenever it exits, as ``runsite`` restarts the site's
+        workers (Celery's consumer can die on a broker connection lost at the wrong moment,
+        e.g. during a fault test's Redis stop). Off for workers a test kills on purpose."""
         self.name = name
-        env = service_env(**(extra_env or {}))
+        self._env = service_env(**(extra_env or {}))
         self.log_path = settings.VAR_DIR / f"worker-{name}.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "fashionsite",
-                "worker",
-                "-Q",
-                queues,
-                "-n",
-                f"{name}@%h",
-                "--pool",
-                "solo",
-                "--without-gossip",
-                "--without-mingle",
-                "--loglevel",
-                "INFO",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
+        self._args = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "fashionsite",
+            "worker",
+            "-Q",
+            queues,
+            "-n",
+            f"{name}@%h",
+            "--pool",
+            "solo",
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel",
+            "INFO",
+        ]
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self.process = self._start()
+        self._watcher: threading.Thread | None = None
+        if supervised:
+            self._watcher = threading.Thread(target=self._watch, name=f"watch-{name}", daemon=True)
+            self._watcher.start()
+
+    def _start(self) -> subprocess.Popen:
+        return subprocess.Popen(
+            self._args, cwd=ROOT, env=self._env, stdout=self._log, stderr=subprocess.STDOUT
         )
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(1.0):
+            if self.process.poll() is not None and not self._stopping.is_set():
+                self._log.write(f"\n--- exited ({self.process.returncode}): started again\n")
+                self._log.flush()
+                self.restarts += 1
+                self.process = self._start()
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         from fashionsite.celery import app
@@ -128,6 +152,9 @@ class WorkerProcess:
         raise RuntimeError(f"worker {self.name} not ready:\n{self.log_path.read_text()}")
 
     def stop(self, *, kill: bool = False) -> None:
+        self._stopping.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
         stop_process(self.process, kill=kill)
         self._log.close()
 
@@ -153,6 +180,7 @@ def celery_worker(django_db_setup, django_db_blocker) -> Iterator[WorkerProcess]
             name="testworker",
             queues=f"{settings.CELERY_TASK_DEFAULT_QUEUE},{settings.FEATURES_QUEUE},"
             f"{settings.TRAINING_QUEUE}",
+            supervised=True,
         )
         try:
             worker.wait_ready()
