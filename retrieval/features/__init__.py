@@ -11,7 +11,9 @@ from retrieval.features.backbones import (
     WEIGHTS_ENV,
     Backbone,
     BackboneUnavailable,
+    TunedWeightsError,
     load_backbone,
+    load_tuned_state,
     resolve_backbone,
 )
 from retrieval.features.colour import (
@@ -30,8 +32,6 @@ from retrieval.features.extractor import ExtractedBatch, FeatureExtractor, get_e
 from retrieval.features.finetune import (
     TapExtractor,
     TunedTop,
-    TunedWeightsError,
-    load_tuned_state,
     new_tuned_key,
     save_tuned,
     train_top,

@@ -4,9 +4,11 @@ micro-batches.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -286,8 +288,6 @@ def load_backbone(
     """
     name = resolve_backbone(name, weights_path=weights_path)
     if is_tuned(name):
-        from retrieval.features.finetune import tuned_trunk
-
         if tuned_path is None:
             raise BackboneUnavailable(
                 f"{name} is a fine-tuned backbone: its weights file is needed"
@@ -324,3 +324,101 @@ def _pick_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+# ------------------------------------------------------------- fine-tuned backbone versions
+# Here, not in .finetune, because load_backbone builds them (finetune trains and saves them).
+
+
+TUNED_FORMAT = "fashionsite.retrieval.tuned_backbone/1"
+
+
+class TunedWeightsError(BackboneUnavailable):
+    """A fine-tuned backbone's weights file is missing, unreadable, corrupt or of another key."""
+
+
+def _lite_net(pretrained: bool = True) -> Any:
+    """The pip EfficientNet-Lite0 net with its ImageNet weights, eval mode (``Any``: its
+    blocks and convs are attributes the package does not type)."""
+    trunk, _ = _lite0_trunk(pretrained)
+    net: Any = trunk.net
+    return net.eval()
+
+
+def _top_prefixes(start: int) -> tuple[str, ...]:
+    # The tuned parameters and buffers in the pip net's state_dict naming.
+    return (f"_blocks.{start}.", "_conv_head.", "_bn1.")
+
+
+def _digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of the weights (names, dtypes, shapes and bytes, in name order)."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load_tuned_state(*, key: str, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and verify a file of :func:`save_tuned`: its payload (``state_dict``, ``start``,
+    ``sha256``, ``metrics``, ...).
+
+    Raises:
+        TunedWeightsError: the file is missing or unreadable, not a tuned-backbone file, of
+            another key, or its weights do not match their SHA-256 (corrupt).
+    """
+    path = os.fspath(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise TunedWeightsError(
+            f"the weights of fine-tuned backbone {key} are missing ({path}): train a new "
+            "model, or restore the file from a backup"
+        ) from exc
+    except Exception as exc:
+        raise TunedWeightsError(
+            f"the weights file of fine-tuned backbone {key} is unreadable ({path}: "
+            f"{type(exc).__name__}: {exc})"
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != TUNED_FORMAT:
+        raise TunedWeightsError(f"{path} is not a fine-tuned backbone file ({TUNED_FORMAT})")
+    if payload.get("key") != key:
+        raise TunedWeightsError(f"{path} holds backbone {payload.get('key')!r}, not {key!r}")
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or _digest(state) != payload.get("sha256"):
+        raise TunedWeightsError(
+            f"the weights file of fine-tuned backbone {key} is corrupt ({path}: its weights do "
+            "not match their SHA-256)"
+        )
+    return payload
+
+
+def tuned_trunk(
+    *, key: str, path: str | os.PathLike[str], pretrained: bool = True
+) -> tuple[nn.Module, str]:
+    """The full fine-tuned network (``(N, 3, 224, 224)`` scaled -> ``(N, 1280, 7, 7)``): the
+    base's ImageNet weights with the tuned block 15, head conv and BN from ``path`` over
+    them. Returns ``(trunk, path)`` like the other trunks of :mod:`.backbones`.
+
+    Raises:
+        TunedWeightsError: see :func:`load_tuned_state`; also when the file's weights are not
+            exactly the top of the base net.
+    """
+    payload = load_tuned_state(key=key, path=path)
+    net = _lite_net(pretrained)
+    start = int(payload["start"])
+    prefixes = _top_prefixes(start)
+    expected = {k for k in net.state_dict() if k.startswith(prefixes)}
+    state = payload["state_dict"]
+    if set(state) != expected:
+        raise TunedWeightsError(
+            f"{os.fspath(path)}: not the top of {base_backbone(key)} (blocks from {start}): "
+            f"missing {sorted(expected - set(state))[:3]}, unexpected "
+            f"{sorted(set(state) - expected)[:3]}"
+        )
+    try:
+        net.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes
+        raise TunedWeightsError(f"{os.fspath(path)}: {exc}") from exc
+    return _LiteTrunk(net.eval()), os.fspath(path)

@@ -20,7 +20,6 @@ and 3"): held-out studio p@5 0.849 -> 0.870 after 4 epochs, shoppers' photos unc
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import math
 import os
@@ -39,10 +38,10 @@ from retrieval.features.backbones import (
     _CUDA_MICRO_BATCH,
     _LITE_MEAN,
     _LITE_STD,
-    BackboneUnavailable,
+    TUNED_FORMAT,
+    _digest,
     _fold_batchnorm,
-    _lite0_trunk,
-    _LiteTrunk,
+    _lite_net,
     _pick_device,
 )
 from retrieval.features.cpu import keep_freed_memory_for_reuse
@@ -54,13 +53,6 @@ from retrieval.spec import FINE_TUNABLE, TUNED_MARK, base_backbone, is_tuned
 logger = logging.getLogger(__name__)
 
 
-_TUNED_FORMAT = "fashionsite.retrieval.tuned_backbone/1"
-
-
-class TunedWeightsError(BackboneUnavailable):
-    """A fine-tuned backbone's weights file is missing, unreadable, corrupt or of another key."""
-
-
 def new_tuned_key(*, base: str) -> str:
     """A new fine-tuned backbone key, ``<base>+ft<8 hex>`` (29 characters for lite0: the
     cache rows' backbone column holds 40)."""
@@ -69,23 +61,10 @@ def new_tuned_key(*, base: str) -> str:
     return f"{base}{TUNED_MARK}{uuid.uuid4().hex[:8]}"
 
 
-def _lite_net(pretrained: bool = True) -> Any:
-    """The pip EfficientNet-Lite0 net with its ImageNet weights, eval mode (``Any``: its
-    blocks and convs are attributes the package does not type)."""
-    trunk, _ = _lite0_trunk(pretrained)
-    net: Any = trunk.net
-    return net.eval()
-
-
 def top_start(net: Any) -> int:
     """Index of the first fine-tuned block: the last one (lite0: 15; its input is block 14's
     ``(192, 7, 7)`` output)."""
     return len(net._blocks) - 1
-
-
-def _top_prefixes(start: int) -> tuple[str, ...]:
-    # The tuned parameters and buffers in the pip net's state_dict naming.
-    return (f"_blocks.{start}.", "_conv_head.", "_bn1.")
 
 
 class _TapTrunk(nn.Module):
@@ -364,16 +343,6 @@ def train_top(
     return top, result
 
 
-def _digest(state: dict[str, torch.Tensor]) -> str:
-    """SHA-256 of the weights (names, dtypes, shapes and bytes, in name order)."""
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        tensor = state[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def save_tuned(
     path: str | os.PathLike[str], top: TunedTop, *, key: str, metrics: dict | None = None
 ) -> str:
@@ -386,7 +355,7 @@ def save_tuned(
     state = top.backbone_state()
     sha256 = _digest(state)
     payload = {
-        "format": _TUNED_FORMAT,
+        "format": TUNED_FORMAT,
         "key": key,
         "base": base_backbone(key),
         "start": top.start,
@@ -396,67 +365,3 @@ def save_tuned(
     }
     save_atomically(payload, path=path, prefix=".backbone-")
     return sha256
-
-
-def load_tuned_state(*, key: str, path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and verify a file of :func:`save_tuned`: its payload (``state_dict``, ``start``,
-    ``sha256``, ``metrics``, ...).
-
-    Raises:
-        TunedWeightsError: the file is missing or unreadable, not a tuned-backbone file, of
-            another key, or its weights do not match their SHA-256 (corrupt).
-    """
-    path = os.fspath(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as exc:
-        raise TunedWeightsError(
-            f"the weights of fine-tuned backbone {key} are missing ({path}): train a new "
-            "model, or restore the file from a backup"
-        ) from exc
-    except Exception as exc:
-        raise TunedWeightsError(
-            f"the weights file of fine-tuned backbone {key} is unreadable ({path}: "
-            f"{type(exc).__name__}: {exc})"
-        ) from exc
-    if not isinstance(payload, dict) or payload.get("format") != _TUNED_FORMAT:
-        raise TunedWeightsError(f"{path} is not a fine-tuned backbone file ({_TUNED_FORMAT})")
-    if payload.get("key") != key:
-        raise TunedWeightsError(f"{path} holds backbone {payload.get('key')!r}, not {key!r}")
-    state = payload.get("state_dict")
-    if not isinstance(state, dict) or _digest(state) != payload.get("sha256"):
-        raise TunedWeightsError(
-            f"the weights file of fine-tuned backbone {key} is corrupt ({path}: its weights do "
-            "not match their SHA-256)"
-        )
-    return payload
-
-
-def tuned_trunk(
-    *, key: str, path: str | os.PathLike[str], pretrained: bool = True
-) -> tuple[nn.Module, str]:
-    """The full fine-tuned network (``(N, 3, 224, 224)`` scaled -> ``(N, 1280, 7, 7)``): the
-    base's ImageNet weights with the tuned block 15, head conv and BN from ``path`` over
-    them. Returns ``(trunk, path)`` like the other trunks of :mod:`.backbones`.
-
-    Raises:
-        TunedWeightsError: see :func:`load_tuned_state`; also when the file's weights are not
-            exactly the top of the base net.
-    """
-    payload = load_tuned_state(key=key, path=path)
-    net = _lite_net(pretrained)
-    start = int(payload["start"])
-    prefixes = _top_prefixes(start)
-    expected = {k for k in net.state_dict() if k.startswith(prefixes)}
-    state = payload["state_dict"]
-    if set(state) != expected:
-        raise TunedWeightsError(
-            f"{os.fspath(path)}: not the top of {base_backbone(key)} (blocks from {start}): "
-            f"missing {sorted(expected - set(state))[:3]}, unexpected "
-            f"{sorted(set(state) - expected)[:3]}"
-        )
-    try:
-        net.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shapes
-        raise TunedWeightsError(f"{os.fspath(path)}: {exc}") from exc
-    return _LiteTrunk(net.eval()), os.fspath(path)

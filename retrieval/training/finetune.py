@@ -33,9 +33,28 @@ if TYPE_CHECKING:
     import numpy as np
 
     from retrieval.features import TunedTop
-    from retrieval.training.training import HeadFit
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class HeadFit:
+    """What a head was trained on (for the fine-tuning that may follow, which starts from it).
+
+    ``ids``: ``(N,)`` int64 garment ids in the order of ``y`` (their class index in
+    ``classes``); ``train`` / ``val`` / ``test``: ``(n,)`` int64 positions in ``ids``;
+    ``head``: the trained head (CPU, eval mode).
+    """
+
+    backbone: str
+    ids: np.ndarray
+    y: np.ndarray
+    classes: list[str]
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    category_field: str
+    head: Any
 
 
 @dataclass

@@ -9,8 +9,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import transaction
@@ -30,6 +29,7 @@ from retrieval.models import (
 from retrieval.selectors import active_model
 from retrieval.spec import FINE_TUNABLE, base_backbone, pooled_dim
 from retrieval.training.activation import activate_model, recompute_vectors
+from retrieval.training.finetune import HeadFit, fine_tune_top
 from retrieval.training.progress import StageClock
 
 if TYPE_CHECKING:
@@ -189,7 +189,6 @@ def train_model(
     """
     from retrieval import features
     from retrieval.search import clustering
-    from retrieval.training.finetune import fine_tune_top
 
     fine_tune = settings.RETRIEVAL_FINE_TUNE if fine_tune is None else fine_tune
     if fine_tune not in ("off", "top"):
@@ -257,26 +256,6 @@ def train_model(
         raise
     model.refresh_from_db()
     return model
-
-
-@dataclass
-class HeadFit:
-    """What a head was trained on (for the fine-tuning that may follow, which starts from it).
-
-    ``ids``: ``(N,)`` int64 garment ids in the order of ``y`` (their class index in
-    ``classes``); ``train`` / ``val`` / ``test``: ``(n,)`` int64 positions in ``ids``;
-    ``head``: the trained head (CPU, eval mode).
-    """
-
-    backbone: str
-    ids: np.ndarray
-    y: np.ndarray
-    classes: list[str]
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
-    category_field: str
-    head: Any
 
 
 def _fit_head(
